@@ -1,0 +1,284 @@
+//! Types shared by the XDP program (`nva-ebpf`) and userspace (`nva-userspace`).
+//!
+//! Every BPF map key and value is defined here exactly once, `#[repr(C)]` with
+//! explicit padding and a size assertion, so both halves agree byte for byte.
+//! The `user` feature adds `aya::Pod` so userspace can read and write them.
+#![cfg_attr(not(feature = "user"), no_std)]
+
+/// Rule id meaning "no rule matched" (also: a class lookup found nothing).
+pub const NO_RULE: u32 = u32::MAX;
+
+/// Largest number of rules one rule set may hold (size of per-rule arrays).
+pub const MAX_RULES: u32 = 131_072;
+
+/// Port-class array layout: one 65,536-entry slice per (protocol, direction).
+pub const PORT_SLOT_TCP_SPORT: u32 = 0;
+pub const PORT_SLOT_TCP_DPORT: u32 = 1;
+pub const PORT_SLOT_UDP_SPORT: u32 = 2;
+pub const PORT_SLOT_UDP_DPORT: u32 = 3;
+pub const PORT_SLOTS: u32 = 4;
+pub const PORT_CLASS_ENTRIES: u32 = PORT_SLOTS * 65_536;
+
+/// ICMP-type-class array layout: 256 types for ICMP, then 256 for ICMPv6.
+pub const ICMP_SLOT_V4: u32 = 0;
+pub const ICMP_SLOT_V6: u32 = 1;
+pub const ICMP_CLASS_ENTRIES: u32 = 2 * 256;
+
+/// IP protocol numbers the classifier distinguishes. Every other protocol is
+/// folded into [`PROTO_OTHER`], since rules can only say `any` for them.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_OTHER: u8 = 255;
+
+/// Fold an IP protocol number into the classifier's protocol space.
+#[inline(always)]
+pub const fn classifier_proto(proto: u8) -> u8 {
+    match proto {
+        PROTO_ICMP | PROTO_TCP | PROTO_UDP | PROTO_ICMPV6 => proto,
+        _ => PROTO_OTHER,
+    }
+}
+
+/// Action of a rule or of the default policy.
+pub const ACTION_DROP: u8 = 0;
+pub const ACTION_ALLOW: u8 = 1;
+
+/// `policy.fragments` in the data path.
+pub const FRAGMENTS_DROP: u8 = 0;
+pub const FRAGMENTS_ALLOW: u8 = 1;
+
+/// Key of the pair map: (source class, destination class).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PairKey {
+    pub src_class: u32,
+    pub dst_class: u32,
+}
+const _: () = assert!(core::mem::size_of::<PairKey>() == 8);
+
+/// Key of the L4 map: (ingress-interface class, protocol, port or ICMP
+/// classes). For TCP/UDP `a_class`/`b_class` are the source/destination port
+/// classes; for ICMP/ICMPv6 `a_class` is the type class and `b_class` is 0;
+/// for other protocols both are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct L4Key {
+    pub iface_class: u32,
+    pub a_class: u32,
+    pub b_class: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<L4Key>() == 16);
+
+/// Value of the pair and L4 maps.
+///
+/// `class` joins with the other half in the verdict map. `wildcard_rule` is
+/// the first rule that matches on this half alone because it is a wildcard in
+/// the other half (e.g. `proto = any` with no ports, as seen from the pair
+/// map); storing it here keeps such rules out of the cross product.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ClassMatch {
+    pub class: u32,
+    pub wildcard_rule: u32,
+}
+const _: () = assert!(core::mem::size_of::<ClassMatch>() == 8);
+
+/// Value of the pair map: like [`ClassMatch`], plus the first rule matching
+/// this pair that names only a protocol (no ports, ICMP types or interface),
+/// per protocol slot ([`pair_proto_slot`]). Such rules are common ("tcp from
+/// A to B") and would otherwise cross with every port class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PairMatch {
+    pub class: u32,
+    pub wildcard_rule: u32,
+    pub proto_rule: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<PairMatch>() == 24);
+
+/// Slot of [`PairMatch::proto_rule`] for a classifier protocol.
+#[inline(always)]
+pub const fn pair_proto_slot(proto: u8) -> Option<usize> {
+    match proto {
+        PROTO_TCP => Some(0),
+        PROTO_UDP => Some(1),
+        PROTO_ICMP => Some(2),
+        PROTO_ICMPV6 => Some(3),
+        _ => None,
+    }
+}
+
+/// Key of the verdict map: (pair class, L4 class). The value is the id of the
+/// first rule, in file order, that matches both (a `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VerdictKey {
+    pub pair_class: u32,
+    pub l4_class: u32,
+}
+const _: () = assert!(core::mem::size_of::<VerdictKey>() == 8);
+
+/// Per-rule data the program needs once a rule id is known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleAction {
+    pub action: u8,
+    pub log: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<RuleAction>() == 4);
+
+/// Per-rule counters (a per-CPU array indexed by rule id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 16);
+
+/// Key of the management (failsafe) map: traffic to this destination port and
+/// protocol passes before any rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ManagementKey {
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ManagementKey>() == 4);
+
+/// Global settings of the loaded rule set (array of one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DataPathConfig {
+    pub generation: u64,
+    /// First rule that matches every packet (all fields wildcard), or
+    /// [`NO_RULE`]. Kept here rather than in the class tables, where it would
+    /// touch every class combination.
+    pub catch_all_rule: u32,
+    pub default_action: u8,
+    pub fragments: u8,
+    /// 0 until userspace has written a complete rule set: until then the
+    /// program passes everything rather than dropping on empty tables.
+    pub ready: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<DataPathConfig>() == 16);
+
+/// Why the program returned its verdict; index into the per-CPU packet
+/// counter array. Append only: the numbers are part of the pinned layout.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketReason {
+    PassNonIp = 0,
+    PassManagement = 1,
+    PassRule = 2,
+    PassDefault = 3,
+    PassFragment = 4,
+    PassNotReady = 5,
+    DropRule = 6,
+    DropDefault = 7,
+    DropFragment = 8,
+    DropMalformedEthernet = 9,
+    DropVlanTooDeep = 10,
+    DropMalformedIpv4 = 11,
+    DropMalformedIpv6 = 12,
+    DropIpv6ExtTooDeep = 13,
+    DropMalformedL4 = 14,
+}
+
+pub const PACKET_REASONS: u32 = 15;
+
+impl PacketReason {
+    pub const ALL: [PacketReason; PACKET_REASONS as usize] = [
+        Self::PassNonIp,
+        Self::PassManagement,
+        Self::PassRule,
+        Self::PassDefault,
+        Self::PassFragment,
+        Self::PassNotReady,
+        Self::DropRule,
+        Self::DropDefault,
+        Self::DropFragment,
+        Self::DropMalformedEthernet,
+        Self::DropVlanTooDeep,
+        Self::DropMalformedIpv4,
+        Self::DropMalformedIpv6,
+        Self::DropIpv6ExtTooDeep,
+        Self::DropMalformedL4,
+    ];
+
+    /// True for reasons whose verdict is XDP_PASS.
+    #[inline(always)]
+    pub const fn is_pass(self) -> bool {
+        (self as u32) < Self::DropRule as u32
+    }
+
+    /// `pass` or `drop`, the `verdict` label of `nva_packets_total`.
+    pub const fn verdict(self) -> &'static str {
+        if self.is_pass() {
+            "pass"
+        } else {
+            "drop"
+        }
+    }
+
+    /// The `reason` label of `nva_packets_total`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PassNonIp => "non_ip",
+            Self::PassManagement => "management",
+            Self::PassRule | Self::DropRule => "rule",
+            Self::PassDefault | Self::DropDefault => "default",
+            Self::PassFragment | Self::DropFragment => "fragment",
+            Self::PassNotReady => "not_ready",
+            Self::DropMalformedEthernet => "malformed_ethernet",
+            Self::DropVlanTooDeep => "vlan_too_deep",
+            Self::DropMalformedIpv4 => "malformed_ipv4",
+            Self::DropMalformedIpv6 => "malformed_ipv6",
+            Self::DropIpv6ExtTooDeep => "ipv6_ext_too_deep",
+            Self::DropMalformedL4 => "malformed_l4",
+        }
+    }
+}
+
+/// Map names, shared so userspace finds what the program declares.
+pub mod map_names {
+    pub const SRC_V4: &str = "SRC_V4";
+    pub const SRC_V6: &str = "SRC_V6";
+    pub const DST_V4: &str = "DST_V4";
+    pub const DST_V6: &str = "DST_V6";
+    pub const PORT_CLASS: &str = "PORT_CLASS";
+    pub const ICMP_CLASS: &str = "ICMP_CLASS";
+    pub const IFACE_CLASS: &str = "IFACE_CLASS";
+    pub const PAIRS: &str = "PAIRS";
+    pub const L4: &str = "L4";
+    pub const VERDICTS: &str = "VERDICTS";
+    pub const RULE_ACTIONS: &str = "RULE_ACTIONS";
+    pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+    pub const PACKET_COUNTERS: &str = "PACKET_COUNTERS";
+    pub const MANAGEMENT: &str = "MANAGEMENT";
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Name of the XDP program in the object file.
+pub const XDP_PROGRAM: &str = "nva_xdp";
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], Copy, and have no implicit padding.
+    unsafe impl aya::Pod for super::PairKey {}
+    unsafe impl aya::Pod for super::L4Key {}
+    unsafe impl aya::Pod for super::ClassMatch {}
+    unsafe impl aya::Pod for super::PairMatch {}
+    unsafe impl aya::Pod for super::VerdictKey {}
+    unsafe impl aya::Pod for super::RuleAction {}
+    unsafe impl aya::Pod for super::RuleCounters {}
+    unsafe impl aya::Pod for super::ManagementKey {}
+    unsafe impl aya::Pod for super::DataPathConfig {}
+}

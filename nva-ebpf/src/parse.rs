@@ -1,0 +1,216 @@
+//! Header parsers: one small, bounded function per header. Each returns the
+//! drop reason of a truncated or malformed header instead of aborting.
+
+use aya_ebpf::programs::XdpContext;
+use nva_common::{PacketReason, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+
+const ETH_HDR_LEN: usize = 14;
+const VLAN_HDR_LEN: usize = 4;
+const IPV4_HDR_LEN: usize = 20;
+const IPV6_HDR_LEN: usize = 40;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+/// Extension headers walked at most; a longer chain is dropped, since the
+/// upper-layer header (and its ports) could not be reached.
+const MAX_IPV6_EXT_HEADERS: usize = 8;
+/// Offsets past this are not followed (keeps the verifier's ranges small;
+/// no legitimate header chain is this long).
+const MAX_L4_OFFSET: usize = 1024;
+
+/// What the classifier needs from a packet.
+pub struct Packet {
+    pub is_v6: bool,
+    /// Addresses; IPv4 uses the first 4 bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub proto: u8,
+    /// True for a non-first fragment: no L4 header, ports are unknown.
+    pub later_fragment: bool,
+    pub sport: u16,
+    pub dport: u16,
+    pub icmp_type: u8,
+}
+
+pub enum Parsed {
+    NonIp,
+    Ip(Packet),
+}
+
+/// Bounds-checked pointer to a `T` at `offset` in the packet.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    ptr_at::<[u8; 2]>(ctx, offset).map(|p| u16::from_be_bytes(unsafe { *p }))
+}
+
+/// Ethernet and up to two VLAN tags: returns (ethertype, L3 offset).
+#[inline(always)]
+fn parse_ethernet(ctx: &XdpContext) -> Result<(u16, usize), PacketReason> {
+    let mut proto = read_be16(ctx, 12).ok_or(PacketReason::DropMalformedEthernet)?;
+    let mut off = ETH_HDR_LEN;
+    // Two tags at most (802.1ad outer, 802.1Q inner); a third is refused.
+    for _ in 0..2 {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            return Ok((proto, off));
+        }
+        proto = read_be16(ctx, off + 2).ok_or(PacketReason::DropMalformedEthernet)?;
+        off += VLAN_HDR_LEN;
+    }
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        return Err(PacketReason::DropVlanTooDeep);
+    }
+    Ok((proto, off))
+}
+
+/// IPv4 with options. Returns the L4 offset.
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, PacketReason> {
+    let hdr = ptr_at::<[u8; IPV4_HDR_LEN]>(ctx, off).ok_or(PacketReason::DropMalformedIpv4)?;
+    let hdr = unsafe { &*hdr };
+    let version = hdr[0] >> 4;
+    let hdr_len = ((hdr[0] & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+    if version != 4 || hdr_len < IPV4_HDR_LEN || total_len < hdr_len {
+        return Err(PacketReason::DropMalformedIpv4);
+    }
+    // The whole datagram must be present: a frame cut short is malformed.
+    if ctx.data() + off + total_len > ctx.data_end() {
+        return Err(PacketReason::DropMalformedIpv4);
+    }
+    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
+    pkt.later_fragment = frag & 0x1fff != 0;
+    pkt.proto = hdr[9];
+    pkt.src[..4].copy_from_slice(&hdr[12..16]);
+    pkt.dst[..4].copy_from_slice(&hdr[16..20]);
+    Ok(off + hdr_len)
+}
+
+/// IPv6 and its extension headers (hop-by-hop, routing, destination options,
+/// fragment, AH). Returns the L4 offset.
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, PacketReason> {
+    let hdr = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, off).ok_or(PacketReason::DropMalformedIpv6)?;
+    let hdr = unsafe { &*hdr };
+    if hdr[0] >> 4 != 6 {
+        return Err(PacketReason::DropMalformedIpv6);
+    }
+    let payload_len = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
+    if ctx.data() + off + IPV6_HDR_LEN + payload_len > ctx.data_end() {
+        return Err(PacketReason::DropMalformedIpv6);
+    }
+    pkt.src.copy_from_slice(&hdr[8..24]);
+    pkt.dst.copy_from_slice(&hdr[24..40]);
+    let mut next = hdr[6];
+    let mut off = off + IPV6_HDR_LEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if off > MAX_L4_OFFSET {
+            return Err(PacketReason::DropIpv6ExtTooDeep);
+        }
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet
+            // units, not counting the first 8.
+            0 | 43 | 60 => {
+                let ext = ptr_at::<[u8; 2]>(ctx, off).ok_or(PacketReason::DropMalformedIpv6)?;
+                let ext = unsafe { *ext };
+                next = ext[0];
+                off += (ext[1] as usize + 1) * 8;
+            }
+            // Fragment: fixed 8 octets; a non-first fragment ends the walk.
+            44 => {
+                let ext = ptr_at::<[u8; 8]>(ctx, off).ok_or(PacketReason::DropMalformedIpv6)?;
+                let ext = unsafe { *ext };
+                next = ext[0];
+                off += 8;
+                if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
+                    pkt.later_fragment = true;
+                    pkt.proto = next;
+                    return Ok(off);
+                }
+            }
+            // Authentication header: length in 4-octet units, minus 2.
+            51 => {
+                let ext = ptr_at::<[u8; 2]>(ctx, off).ok_or(PacketReason::DropMalformedIpv6)?;
+                let ext = unsafe { *ext };
+                next = ext[0];
+                off += (ext[1] as usize + 2) * 4;
+            }
+            _ => {
+                pkt.proto = next;
+                return Ok(off);
+            }
+        }
+    }
+    Err(PacketReason::DropIpv6ExtTooDeep)
+}
+
+/// TCP, UDP, ICMP, ICMPv6: reads ports or the ICMP type at `off`.
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), PacketReason> {
+    if off > MAX_L4_OFFSET {
+        return Err(PacketReason::DropMalformedL4);
+    }
+    match pkt.proto {
+        PROTO_TCP => {
+            let hdr = ptr_at::<[u8; 20]>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
+            let hdr = unsafe { &*hdr };
+            let data_off = ((hdr[12] >> 4) as usize) * 4;
+            if data_off < 20 || ctx.data() + off + data_off > ctx.data_end() {
+                return Err(PacketReason::DropMalformedL4);
+            }
+            pkt.sport = u16::from_be_bytes([hdr[0], hdr[1]]);
+            pkt.dport = u16::from_be_bytes([hdr[2], hdr[3]]);
+        }
+        PROTO_UDP => {
+            let hdr = ptr_at::<[u8; 8]>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
+            let hdr = unsafe { &*hdr };
+            pkt.sport = u16::from_be_bytes([hdr[0], hdr[1]]);
+            pkt.dport = u16::from_be_bytes([hdr[2], hdr[3]]);
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            // Type, code, checksum.
+            let hdr = ptr_at::<[u8; 4]>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
+            pkt.icmp_type = unsafe { (*hdr)[0] };
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parses the frame up to the L4 header.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, PacketReason> {
+    let (ethertype, l3_off) = parse_ethernet(ctx)?;
+    let mut pkt = Packet {
+        is_v6: false,
+        src: [0; 16],
+        dst: [0; 16],
+        proto: 0,
+        later_fragment: false,
+        sport: 0,
+        dport: 0,
+        icmp_type: 0,
+    };
+    let l4_off = match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, l3_off, &mut pkt)?,
+        ETH_P_IPV6 => {
+            pkt.is_v6 = true;
+            parse_ipv6(ctx, l3_off, &mut pkt)?
+        }
+        _ => return Ok(Parsed::NonIp),
+    };
+    if !pkt.later_fragment {
+        parse_l4(ctx, l4_off, &mut pkt)?;
+    }
+    Ok(Parsed::Ip(pkt))
+}

@@ -1,0 +1,879 @@
+//! The rule compiler: turns an ordered rule list into the flat-cost tables of
+//! the XDP classifier (see nva-common for their layout).
+//!
+//! Each field is split into equivalence classes (the set of rules matching a
+//! value decides its class). Classes are joined in two phases:
+//! (src class, dst class) -> pair class and (iface, proto, port/type classes)
+//! -> L4 class; then (pair class, L4 class) -> first matching rule. Only
+//! combinations some rule matches are stored. Rules that are wildcards on a
+//! whole half (any address, or any protocol/port/interface) are kept out of
+//! the cross product: they are stored once per class of the other half as
+//! `wildcard_rule`, and the program takes the smallest rule id it finds.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use nva_common::{
+    pair_proto_slot, ClassMatch, L4Key, ManagementKey, PairKey, PairMatch, RuleAction, VerdictKey,
+    ACTION_ALLOW, ACTION_DROP, ICMP_CLASS_ENTRIES, ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES, NO_RULE,
+    PORT_CLASS_ENTRIES, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT,
+    PORT_SLOT_UDP_SPORT, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::model::{Action, Cidr, PolicySettings, Proto, Rule};
+
+/// Memory budget for the rule tables of one rule set.
+pub const TABLE_BUDGET_BYTES: u64 = 64 << 20;
+/// Bound on the work of one compilation (class combinations visited), so a
+/// pathological rule set fails fast with a clear error instead of exhausting
+/// memory.
+const VISIT_BUDGET: u64 = 40_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("too many rules: {0} (at most {MAX_RULES})")]
+    TooManyRules(usize),
+    #[error(
+        "rule set too large for the flat classifier: {phase} needs more than {limit} \
+         (wildcard rules crossed with many specific ones); split or merge rules"
+    )]
+    OverBudget { phase: &'static str, limit: String },
+}
+
+/// One LPM entry: prefix (address bytes, length) -> class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixClass<const N: usize> {
+    pub addr: [u8; N],
+    pub len: u8,
+    pub class: u32,
+}
+
+/// Sizes of the produced tables, as reported by `nva check` and the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableSizes {
+    pub rules: usize,
+    pub src_prefixes: usize,
+    pub dst_prefixes: usize,
+    pub src_classes: usize,
+    pub dst_classes: usize,
+    pub port_classes: usize,
+    pub icmp_classes: usize,
+    pub pairs: usize,
+    pub pair_classes: usize,
+    pub l4_entries: usize,
+    pub l4_classes: usize,
+    pub verdicts: usize,
+    /// Estimate of kernel memory for these tables.
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for TableSizes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "prefixes src {} dst {}, pairs {}, l4 {}, verdicts {}, classes src {} dst {} port {} icmp {} pair {} l4 {}, ~{:.1} MiB",
+            self.src_prefixes,
+            self.dst_prefixes,
+            self.pairs,
+            self.l4_entries,
+            self.verdicts,
+            self.src_classes,
+            self.dst_classes,
+            self.port_classes,
+            self.icmp_classes,
+            self.pair_classes,
+            self.l4_classes,
+            self.bytes as f64 / (1 << 20) as f64
+        )
+    }
+}
+
+/// Everything the data path needs for one rule set.
+#[derive(Clone, Debug, Default)]
+pub struct CompiledRuleSet {
+    pub src_v4: Vec<PrefixClass<4>>,
+    pub src_v6: Vec<PrefixClass<16>>,
+    pub dst_v4: Vec<PrefixClass<4>>,
+    pub dst_v6: Vec<PrefixClass<16>>,
+    /// Indexed as in nva-common (`slot * 65536 + port`).
+    pub port_class: Vec<u32>,
+    /// Indexed as in nva-common (`slot * 256 + type`).
+    pub icmp_class: Vec<u32>,
+    /// Interface name -> class; interfaces not listed are class 0.
+    pub iface_class: Vec<(String, u32)>,
+    pub pairs: HashMap<PairKey, PairMatch>,
+    pub l4: HashMap<L4Key, ClassMatch>,
+    pub verdicts: HashMap<VerdictKey, u32>,
+    pub rule_actions: Vec<RuleAction>,
+    pub catch_all_rule: u32,
+    pub default_action: u8,
+    pub fragments_allow: bool,
+    pub management: Vec<ManagementKey>,
+    pub sizes: TableSizes,
+}
+
+/// A packet as the classifier sees it (userspace model and tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketView {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IP protocol number as on the wire.
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub icmp_type: u8,
+    pub iface: Option<String>,
+}
+
+fn proto_number(p: Proto) -> u8 {
+    match p {
+        Proto::Tcp => PROTO_TCP,
+        Proto::Udp => PROTO_UDP,
+        Proto::Icmp => PROTO_ICMP,
+        Proto::Icmpv6 => PROTO_ICMPV6,
+        Proto::Any => PROTO_OTHER,
+    }
+}
+
+/// The plain first-match reference semantics of a rule list (linear scan).
+pub fn rule_matches(rule: &Rule, pkt: &PacketView) -> bool {
+    let proto = nva_common::classifier_proto(pkt.proto);
+    if rule.proto != Proto::Any && proto_number(rule.proto) != proto {
+        return false;
+    }
+    let addr_ok =
+        |list: &[Cidr], ip: IpAddr| list.is_empty() || list.iter().any(|c| c.contains(ip));
+    if !addr_ok(&rule.src, pkt.src) || !addr_ok(&rule.dst, pkt.dst) {
+        return false;
+    }
+    if let Some(iface) = &rule.in_iface {
+        if pkt.iface.as_deref() != Some(iface.as_str()) {
+            return false;
+        }
+    }
+    let port_ok = |list: &[crate::model::PortRange], p: u16| {
+        list.is_empty() || list.iter().any(|r| r.contains(p))
+    };
+    if (proto == PROTO_TCP || proto == PROTO_UDP)
+        && (!port_ok(&rule.sport, pkt.sport) || !port_ok(&rule.dport, pkt.dport))
+    {
+        return false;
+    }
+    if (proto == PROTO_ICMP || proto == PROTO_ICMPV6)
+        && !rule.icmp_type.is_empty()
+        && !rule.icmp_type.contains(&pkt.icmp_type)
+    {
+        return false;
+    }
+    true
+}
+
+/// Linear first-match: the reference the compiled tables must agree with.
+pub fn linear_first_match(rules: &[Rule], pkt: &PacketView) -> Option<usize> {
+    rules.iter().position(|r| rule_matches(r, pkt))
+}
+
+/// A field's address list, normalised: `None` means any address of both
+/// families.
+fn addr_field(list: &[Cidr]) -> Option<&[Cidr]> {
+    let has_v4_all = list.iter().any(|c| c.is_v4() && c.len == 0);
+    let has_v6_all = list.iter().any(|c| !c.is_v4() && c.len == 0);
+    if list.is_empty() || (has_v4_all && has_v6_all) {
+        None
+    } else {
+        Some(list)
+    }
+}
+
+fn is_pair_wild(rule: &Rule) -> bool {
+    addr_field(&rule.src).is_none() && addr_field(&rule.dst).is_none()
+}
+
+fn is_l4_wild(rule: &Rule) -> bool {
+    rule.proto == Proto::Any && rule.in_iface.is_none()
+}
+
+/// The protocol slot of a rule that names only a protocol (see PairMatch).
+fn proto_only_slot(rule: &Rule) -> Option<usize> {
+    let names_only_proto = rule.proto != Proto::Any
+        && rule.in_iface.is_none()
+        && rule.sport.is_empty()
+        && rule.dport.is_empty()
+        && rule.icmp_type.is_empty();
+    if names_only_proto {
+        pair_proto_slot(proto_number(rule.proto))
+    } else {
+        None
+    }
+}
+
+/// A rule handled entirely in the pair phase (no L4 entries needed).
+fn pair_phase_only(rule: &Rule) -> bool {
+    !is_pair_wild(rule) && (is_l4_wild(rule) || proto_only_slot(rule).is_some())
+}
+
+/// Pair-table entry being built: general rules in order, then the shortcut
+/// rules; rules after a shortcut are shadowed for that pair.
+struct PairAcc {
+    rules: Vec<u32>,
+    wildcard: u32,
+    proto_rule: [u32; 4],
+}
+
+/// Dedupes rule sets into dense class ids.
+#[derive(Default)]
+struct Classes {
+    ids: HashMap<(Vec<u32>, [u32; 5]), u32>,
+    /// class id -> (rules, shortcut rules)
+    sets: Vec<(Vec<u32>, [u32; 5])>,
+}
+
+impl Classes {
+    fn intern(&mut self, rules: Vec<u32>, shortcuts: [u32; 5]) -> u32 {
+        let next = self.sets.len() as u32;
+        *self
+            .ids
+            .entry((rules.clone(), shortcuts))
+            .or_insert_with(|| {
+                self.sets.push((rules, shortcuts));
+                next
+            })
+    }
+
+    /// rule -> classes whose rule list contains it.
+    fn containing(&self, n_rules: usize) -> Vec<Vec<u32>> {
+        let mut out = vec![Vec::new(); n_rules];
+        for (class, (rules, _)) in self.sets.iter().enumerate() {
+            for &r in rules {
+                out[r as usize].push(class as u32);
+            }
+        }
+        out
+    }
+}
+
+/// Address classes of one field (src or dst) and family.
+struct AddrClasses {
+    /// prefix -> class
+    entries: Vec<(Cidr, u32)>,
+    /// rule -> classes containing it (only rules with specific prefixes)
+    per_rule: Vec<Vec<u32>>,
+    /// all classes of this family
+    all: Vec<u32>,
+}
+
+fn ancestors(c: &Cidr) -> impl Iterator<Item = Cidr> + '_ {
+    (0..=c.len).map(move |l| Cidr::new(c.addr, l))
+}
+
+/// Splits one address field of one family into classes. Class ids are
+/// allocated from `next_id` so that v4 and v6 classes never collide.
+fn addr_classes(
+    rules: &[Rule],
+    field: impl Fn(&Rule) -> &[Cidr],
+    v4: bool,
+    next_id: &mut u32,
+) -> AddrClasses {
+    let mut by_prefix: HashMap<Cidr, Vec<u32>> = HashMap::new();
+    let zero = Cidr::new(
+        if v4 {
+            IpAddr::V4(0.into())
+        } else {
+            IpAddr::V6(0u128.into())
+        },
+        0,
+    );
+    by_prefix.insert(zero, Vec::new());
+    for (i, r) in rules.iter().enumerate() {
+        if let Some(list) = addr_field(field(r)) {
+            for c in list.iter().filter(|c| c.is_v4() == v4) {
+                by_prefix.entry(*c).or_default().push(i as u32);
+            }
+        }
+    }
+    let mut classes: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut entries = Vec::with_capacity(by_prefix.len());
+    let mut per_rule = vec![Vec::new(); rules.len()];
+    for prefix in by_prefix.keys() {
+        let mut set: Vec<u32> = ancestors(prefix)
+            .filter_map(|a| by_prefix.get(&a))
+            .flatten()
+            .copied()
+            .collect();
+        set.sort_unstable();
+        set.dedup();
+        let id = *classes.entry(set.clone()).or_insert_with(|| {
+            let id = *next_id;
+            *next_id += 1;
+            for &r in &set {
+                per_rule[r as usize].push(id);
+            }
+            id
+        });
+        entries.push((*prefix, id));
+    }
+    entries.sort_by_key(|(c, _)| *c);
+    let mut all: Vec<u32> = classes.values().copied().collect();
+    all.sort_unstable();
+    AddrClasses {
+        entries,
+        per_rule,
+        all,
+    }
+}
+
+/// Port classes of one slot: fills `out` (65,536 entries) and returns
+/// rule -> classes containing it, and the number of classes.
+fn port_classes(
+    rules: &[Rule],
+    proto: Proto,
+    field: impl Fn(&Rule) -> &[crate::model::PortRange],
+    out: &mut [u32],
+) -> (Vec<Vec<u32>>, u32) {
+    // Sweep over range boundaries: each elementary interval has one set.
+    let mut starts: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut ends: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut points: BTreeSet<u32> = [0u32, 65_536].into();
+    for (i, r) in rules.iter().enumerate() {
+        if r.proto != proto {
+            continue;
+        }
+        for range in field(r) {
+            starts.entry(range.lo as u32).or_default().push(i as u32);
+            ends.entry(range.hi as u32 + 1).or_default().push(i as u32);
+            points.insert(range.lo as u32);
+            points.insert(range.hi as u32 + 1);
+        }
+    }
+    let points: Vec<u32> = points.into_iter().collect();
+    let mut active: HashMap<u32, u32> = HashMap::new(); // rule -> overlapping ranges
+    let mut ids: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut per_rule = vec![Vec::new(); rules.len()];
+    for w in points.windows(2) {
+        let (lo, hi) = (w[0], w[1]);
+        for r in ends.get(&lo).into_iter().flatten() {
+            let n = active.get_mut(r).expect("range ends after it starts");
+            *n -= 1;
+            if *n == 0 {
+                active.remove(r);
+            }
+        }
+        for r in starts.get(&lo).into_iter().flatten() {
+            *active.entry(*r).or_default() += 1;
+        }
+        let mut set: Vec<u32> = active.keys().copied().collect();
+        set.sort_unstable();
+        let next = ids.len() as u32;
+        let id = *ids.entry(set.clone()).or_insert_with(|| {
+            for &r in &set {
+                per_rule[r as usize].push(next);
+            }
+            next
+        });
+        out[lo as usize..hi as usize].fill(id);
+    }
+    (per_rule, ids.len() as u32)
+}
+
+fn icmp_classes(rules: &[Rule], proto: Proto, out: &mut [u32]) -> (Vec<Vec<u32>>, u32) {
+    let mut ids: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut per_rule = vec![Vec::new(); rules.len()];
+    for t in 0..=255u8 {
+        let set: Vec<u32> = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.proto == proto && r.icmp_type.contains(&t))
+            .map(|(i, _)| i as u32)
+            .collect();
+        let next = ids.len() as u32;
+        let id = *ids.entry(set.clone()).or_insert_with(|| {
+            for &r in &set {
+                per_rule[r as usize].push(next);
+            }
+            next
+        });
+        out[t as usize] = id;
+    }
+    (per_rule, ids.len() as u32)
+}
+
+fn all_ids(n: u32) -> Vec<u32> {
+    (0..n).collect()
+}
+
+struct Budget {
+    visits: u64,
+}
+
+impl Budget {
+    fn spend(&mut self, n: u64, phase: &'static str) -> Result<(), CompileError> {
+        self.visits += n;
+        if self.visits > VISIT_BUDGET {
+            return Err(CompileError::OverBudget {
+                phase,
+                limit: format!("{VISIT_BUDGET} class combinations"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Compiles `rules` (in file order) under `policy`.
+pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSet, CompileError> {
+    if rules.len() > MAX_RULES as usize {
+        return Err(CompileError::TooManyRules(rules.len()));
+    }
+    let started = std::time::Instant::now();
+    let mut out = CompiledRuleSet {
+        default_action: match policy.default {
+            Action::Allow => ACTION_ALLOW,
+            Action::Drop => ACTION_DROP,
+        },
+        fragments_allow: policy.fragments_allow,
+        ..Default::default()
+    };
+    out.rule_actions = rules
+        .iter()
+        .map(|r| RuleAction {
+            action: if r.action == Action::Allow {
+                ACTION_ALLOW
+            } else {
+                ACTION_DROP
+            },
+            log: r.log as u8,
+            _pad: [0; 2],
+        })
+        .collect();
+    out.management = policy
+        .management
+        .iter()
+        .map(|m| ManagementKey {
+            port: m.port,
+            proto: proto_number(m.proto),
+            _pad: 0,
+        })
+        .collect();
+    // Rules after the first catch-all can never match: leave them out.
+    out.catch_all_rule = rules
+        .iter()
+        .position(|r| is_pair_wild(r) && is_l4_wild(r))
+        .map_or(NO_RULE, |i| i as u32);
+    let live = &rules[..rules.len().min(out.catch_all_rule as usize)];
+    let n = live.len();
+    let mut budget = Budget { visits: 0 };
+
+    // Address classes.
+    let mut next_src = 0;
+    let mut next_dst = 0;
+    let src4 = addr_classes(live, |r| &r.src, true, &mut next_src);
+    let src6 = addr_classes(live, |r| &r.src, false, &mut next_src);
+    let dst4 = addr_classes(live, |r| &r.dst, true, &mut next_dst);
+    let dst6 = addr_classes(live, |r| &r.dst, false, &mut next_dst);
+
+    // Phase 1: (src class, dst class) -> pair class.
+    let mut pair_acc: HashMap<PairKey, PairAcc> = HashMap::new();
+    for (src, dst) in [(&src4, &dst4), (&src6, &dst6)] {
+        for (i, r) in live.iter().enumerate() {
+            if is_pair_wild(r) {
+                continue;
+            }
+            let s_list = match addr_field(&r.src) {
+                None => &src.all,
+                Some(_) => &src.per_rule[i],
+            };
+            let d_list = match addr_field(&r.dst) {
+                None => &dst.all,
+                Some(_) => &dst.per_rule[i],
+            };
+            budget.spend(
+                (s_list.len() * d_list.len()) as u64,
+                "the address pair table",
+            )?;
+            let l4_wild = is_l4_wild(r);
+            let proto_slot = proto_only_slot(r);
+            let rule_slot = pair_proto_slot(proto_number(r.proto));
+            for &s in s_list {
+                for &d in d_list {
+                    let key = PairKey {
+                        src_class: s,
+                        dst_class: d,
+                    };
+                    let e = pair_acc.entry(key).or_insert(PairAcc {
+                        rules: Vec::new(),
+                        wildcard: NO_RULE,
+                        proto_rule: [NO_RULE; 4],
+                    });
+                    // Rules after a shortcut rule are shadowed for this pair.
+                    if e.wildcard != NO_RULE {
+                        continue;
+                    }
+                    let shadowed = rule_slot.is_some_and(|s| e.proto_rule[s] != NO_RULE);
+                    if l4_wild {
+                        e.wildcard = i as u32;
+                    } else if shadowed {
+                        // An earlier protocol-only rule wins for this pair.
+                    } else if let Some(slot) = proto_slot {
+                        e.proto_rule[slot] = i as u32;
+                    } else {
+                        e.rules.push(i as u32);
+                    }
+                }
+            }
+        }
+    }
+    let mut pair_classes = Classes::default();
+    for (key, acc) in pair_acc {
+        let [a, b, c, d] = acc.proto_rule;
+        let class = pair_classes.intern(acc.rules, [acc.wildcard, a, b, c, d]);
+        out.pairs.insert(
+            key,
+            PairMatch {
+                class,
+                wildcard_rule: acc.wildcard,
+                proto_rule: acc.proto_rule,
+            },
+        );
+    }
+    let pc_of_rule = pair_classes.containing(n);
+
+    // L4 field classes.
+    out.port_class = vec![0; PORT_CLASS_ENTRIES as usize];
+    let slot = |s: u32| (s as usize * 65_536)..((s as usize + 1) * 65_536);
+    let (tcp_s, n_tcp_s) = port_classes(
+        live,
+        Proto::Tcp,
+        |r| &r.sport,
+        &mut out.port_class[slot(PORT_SLOT_TCP_SPORT)],
+    );
+    let (tcp_d, n_tcp_d) = port_classes(
+        live,
+        Proto::Tcp,
+        |r| &r.dport,
+        &mut out.port_class[slot(PORT_SLOT_TCP_DPORT)],
+    );
+    let (udp_s, n_udp_s) = port_classes(
+        live,
+        Proto::Udp,
+        |r| &r.sport,
+        &mut out.port_class[slot(PORT_SLOT_UDP_SPORT)],
+    );
+    let (udp_d, n_udp_d) = port_classes(
+        live,
+        Proto::Udp,
+        |r| &r.dport,
+        &mut out.port_class[slot(PORT_SLOT_UDP_DPORT)],
+    );
+    out.icmp_class = vec![0; ICMP_CLASS_ENTRIES as usize];
+    let (icmp4, n_icmp4) = icmp_classes(
+        live,
+        Proto::Icmp,
+        &mut out.icmp_class[(ICMP_SLOT_V4 as usize * 256)..(ICMP_SLOT_V4 as usize + 1) * 256],
+    );
+    let (icmp6, n_icmp6) = icmp_classes(
+        live,
+        Proto::Icmpv6,
+        &mut out.icmp_class[(ICMP_SLOT_V6 as usize * 256)..(ICMP_SLOT_V6 as usize + 1) * 256],
+    );
+    let mut iface_names: Vec<String> = live.iter().filter_map(|r| r.in_iface.clone()).collect();
+    iface_names.sort();
+    iface_names.dedup();
+    out.iface_class = iface_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.clone(), i as u32 + 1))
+        .collect();
+    let all_ifaces = all_ids(iface_names.len() as u32 + 1);
+
+    // Phase 2: (iface, proto, a, b) -> L4 class.
+    let mut l4_acc: HashMap<L4Key, (Vec<u32>, u32)> = HashMap::new();
+    for (i, r) in live.iter().enumerate() {
+        if is_l4_wild(r) || pair_phase_only(r) {
+            continue;
+        }
+        let ifaces: Vec<u32> = match &r.in_iface {
+            Some(name) => {
+                vec![iface_names.binary_search(name).expect("collected above") as u32 + 1]
+            }
+            None => all_ifaces.clone(),
+        };
+        let protos: &[u8] = match r.proto {
+            Proto::Any => &[PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER],
+            p => &[match p {
+                Proto::Tcp => PROTO_TCP,
+                Proto::Udp => PROTO_UDP,
+                Proto::Icmp => PROTO_ICMP,
+                _ => PROTO_ICMPV6,
+            }],
+        };
+        let pair_wild = is_pair_wild(r);
+        for &proto in protos {
+            let pick = |specific: bool, per_rule: &Vec<Vec<u32>>, count: u32| {
+                if specific {
+                    per_rule[i].clone()
+                } else {
+                    all_ids(count)
+                }
+            };
+            let (a_list, b_list) = match proto {
+                PROTO_TCP => (
+                    pick(!r.sport.is_empty(), &tcp_s, n_tcp_s),
+                    pick(!r.dport.is_empty(), &tcp_d, n_tcp_d),
+                ),
+                PROTO_UDP => (
+                    pick(!r.sport.is_empty(), &udp_s, n_udp_s),
+                    pick(!r.dport.is_empty(), &udp_d, n_udp_d),
+                ),
+                PROTO_ICMP => (pick(!r.icmp_type.is_empty(), &icmp4, n_icmp4), vec![0]),
+                PROTO_ICMPV6 => (pick(!r.icmp_type.is_empty(), &icmp6, n_icmp6), vec![0]),
+                _ => (vec![0], vec![0]),
+            };
+            budget.spend(
+                (ifaces.len() * a_list.len() * b_list.len()) as u64,
+                "the L4 table",
+            )?;
+            for &iface_class in &ifaces {
+                for &a in &a_list {
+                    for &b in &b_list {
+                        let key = L4Key {
+                            iface_class,
+                            a_class: a,
+                            b_class: b,
+                            proto,
+                            _pad: [0; 3],
+                        };
+                        let e = l4_acc.entry(key).or_insert((Vec::new(), NO_RULE));
+                        if e.1 != NO_RULE {
+                            continue;
+                        }
+                        if pair_wild {
+                            e.1 = i as u32;
+                        } else {
+                            e.0.push(i as u32);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut l4_classes = Classes::default();
+    for (key, (list, wild)) in l4_acc {
+        let class = l4_classes.intern(list, [wild, 0, 0, 0, 0]);
+        out.l4.insert(
+            key,
+            ClassMatch {
+                class,
+                wildcard_rule: wild,
+            },
+        );
+    }
+    let lc_of_rule = l4_classes.containing(n);
+
+    // Phase 3: (pair class, L4 class) -> first rule matching both. Rules are
+    // visited in order, so the first one stored is the first match.
+    for i in 0..n {
+        let (pcs, lcs) = (&pc_of_rule[i], &lc_of_rule[i]);
+        budget.spend((pcs.len() * lcs.len()) as u64, "the verdict table")?;
+        for &pc in pcs {
+            for &lc in lcs {
+                out.verdicts
+                    .entry(VerdictKey {
+                        pair_class: pc,
+                        l4_class: lc,
+                    })
+                    .or_insert(i as u32);
+            }
+        }
+    }
+
+    let to4 = |entries: &[(Cidr, u32)]| -> Vec<PrefixClass<4>> {
+        entries
+            .iter()
+            .map(|(c, class)| PrefixClass {
+                addr: match c.addr {
+                    IpAddr::V4(a) => a.octets(),
+                    IpAddr::V6(_) => unreachable!("v4 table"),
+                },
+                len: c.len,
+                class: *class,
+            })
+            .collect()
+    };
+    let to6 = |entries: &[(Cidr, u32)]| -> Vec<PrefixClass<16>> {
+        entries
+            .iter()
+            .map(|(c, class)| PrefixClass {
+                addr: match c.addr {
+                    IpAddr::V6(a) => a.octets(),
+                    IpAddr::V4(_) => unreachable!("v6 table"),
+                },
+                len: c.len,
+                class: *class,
+            })
+            .collect()
+    };
+    out.src_v4 = to4(&src4.entries);
+    out.src_v6 = to6(&src6.entries);
+    out.dst_v4 = to4(&dst4.entries);
+    out.dst_v6 = to6(&dst6.entries);
+
+    let sizes = TableSizes {
+        rules: rules.len(),
+        src_prefixes: out.src_v4.len() + out.src_v6.len(),
+        dst_prefixes: out.dst_v4.len() + out.dst_v6.len(),
+        src_classes: next_src as usize,
+        dst_classes: next_dst as usize,
+        port_classes: (n_tcp_s + n_tcp_d + n_udp_s + n_udp_d) as usize,
+        icmp_classes: (n_icmp4 + n_icmp6) as usize,
+        pairs: out.pairs.len(),
+        pair_classes: pair_classes.sets.len(),
+        l4_entries: out.l4.len(),
+        l4_classes: l4_classes.sets.len(),
+        verdicts: out.verdicts.len(),
+        bytes: 0,
+    };
+    out.sizes = TableSizes {
+        bytes: estimate_bytes(&sizes),
+        ..sizes
+    };
+    if out.sizes.bytes > TABLE_BUDGET_BYTES {
+        return Err(CompileError::OverBudget {
+            phase: "the compiled tables",
+            limit: format!("{} MiB ({})", TABLE_BUDGET_BYTES >> 20, out.sizes),
+        });
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), sizes = %out.sizes, "compiled rule set");
+    Ok(out)
+}
+
+/// Rough kernel memory of the tables: preallocated hash elements carry about
+/// 48 bytes of overhead besides key and value; LPM nodes about 40.
+fn estimate_bytes(s: &TableSizes) -> u64 {
+    let hash = |n: usize, kv: u64| n as u64 * (48 + kv);
+    let lpm4 = 40 + 4 + 4;
+    let lpm6 = 40 + 16 + 4;
+    hash(s.pairs, 32)
+        + hash(s.l4_entries, 24)
+        + hash(s.verdicts, 16)
+        + (s.src_prefixes + s.dst_prefixes) as u64 * ((lpm4 + lpm6) / 2)
+        + PORT_CLASS_ENTRIES as u64 * 4
+        + ICMP_CLASS_ENTRIES as u64 * 4
+        + s.rules as u64 * 4
+}
+
+/// Userspace model of the program's lookup, with hash indexes standing in
+/// for the LPM tries. Agrees with the XDP program entry for entry.
+pub struct LookupModel<'a> {
+    set: &'a CompiledRuleSet,
+    src4: HashMap<(u8, [u8; 4]), u32>,
+    dst4: HashMap<(u8, [u8; 4]), u32>,
+    src6: HashMap<(u8, [u8; 16]), u32>,
+    dst6: HashMap<(u8, [u8; 16]), u32>,
+}
+
+fn lpm_index<const N: usize>(table: &[PrefixClass<N>]) -> HashMap<(u8, [u8; N]), u32> {
+    table.iter().map(|e| ((e.len, e.addr), e.class)).collect()
+}
+
+fn lpm_lookup<const N: usize>(index: &HashMap<(u8, [u8; N]), u32>, addr: [u8; N]) -> Option<u32> {
+    (0..=(N * 8) as u8).rev().find_map(|len| {
+        let mut masked = addr;
+        for (i, byte) in masked.iter_mut().enumerate() {
+            let bits = (len as usize).saturating_sub(i * 8).min(8);
+            *byte &= if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+        }
+        index.get(&(len, masked)).copied()
+    })
+}
+
+impl CompiledRuleSet {
+    pub fn model(&self) -> LookupModel<'_> {
+        LookupModel {
+            set: self,
+            src4: lpm_index(&self.src_v4),
+            dst4: lpm_index(&self.dst_v4),
+            src6: lpm_index(&self.src_v6),
+            dst6: lpm_index(&self.dst_v6),
+        }
+    }
+}
+
+impl LookupModel<'_> {
+    /// The rule id the program would find for `pkt` (or NO_RULE).
+    pub fn lookup(&self, pkt: &PacketView) -> u32 {
+        let set = self.set;
+        let (s, d) = match (pkt.src, pkt.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => (
+                lpm_lookup(&self.src4, s.octets()),
+                lpm_lookup(&self.dst4, d.octets()),
+            ),
+            (IpAddr::V6(s), IpAddr::V6(d)) => (
+                lpm_lookup(&self.src6, s.octets()),
+                lpm_lookup(&self.dst6, d.octets()),
+            ),
+            _ => (None, None),
+        };
+        let pair = match (s, d) {
+            (Some(s), Some(d)) => set
+                .pairs
+                .get(&PairKey {
+                    src_class: s,
+                    dst_class: d,
+                })
+                .copied(),
+            _ => None,
+        };
+        let proto = nva_common::classifier_proto(pkt.proto);
+        let port = |slot: u32, p: u16| set.port_class[(slot * 65_536 + p as u32) as usize];
+        let icmp = |slot: u32, t: u8| set.icmp_class[(slot * 256 + t as u32) as usize];
+        let (a, b) = match proto {
+            PROTO_TCP => (
+                port(PORT_SLOT_TCP_SPORT, pkt.sport),
+                port(PORT_SLOT_TCP_DPORT, pkt.dport),
+            ),
+            PROTO_UDP => (
+                port(PORT_SLOT_UDP_SPORT, pkt.sport),
+                port(PORT_SLOT_UDP_DPORT, pkt.dport),
+            ),
+            PROTO_ICMP => (icmp(ICMP_SLOT_V4, pkt.icmp_type), 0),
+            PROTO_ICMPV6 => (icmp(ICMP_SLOT_V6, pkt.icmp_type), 0),
+            _ => (0, 0),
+        };
+        let iface_class = pkt
+            .iface
+            .as_ref()
+            .and_then(|name| set.iface_class.iter().find(|(n, _)| n == name))
+            .map_or(0, |(_, c)| *c);
+        let l4 = set
+            .l4
+            .get(&L4Key {
+                iface_class,
+                a_class: a,
+                b_class: b,
+                proto,
+                _pad: [0; 3],
+            })
+            .copied();
+        let mut best = set.catch_all_rule;
+        if let Some(p) = pair {
+            best = best.min(p.wildcard_rule);
+            if let Some(slot) = pair_proto_slot(proto) {
+                best = best.min(p.proto_rule[slot]);
+            }
+        }
+        if let Some(l) = l4 {
+            best = best.min(l.wildcard_rule);
+        }
+        if let (Some(p), Some(l)) = (pair, l4) {
+            if let Some(r) = set.verdicts.get(&VerdictKey {
+                pair_class: p.class,
+                l4_class: l.class,
+            }) {
+                best = best.min(*r);
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests;

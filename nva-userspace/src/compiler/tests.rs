@@ -1,0 +1,119 @@
+use super::*;
+use crate::model::{ManagementPort, PortRange};
+use crate::rulegen::{Rng, RuleGen};
+use proptest::prelude::*;
+
+fn policy() -> PolicySettings {
+    PolicySettings {
+        default: Action::Drop,
+        stateful: false,
+        loose_tcp: false,
+        fragments_allow: false,
+        management: vec![ManagementPort {
+            proto: Proto::Tcp,
+            port: 22,
+        }],
+    }
+}
+
+fn check_agreement(seed: u64, n_rules: usize, n_packets: usize) {
+    let mut rng = Rng::new(seed);
+    let gen = RuleGen::new(&mut rng, n_rules);
+    let rules = gen.rules(&mut rng, n_rules);
+    let compiled = compile(&rules, &policy()).expect("compiles");
+    let model = compiled.model();
+    let mut matched = 0;
+    for _ in 0..n_packets {
+        let pkt = gen.packet(&mut rng, &rules);
+        let want = linear_first_match(&rules, &pkt).map_or(NO_RULE, |i| i as u32);
+        let got = model.lookup(&pkt);
+        assert_eq!(
+            got, want,
+            "seed {seed}: packet {pkt:?}: compiled says {got}, linear says {want}"
+        );
+        matched += (want != NO_RULE) as usize;
+    }
+    // The generator must exercise rules, not only the default.
+    assert!(
+        matched * 4 > n_packets,
+        "seed {seed}: only {matched} of {n_packets} packets matched a rule"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compiled_tables_agree_with_linear_first_match(seed in any::<u64>(), n in 50usize..400) {
+        check_agreement(seed, n, 600);
+    }
+}
+
+#[test]
+fn empty_rule_set_has_no_match() {
+    let c = compile(&[], &policy()).unwrap();
+    let pkt = PacketView {
+        src: "10.0.0.1".parse().unwrap(),
+        dst: "10.0.0.2".parse().unwrap(),
+        proto: 6,
+        sport: 1,
+        dport: 2,
+        icmp_type: 0,
+        iface: None,
+    };
+    assert_eq!(c.model().lookup(&pkt), NO_RULE);
+}
+
+#[test]
+fn catch_all_shadows_later_rules() {
+    let mut web = Rule::any("web", Action::Allow);
+    web.proto = Proto::Tcp;
+    web.dport = vec![PortRange { lo: 80, hi: 80 }];
+    let rules = vec![Rule::any("all", Action::Drop), web];
+    let c = compile(&rules, &policy()).unwrap();
+    assert_eq!(c.catch_all_rule, 0);
+    assert!(c.verdicts.is_empty() && c.pairs.is_empty() && c.l4.is_empty());
+}
+
+#[test]
+fn port_ranges_cost_one_entry_each() {
+    let mut r = Rule::any("range", Action::Allow);
+    r.proto = Proto::Tcp;
+    r.dport = vec![PortRange {
+        lo: 1000,
+        hi: 60000,
+    }];
+    let c = compile(&[r], &policy()).unwrap();
+    // Two classes for the dport slot: inside and outside the range.
+    assert_eq!(c.sizes.port_classes, 4 + 1);
+    assert_eq!(
+        c.port_class[(PORT_SLOT_TCP_DPORT * 65_536 + 999) as usize],
+        c.port_class[(PORT_SLOT_TCP_DPORT * 65_536 + 60001) as usize]
+    );
+    assert_ne!(
+        c.port_class[(PORT_SLOT_TCP_DPORT * 65_536 + 1000) as usize],
+        c.port_class[(PORT_SLOT_TCP_DPORT * 65_536 + 999) as usize]
+    );
+}
+
+/// Sizes and compile time for 10k random rules (printed for the record;
+/// run with --nocapture). Asserts only that it compiles within the budget.
+#[test]
+fn ten_thousand_random_rules_compile() {
+    let mut rng = Rng::new(10_000);
+    let gen = RuleGen::new(&mut rng, 10_000);
+    let rules = gen.rules(&mut rng, 10_000);
+    let started = std::time::Instant::now();
+    let c = compile(&rules, &policy()).expect("10k rules compile");
+    eprintln!(
+        "10k random rules: compiled in {:?}: {}",
+        started.elapsed(),
+        c.sizes
+    );
+    let model = c.model();
+    for _ in 0..2_000 {
+        let pkt = gen.packet(&mut rng, &rules);
+        let want = linear_first_match(&rules, &pkt).map_or(NO_RULE, |i| i as u32);
+        assert_eq!(model.lookup(&pkt), want);
+    }
+}

@@ -1,0 +1,6 @@
+pub mod agent;
+pub mod compiler;
+pub mod config;
+pub mod datapath;
+pub mod model;
+pub mod rulegen;

@@ -1,0 +1,170 @@
+//! The validated policy: what the config file means, free of TOML details.
+//! `config` produces it, `compiler` turns it into BPF tables.
+
+use std::net::IpAddr;
+
+/// An IP prefix, v4 or v6, with host bits cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Builds a prefix, clearing host bits. `len` must fit the family.
+    pub fn new(addr: IpAddr, len: u8) -> Self {
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let bits = u32::from(a);
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - len as u32)
+                };
+                IpAddr::V4((bits & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len as u32)
+                };
+                IpAddr::V6((bits & mask).into())
+            }
+        };
+        Cidr { addr, len }
+    }
+
+    pub fn is_v4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                Cidr::new(ip, self.len).addr == self.addr
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Protocol a rule matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Allow,
+    Drop,
+}
+
+/// Inclusive port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub const ANY: PortRange = PortRange { lo: 0, hi: 65535 };
+    pub fn contains(&self, p: u16) -> bool {
+        self.lo <= p && p <= self.hi
+    }
+}
+
+/// One rule, validated. Empty `src`/`dst` mean any address of both families;
+/// empty `sport`/`dport` any port; empty `icmp_type` any type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub action: Action,
+    pub proto: Proto,
+    pub src: Vec<Cidr>,
+    pub dst: Vec<Cidr>,
+    pub sport: Vec<PortRange>,
+    pub dport: Vec<PortRange>,
+    pub icmp_type: Vec<u8>,
+    pub in_iface: Option<String>,
+    pub log: bool,
+}
+
+impl Rule {
+    /// A rule that matches everything (handy in tests).
+    pub fn any(name: &str, action: Action) -> Rule {
+        Rule {
+            name: name.to_string(),
+            action,
+            proto: Proto::Any,
+            src: vec![],
+            dst: vec![],
+            sport: vec![],
+            dport: vec![],
+            icmp_type: vec![],
+            in_iface: None,
+            log: false,
+        }
+    }
+}
+
+/// A management (failsafe) entry: traffic to `port` over `proto` (tcp or udp)
+/// passes before any rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ManagementPort {
+    pub proto: Proto,
+    pub port: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpModeSetting {
+    Auto,
+    Driver,
+    Skb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardMode {
+    Kernel,
+    Xdp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentSettings {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpModeSetting,
+    pub forward: ForwardMode,
+    pub health_listen: std::net::SocketAddr,
+    pub tcp_probe_listen: Option<std::net::SocketAddr>,
+    pub bpffs: std::path::PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySettings {
+    pub default: Action,
+    pub stateful: bool,
+    pub loose_tcp: bool,
+    pub fragments_allow: bool,
+    /// Includes the health port (added by the config loader).
+    pub management: Vec<ManagementPort>,
+}
+
+/// A whole validated config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub agent: AgentSettings,
+    pub policy: PolicySettings,
+    pub rules: Vec<Rule>,
+}

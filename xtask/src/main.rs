@@ -1,0 +1,423 @@
+//! Project tasks: `cargo xtask setup | build | test | run | bench | lab`.
+//!
+//! Everything a fresh machine needs to build and test nva is installed by
+//! `setup`; `test` and `run` call it first, and it returns quickly when
+//! nothing is missing.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// bpf-linker release whose LLVM matches the installed nightly (see TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// Debian packages the build, the tests and the lab rely on:
+/// (what shows it is installed, package name).
+const DEBIAN_PACKAGES: &[(Probe, &str)] = &[
+    (Probe::Cmd("ip"), "iproute2"),
+    (Probe::Cmd("nft"), "nftables"),
+    (Probe::Cmd("iptables"), "iptables"),
+    (Probe::Cmd("iperf3"), "iperf3"),
+    (Probe::Cmd("tcpdump"), "tcpdump"),
+    (Probe::Cmd("bpftool"), "bpftool"),
+    (Probe::Cmd("nc"), "netcat-openbsd"),
+    (Probe::Cmd("ping"), "iputils-ping"),
+    (Probe::File("/usr/share/java/zookeeper.jar"), "zookeeper"),
+];
+
+enum Probe {
+    Cmd(&'static str),
+    File(&'static str),
+}
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "nva project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: nightly rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Build the workspace (the eBPF object is built by nva-userspace/build.rs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, then run all tests one at a time (needs root).
+    Test {
+        /// Extra arguments for the test binaries (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, then run `nva` with the given arguments (needs root).
+    Run {
+        /// Arguments for `nva`, e.g. `-- agent --config FILE`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks (not implemented yet).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// The HA lab (not implemented yet).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    add_cargo_bin_to_path();
+    match dispatch(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Setup => setup().map(|()| ExitCode::SUCCESS),
+        Cmd::Build { release } => build(release),
+        Cmd::Test { args } => test(&args),
+        Cmd::Run { args } => run(&args),
+        Cmd::Bench { .. } => {
+            eprintln!("xtask bench: not implemented yet (see issue: benchmarks)");
+            Ok(ExitCode::from(2))
+        }
+        Cmd::Lab { .. } => {
+            eprintln!("xtask lab: not implemented yet (see issue: lab)");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- commands
+
+fn setup() -> Result<()> {
+    println!("xtask setup: checking toolchain and system packages");
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_debian_packages()?;
+    println!("xtask setup: done");
+    Ok(())
+}
+
+fn build(release: bool) -> Result<ExitCode> {
+    let mut args = vec!["build", "--workspace", "--exclude", "nva-ebpf"];
+    if release {
+        args.push("--release");
+    }
+    status_code(cargo().args(&args))
+}
+
+fn test(extra: &[String]) -> Result<ExitCode> {
+    require_root("test")?;
+    setup()?;
+    let code = build(false)?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "nva-ebpf",
+        "--",
+        "--test-threads=1",
+    ]);
+    cmd.args(extra);
+    status_code(&mut cmd)
+}
+
+fn run(args: &[String]) -> Result<ExitCode> {
+    require_root("run")?;
+    setup()?;
+    let code = build(false)?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let nva = target_dir().join("debug").join("nva");
+    if args.is_empty() {
+        println!(
+            "xtask run: no arguments given. The HA lab (client, fabric, two NVAs, \
+             backend, failover daemons) comes with a later issue; for now pass \
+             arguments to nva, e.g.\n    cargo xtask run -- agent --config scripts/example.toml\n"
+        );
+        return status_code(Command::new(&nva).arg("--help"));
+    }
+    status_code(Command::new(&nva).args(args))
+}
+
+// ---------------------------------------------------------------- setup steps
+
+fn ensure_rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("running rustup (is rustup installed and on PATH?)")?;
+    if out.status.success() {
+        let listed = String::from_utf8_lossy(&out.stdout);
+        if listed.lines().any(|l| l.trim().starts_with("rust-src")) {
+            println!("  ok       nightly rust-src");
+            return Ok(());
+        }
+        println!("  install  rustup component add rust-src --toolchain nightly");
+        return check_status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]));
+    }
+    println!("  install  rustup toolchain install nightly --profile minimal -c rust-src");
+    check_status(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    let found = find_command("bpf-linker");
+    if let Some(path) = &found {
+        let version = Command::new(path)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if version.split_whitespace().nth(1) == Some(BPF_LINKER_VERSION) {
+            println!("  ok       bpf-linker {BPF_LINKER_VERSION}");
+            return Ok(());
+        }
+        println!(
+            "  replace  bpf-linker at {} reports {:?}, need {BPF_LINKER_VERSION}",
+            path.display(),
+            version
+        );
+    }
+    let spec = format!("bpf-linker@{BPF_LINKER_VERSION}");
+    println!("  install  cargo install {spec} --locked (takes a few minutes)");
+    let mut cmd = Command::new(cargo_program());
+    cmd.args(["install", &spec, "--locked"]);
+    if found.is_some() {
+        cmd.arg("--force");
+    }
+    check_status(&mut cmd)
+}
+
+fn ensure_debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(probe, _)| match probe {
+            Probe::Cmd(c) => find_command(c).is_none(),
+            Probe::File(f) => !Path::new(f).exists(),
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        println!(
+            "  ok       Debian packages ({} checked)",
+            DEBIAN_PACKAGES.len()
+        );
+        return Ok(());
+    }
+    println!("  install  Debian packages: {}", missing.join(" "));
+    if !is_root()? {
+        bail!(
+            "installing Debian packages needs root; run as root or install: apt-get install {}",
+            missing.join(" ")
+        );
+    }
+    println!("  run      apt-get update");
+    check_status(Command::new("apt-get").args(["update", "-q"]))?;
+    println!("  run      apt-get install -y {}", missing.join(" "));
+    check_status(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
+fn cargo_program() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// A cargo command run from the workspace root.
+fn cargo() -> Command {
+    let mut cmd = Command::new(cargo_program());
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn cargo_home_bin() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        return Some(PathBuf::from(home).join("bin"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo").join("bin"))
+}
+
+/// bpf-linker (and whatever `cargo install` puts there) must be found by the
+/// eBPF build that aya-build starts, so `~/.cargo/bin` goes on PATH for every
+/// child process.
+fn add_cargo_bin_to_path() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    let before = dirs.len();
+    if let Some(bin) = cargo_home_bin() {
+        if !dirs.contains(&bin) {
+            dirs.insert(0, bin);
+        }
+    }
+    // Root's tools (ip, nft, bpftool) live in sbin, which a CI PATH may lack.
+    for sbin in ["/usr/sbin", "/sbin"].map(PathBuf::from) {
+        if !dirs.contains(&sbin) {
+            dirs.push(sbin);
+        }
+    }
+    if dirs.len() != before {
+        if let Ok(joined) = std::env::join_paths(dirs) {
+            std::env::set_var("PATH", joined);
+        }
+    }
+}
+
+fn find_command(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(cargo_home_bin())
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn is_root() -> Result<bool> {
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running `id -u`")?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !is_root()? {
+        bail!(
+            "`cargo xtask {what}` must run as root: it attaches XDP programs, \
+             creates network namespaces and installs packages (try: sudo -E cargo xtask {what})"
+        );
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `cmd`, failing unless it exits 0.
+fn check_status(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting `{}`", describe(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed: {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and turns its exit status into ours.
+fn status_code(cmd: &mut Command) -> Result<ExitCode> {
+    use std::os::unix::process::ExitStatusExt;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting `{}`", describe(cmd)))?;
+    let code = match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 1,
+    };
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cmd {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+            .expect("parses")
+            .cmd
+    }
+
+    #[test]
+    fn run_passes_arguments_after_double_dash() {
+        match parse(&["run", "--", "agent", "--config", "f.toml"]) {
+            Cmd::Run { args } => assert_eq!(args, ["agent", "--config", "f.toml"]),
+            _ => panic!("not run"),
+        }
+        match parse(&["run"]) {
+            Cmd::Run { args } => assert!(args.is_empty()),
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn test_passes_extra_arguments() {
+        match parse(&["test", "--", "--nocapture", "netns"]) {
+            Cmd::Test { args } => assert_eq!(args, ["--nocapture", "netns"]),
+            _ => panic!("not test"),
+        }
+    }
+
+    #[test]
+    fn build_release_flag() {
+        assert!(matches!(
+            parse(&["build", "--release"]),
+            Cmd::Build { release: true }
+        ));
+        assert!(matches!(parse(&["build"]), Cmd::Build { release: false }));
+    }
+}

@@ -406,3 +406,37 @@ pub fn nva_binary() -> PathBuf {
     }
     path
 }
+
+pub mod frames;
+
+/// Runs `f` on a fresh thread that has its own, new network namespace
+/// holding veth interfaces with the given names (peers are named NAME+"p").
+/// Nothing is created in the caller's namespace; the namespace disappears
+/// with the thread. `f` receives name -> ifindex.
+pub fn in_private_netns<T: Send + 'static>(
+    ifaces: &'static [&'static str],
+    f: impl FnOnce(std::collections::HashMap<String, u32>) -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare affects only this thread.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        let mut table = std::collections::HashMap::new();
+        for name in ifaces {
+            let peer = format!("{name}p");
+            let out = Command::new("ip")
+                .args(["link", "add", name, "type", "veth", "peer", "name", &peer])
+                .output()
+                .expect("run ip");
+            assert!(out.status.success(), "ip link add {name}: {}", String::from_utf8_lossy(&out.stderr));
+            let c = std::ffi::CString::new(*name).unwrap();
+            let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            assert_ne!(idx, 0);
+            table.insert(name.to_string(), idx);
+        }
+        table.insert("lo".to_string(), 1);
+        f(table)
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}

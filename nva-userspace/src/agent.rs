@@ -136,6 +136,8 @@ impl Agent {
         let bpffs = self.config.agent.bpffs.clone();
         drop(self.datapath);
         let _ = std::fs::remove_dir_all(pin_dir(&bpffs));
+        // Only if empty: the directory may hold an operator's other pins.
+        let _ = std::fs::remove_dir(&bpffs);
         let _ = std::fs::remove_file(state_file(&bpffs));
         tracing::info!("detached and removed pinned state");
     }

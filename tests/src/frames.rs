@@ -25,7 +25,14 @@ pub fn ethernet(vlans: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8>
 
 /// IPv4 header (with `options`, a multiple of 4 bytes) and payload.
 /// `frag` is the flags+offset field (offset in 8-byte units).
-pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, options: &[u8], frag: u16, payload: &[u8]) -> Vec<u8> {
+pub fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    options: &[u8],
+    frag: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     assert!(options.len() % 4 == 0 && options.len() <= 40);
     let ihl = 5 + options.len() / 4;
     let total = ihl * 4 + payload.len();
@@ -74,7 +81,24 @@ pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut h = Vec::with_capacity(20);
     h.extend_from_slice(&sport.to_be_bytes());
     h.extend_from_slice(&dport.to_be_bytes());
-    h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    h.extend_from_slice(&[
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        5 << 4,
+        flags,
+        0xff,
+        0xff,
+        0,
+        0,
+        0,
+        0,
+    ]);
     h
 }
 
@@ -101,7 +125,9 @@ pub fn frame_for(pkt: &PacketView) -> Vec<u8> {
         _ => vec![0; 8],
     };
     match (pkt.src, pkt.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => ethernet(&[], ETH_P_IP, &ipv4(s, d, pkt.proto, &[], 0, &l4)),
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            ethernet(&[], ETH_P_IP, &ipv4(s, d, pkt.proto, &[], 0, &l4))
+        }
         (IpAddr::V6(s), IpAddr::V6(d)) => ethernet(&[], ETH_P_IPV6, &ipv6(s, d, pkt.proto, &l4)),
         _ => panic!("mixed address families"),
     }

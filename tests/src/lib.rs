@@ -420,7 +420,12 @@ pub fn in_private_netns<T: Send + 'static>(
     std::thread::spawn(move || {
         // SAFETY: unshare affects only this thread.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
         let mut table = std::collections::HashMap::new();
         for name in ifaces {
             let peer = format!("{name}p");
@@ -428,7 +433,11 @@ pub fn in_private_netns<T: Send + 'static>(
                 .args(["link", "add", name, "type", "veth", "peer", "name", &peer])
                 .output()
                 .expect("run ip");
-            assert!(out.status.success(), "ip link add {name}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "ip link add {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let c = std::ffi::CString::new(*name).unwrap();
             let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
             assert_ne!(idx, 0);
@@ -439,4 +448,34 @@ pub fn in_private_netns<T: Send + 'static>(
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Runs `f` on a thread that has joined the network namespace `ns`; sockets
+/// created there belong to that namespace and can be used from anywhere.
+pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{}", ns.name);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+impl Netns {
+    /// A command run in this namespace with `nsenter --net` only: unlike
+    /// `ip netns exec`, it keeps the host's mounts (and so the shared bpffs).
+    pub fn nsenter(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg("--")
+            .args(args);
+        c
+    }
 }

@@ -22,7 +22,10 @@ fn policy(default: Action, fragments_allow: bool) -> PolicySettings {
         stateful: false,
         loose_tcp: false,
         fragments_allow,
-        management: vec![ManagementPort { proto: Proto::Tcp, port: 22 }],
+        management: vec![ManagementPort {
+            proto: Proto::Tcp,
+            port: 22,
+        }],
     }
 }
 
@@ -38,10 +41,22 @@ fn run(dp: &DataPath, frame: &[u8], ifindex: u32) -> (u32, PacketReason) {
         .copied()
         .filter(|r| after[*r as usize] != before[*r as usize])
         .collect();
-    assert_eq!(moved.len(), 1, "exactly one reason counter moves, got {moved:?}");
+    assert_eq!(
+        moved.len(),
+        1,
+        "exactly one reason counter moves, got {moved:?}"
+    );
     assert_eq!(after[moved[0] as usize], before[moved[0] as usize] + 1);
-    let expected_action = if moved[0].is_pass() { XDP_PASS } else { XDP_DROP };
-    assert_eq!(action, expected_action, "action agrees with reason {:?}", moved[0]);
+    let expected_action = if moved[0].is_pass() {
+        XDP_PASS
+    } else {
+        XDP_DROP
+    };
+    assert_eq!(
+        action, expected_action,
+        "action agrees with reason {:?}",
+        moved[0]
+    );
     (action, moved[0])
 }
 
@@ -55,7 +70,10 @@ fn tcp_rule(name: &str, dst: &[&str], dport: u16) -> Rule {
             nva::model::Cidr::new(a.parse().unwrap(), l.parse().unwrap())
         })
         .collect();
-    r.dport = vec![PortRange { lo: dport, hi: dport }];
+    r.dport = vec![PortRange {
+        lo: dport,
+        hi: dport,
+    }];
     r
 }
 
@@ -83,13 +101,23 @@ fn v6(a: &str) -> Ipv6Addr {
 }
 
 fn v4_tcp(dport: u16) -> Vec<u8> {
-    ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0, &tcp(40000, dport, 0x02))
+    ipv4(
+        v4("192.0.2.1"),
+        v4("10.1.2.3"),
+        6,
+        &[],
+        0,
+        &tcp(40000, dport, 0x02),
+    )
 }
 
 fn v6_tcp_with_exts(dport: u16) -> Vec<u8> {
     // hop-by-hop -> routing -> destination options -> TCP
     let l4 = tcp(40000, dport, 0x02);
-    let exts = ipv6_opts_ext(0, &ipv6_opts_ext(43, &ipv6_opts_ext(60, &ipv6_opts_ext(6, &l4))));
+    let exts = ipv6_opts_ext(
+        0,
+        &ipv6_opts_ext(43, &ipv6_opts_ext(60, &ipv6_opts_ext(6, &l4))),
+    );
     // The outer header's next header is hop-by-hop (0); the first ext names 43.
     let exts = exts[8..].to_vec();
     ipv6(v6("2001:db8::1"), v6("fd00::80"), 0, &exts)
@@ -103,34 +131,319 @@ fn crafted_frames_get_expected_verdicts_and_reasons() {
         let compiled = compile(&rules, &policy(Action::Drop, false)).unwrap();
         let dp = DataPath::load(&compiled, 1, &|_| None).unwrap();
         let cases: Vec<(&str, Vec<u8>, u32, PacketReason)> = vec![
-            ("v4 tcp/80", ethernet(&[], ETH_P_IP, &v4_tcp(80)), XDP_PASS, PacketReason::PassRule),
-            ("v4 tcp/81", ethernet(&[], ETH_P_IP, &v4_tcp(81)), XDP_DROP, PacketReason::DropDefault),
-            ("v4 tcp/8080 drop rule", ethernet(&[], ETH_P_IP, &v4_tcp(8080)), XDP_DROP, PacketReason::DropRule),
-            ("vlan", ethernet(&[(ETH_P_8021Q, 10)], ETH_P_IP, &v4_tcp(80)), XDP_PASS, PacketReason::PassRule),
-            ("qinq", ethernet(&[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)], ETH_P_IP, &v4_tcp(80)), XDP_PASS, PacketReason::PassRule),
-            ("qinq default", ethernet(&[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)], ETH_P_IP, &v4_tcp(81)), XDP_DROP, PacketReason::DropDefault),
-            ("three tags", ethernet(&[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)], ETH_P_IP, &v4_tcp(80)), XDP_DROP, PacketReason::DropVlanTooDeep),
-            ("v4 options", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[1, 1, 1, 0, 7, 3, 4, 0, 1, 1, 1, 0], 0, &tcp(1, 80, 2))), XDP_PASS, PacketReason::PassRule),
-            ("v4 options default", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[1, 1, 1, 0], 0, &tcp(1, 81, 2))), XDP_DROP, PacketReason::DropDefault),
-            ("v4 first fragment", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0x2000, &tcp(1, 80, 2))), XDP_PASS, PacketReason::PassRule),
-            ("v4 later fragment", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0x0010, &[0u8; 24])), XDP_DROP, PacketReason::DropFragment),
-            ("v4 tiny first fragment", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0x2000, &[0u8; 8])), XDP_DROP, PacketReason::DropMalformedL4),
-            ("v6 ext headers", ethernet(&[], ETH_P_IPV6, &v6_tcp_with_exts(80)), XDP_PASS, PacketReason::PassRule),
-            ("v6 ext headers default", ethernet(&[], ETH_P_IPV6, &v6_tcp_with_exts(81)), XDP_DROP, PacketReason::DropDefault),
-            ("v6 first fragment", ethernet(&[], ETH_P_IPV6, &ipv6(v6("2001:db8::1"), v6("fd00::80"), 44, &ipv6_fragment_ext(6, 0, true, &tcp(1, 80, 2)))), XDP_PASS, PacketReason::PassRule),
-            ("v6 later fragment", ethernet(&[], ETH_P_IPV6, &ipv6(v6("2001:db8::1"), v6("fd00::80"), 44, &ipv6_fragment_ext(6, 100, false, &[0u8; 16]))), XDP_DROP, PacketReason::DropFragment),
-            ("v6 ext chain too long", ethernet(&[], ETH_P_IPV6, &ipv6(v6("2001:db8::1"), v6("fd00::80"), 60, &(0..9).fold(tcp(1, 80, 2), |rest, _| ipv6_opts_ext(60, &rest)))), XDP_DROP, PacketReason::DropIpv6ExtTooDeep),
-            ("udp/53", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("192.0.2.2"), 17, &[], 0, &udp(5353, 53, b"q"))), XDP_PASS, PacketReason::PassRule),
-            ("udp/54", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("192.0.2.2"), 17, &[], 0, &udp(5353, 54, b"q"))), XDP_DROP, PacketReason::DropDefault),
-            ("icmp echo", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("192.0.2.2"), 1, &[], 0, &icmp(8, 0))), XDP_PASS, PacketReason::PassRule),
-            ("icmp timestamp", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("192.0.2.2"), 1, &[], 0, &icmp(13, 0))), XDP_DROP, PacketReason::DropDefault),
-            ("icmpv6 echo", ethernet(&[], ETH_P_IPV6, &ipv6(v6("2001:db8::1"), v6("2001:db8::2"), 58, &icmp(128, 0))), XDP_PASS, PacketReason::PassRule),
-            ("icmpv6 echo reply", ethernet(&[], ETH_P_IPV6, &ipv6(v6("2001:db8::1"), v6("2001:db8::2"), 58, &icmp(129, 0))), XDP_DROP, PacketReason::DropDefault),
-            ("management tcp/22", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("192.0.2.2"), 6, &[], 0, &tcp(40000, 22, 2))), XDP_PASS, PacketReason::PassManagement),
-            ("arp", ethernet(&[], ETH_P_ARP, &[0u8; 28]), XDP_PASS, PacketReason::PassNonIp),
-            ("tcp data offset < 5", ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0, &{ let mut t = tcp(1, 80, 2); t[12] = 4 << 4; t })), XDP_DROP, PacketReason::DropMalformedL4),
-            ("ihl < 5", ethernet(&[], ETH_P_IP, &{ let mut p = v4_tcp(80); p[0] = 0x44; p }), XDP_DROP, PacketReason::DropMalformedIpv4),
-            ("ipv4 version 6 in 0x0800", ethernet(&[], ETH_P_IP, &{ let mut p = v4_tcp(80); p[0] = 0x65; p }), XDP_DROP, PacketReason::DropMalformedIpv4),
+            (
+                "v4 tcp/80",
+                ethernet(&[], ETH_P_IP, &v4_tcp(80)),
+                XDP_PASS,
+                PacketReason::PassRule,
+            ),
+            (
+                "v4 tcp/81",
+                ethernet(&[], ETH_P_IP, &v4_tcp(81)),
+                XDP_DROP,
+                PacketReason::DropDefault,
+            ),
+            (
+                "v4 tcp/8080 drop rule",
+                ethernet(&[], ETH_P_IP, &v4_tcp(8080)),
+                XDP_DROP,
+                PacketReason::DropRule,
+            ),
+            (
+                "vlan",
+                ethernet(&[(ETH_P_8021Q, 10)], ETH_P_IP, &v4_tcp(80)),
+                XDP_PASS,
+                PacketReason::PassRule,
+            ),
+            (
+                "qinq",
+                ethernet(
+                    &[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)],
+                    ETH_P_IP,
+                    &v4_tcp(80),
+                ),
+                XDP_PASS,
+                PacketReason::PassRule,
+            ),
+            (
+                "qinq default",
+                ethernet(
+                    &[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)],
+                    ETH_P_IP,
+                    &v4_tcp(81),
+                ),
+                XDP_DROP,
+                PacketReason::DropDefault,
+            ),
+            (
+                "three tags",
+                ethernet(
+                    &[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)],
+                    ETH_P_IP,
+                    &v4_tcp(80),
+                ),
+                XDP_DROP,
+                PacketReason::DropVlanTooDeep,
+            ),
+            (
+                "v4 options",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(
+                        v4("192.0.2.1"),
+                        v4("10.1.2.3"),
+                        6,
+                        &[1, 1, 1, 0, 7, 3, 4, 0, 1, 1, 1, 0],
+                        0,
+                        &tcp(1, 80, 2),
+                    ),
+                ),
+                XDP_PASS,
+                PacketReason::PassRule,
+            ),
+            (
+                "v4 options default",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(
+                        v4("192.0.2.1"),
+                        v4("10.1.2.3"),
+                        6,
+                        &[1, 1, 1, 0],
+                        0,
+                        &tcp(1, 81, 2),
+                    ),
+                ),
+                XDP_DROP,
+                PacketReason::DropDefault,
+            ),
+            (
+                "v4 first fragment",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(
+                        v4("192.0.2.1"),
+                        v4("10.1.2.3"),
+                        6,
+                        &[],
+                        0x2000,
+                        &tcp(1, 80, 2),
+                    ),
+                ),
+                XDP_PASS,
+                PacketReason::PassRule,
+            ),
+            (
+                "v4 later fragment",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0x0010, &[0u8; 24]),
+                ),
+                XDP_DROP,
+                PacketReason::DropFragment,
+            ),
+            (
+                "v4 tiny first fragment",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0x2000, &[0u8; 8]),
+                ),
+                XDP_DROP,
+                PacketReason::DropMalformedL4,
+            ),
+            (
+                "v6 ext headers",
+                ethernet(&[], ETH_P_IPV6, &v6_tcp_with_exts(80)),
+                XDP_PASS,
+                PacketReason::PassRule,
+            ),
+            (
+                "v6 ext headers default",
+                ethernet(&[], ETH_P_IPV6, &v6_tcp_with_exts(81)),
+                XDP_DROP,
+                PacketReason::DropDefault,
+            ),
+            (
+                "v6 first fragment",
+                ethernet(
+                    &[],
+                    ETH_P_IPV6,
+                    &ipv6(
+                        v6("2001:db8::1"),
+                        v6("fd00::80"),
+                        44,
+                        &ipv6_fragment_ext(6, 0, true, &tcp(1, 80, 2)),
+                    ),
+                ),
+                XDP_PASS,
+                PacketReason::PassRule,
+            ),
+            (
+                "v6 later fragment",
+                ethernet(
+                    &[],
+                    ETH_P_IPV6,
+                    &ipv6(
+                        v6("2001:db8::1"),
+                        v6("fd00::80"),
+                        44,
+                        &ipv6_fragment_ext(6, 100, false, &[0u8; 16]),
+                    ),
+                ),
+                XDP_DROP,
+                PacketReason::DropFragment,
+            ),
+            (
+                "v6 ext chain too long",
+                ethernet(
+                    &[],
+                    ETH_P_IPV6,
+                    &ipv6(
+                        v6("2001:db8::1"),
+                        v6("fd00::80"),
+                        60,
+                        &(0..9).fold(tcp(1, 80, 2), |rest, _| ipv6_opts_ext(60, &rest)),
+                    ),
+                ),
+                XDP_DROP,
+                PacketReason::DropIpv6ExtTooDeep,
+            ),
+            (
+                "udp/53",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(
+                        v4("192.0.2.1"),
+                        v4("192.0.2.2"),
+                        17,
+                        &[],
+                        0,
+                        &udp(5353, 53, b"q"),
+                    ),
+                ),
+                XDP_PASS,
+                PacketReason::PassRule,
+            ),
+            (
+                "udp/54",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(
+                        v4("192.0.2.1"),
+                        v4("192.0.2.2"),
+                        17,
+                        &[],
+                        0,
+                        &udp(5353, 54, b"q"),
+                    ),
+                ),
+                XDP_DROP,
+                PacketReason::DropDefault,
+            ),
+            (
+                "icmp echo",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(v4("192.0.2.1"), v4("192.0.2.2"), 1, &[], 0, &icmp(8, 0)),
+                ),
+                XDP_PASS,
+                PacketReason::PassRule,
+            ),
+            (
+                "icmp timestamp",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(v4("192.0.2.1"), v4("192.0.2.2"), 1, &[], 0, &icmp(13, 0)),
+                ),
+                XDP_DROP,
+                PacketReason::DropDefault,
+            ),
+            (
+                "icmpv6 echo",
+                ethernet(
+                    &[],
+                    ETH_P_IPV6,
+                    &ipv6(v6("2001:db8::1"), v6("2001:db8::2"), 58, &icmp(128, 0)),
+                ),
+                XDP_PASS,
+                PacketReason::PassRule,
+            ),
+            (
+                "icmpv6 echo reply",
+                ethernet(
+                    &[],
+                    ETH_P_IPV6,
+                    &ipv6(v6("2001:db8::1"), v6("2001:db8::2"), 58, &icmp(129, 0)),
+                ),
+                XDP_DROP,
+                PacketReason::DropDefault,
+            ),
+            (
+                "management tcp/22",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(
+                        v4("192.0.2.1"),
+                        v4("192.0.2.2"),
+                        6,
+                        &[],
+                        0,
+                        &tcp(40000, 22, 2),
+                    ),
+                ),
+                XDP_PASS,
+                PacketReason::PassManagement,
+            ),
+            (
+                "arp",
+                ethernet(&[], ETH_P_ARP, &[0u8; 28]),
+                XDP_PASS,
+                PacketReason::PassNonIp,
+            ),
+            (
+                "tcp data offset < 5",
+                ethernet(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0, &{
+                        let mut t = tcp(1, 80, 2);
+                        t[12] = 4 << 4;
+                        t
+                    }),
+                ),
+                XDP_DROP,
+                PacketReason::DropMalformedL4,
+            ),
+            (
+                "ihl < 5",
+                ethernet(&[], ETH_P_IP, &{
+                    let mut p = v4_tcp(80);
+                    p[0] = 0x44;
+                    p
+                }),
+                XDP_DROP,
+                PacketReason::DropMalformedIpv4,
+            ),
+            (
+                "ipv4 version 6 in 0x0800",
+                ethernet(&[], ETH_P_IP, &{
+                    let mut p = v4_tcp(80);
+                    p[0] = 0x65;
+                    p
+                }),
+                XDP_DROP,
+                PacketReason::DropMalformedIpv4,
+            ),
         ];
         for (name, frame, action, reason) in cases {
             let got = run(&dp, &frame, 0);
@@ -151,7 +464,11 @@ fn fragment_policy_allow_passes_later_fragments() {
     in_private_netns(&[], |_| {
         let compiled = compile(&fixed_rules(), &policy(Action::Drop, true)).unwrap();
         let dp = DataPath::load(&compiled, 1, &|_| None).unwrap();
-        let later = ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0x0010, &[0u8; 24]));
+        let later = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0x0010, &[0u8; 24]),
+        );
         assert_eq!(run(&dp, &later, 0), (XDP_PASS, PacketReason::PassFragment));
     });
 }
@@ -163,10 +480,36 @@ fn truncated_frames_are_dropped_at_every_offset() {
         let compiled = compile(&fixed_rules(), &policy(Action::Allow, false)).unwrap();
         let dp = DataPath::load(&compiled, 1, &|_| None).unwrap();
         let frames = [
-            ethernet(&[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2)], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[1, 1, 1, 0], 0, &tcp(1, 80, 2))),
+            ethernet(
+                &[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2)],
+                ETH_P_IP,
+                &ipv4(
+                    v4("192.0.2.1"),
+                    v4("10.1.2.3"),
+                    6,
+                    &[1, 1, 1, 0],
+                    0,
+                    &tcp(1, 80, 2),
+                ),
+            ),
             ethernet(&[], ETH_P_IPV6, &v6_tcp_with_exts(80)),
-            ethernet(&[], ETH_P_IP, &ipv4(v4("192.0.2.1"), v4("192.0.2.2"), 17, &[], 0, &udp(1, 53, b""))),
-            ethernet(&[], ETH_P_IPV6, &ipv6(v6("2001:db8::1"), v6("2001:db8::2"), 58, &icmp(128, 0))),
+            ethernet(
+                &[],
+                ETH_P_IP,
+                &ipv4(
+                    v4("192.0.2.1"),
+                    v4("192.0.2.2"),
+                    17,
+                    &[],
+                    0,
+                    &udp(1, 53, b""),
+                ),
+            ),
+            ethernet(
+                &[],
+                ETH_P_IPV6,
+                &ipv6(v6("2001:db8::1"), v6("2001:db8::2"), 58, &icmp(128, 0)),
+            ),
         ];
         for frame in frames {
             // The full frame passes; every cut (the kernel needs >= 14 bytes)
@@ -175,7 +518,10 @@ fn truncated_frames_are_dropped_at_every_offset() {
             for cut in 14..frame.len() {
                 let (action, reason) = run(&dp, &frame[..cut], 0);
                 assert_eq!(action, XDP_DROP, "cut at {cut} of {}", frame.len());
-                assert!(reason.name().starts_with("malformed"), "cut at {cut}: {reason:?}");
+                assert!(
+                    reason.name().starts_with("malformed"),
+                    "cut at {cut}: {reason:?}"
+                );
             }
         }
     });
@@ -192,29 +538,53 @@ fn real_program_agrees_with_linear_first_match() {
             let n = 100 + rng.below(300) as usize;
             let gen = RuleGen::new(&mut rng, n);
             let rules = gen.rules(&mut rng, n);
-            let pol = policy(if seed % 2 == 0 { Action::Allow } else { Action::Drop }, false);
+            let pol = policy(
+                if seed % 2 == 0 {
+                    Action::Allow
+                } else {
+                    Action::Drop
+                },
+                false,
+            );
             let compiled = compile(&rules, &pol).unwrap();
             let table: HashMap<String, u32> = ifindex.clone();
             let dp = DataPath::load(&compiled, 1, &move |name| table.get(name).copied()).unwrap();
             let mut expected_counts = vec![0u64; rules.len()];
             for _ in 0..300 {
                 let pkt = gen.packet(&mut rng, &rules);
-                let idx = ifindex[pkt.iface.as_deref().filter(|n| ifindex.contains_key(*n)).unwrap_or("lo")];
+                let idx = ifindex[pkt
+                    .iface
+                    .as_deref()
+                    .filter(|n| ifindex.contains_key(*n))
+                    .unwrap_or("lo")];
                 let management = pkt.proto == PROTO_TCP && pkt.dport == 22;
                 let want = linear_first_match(&rules, &pkt).map_or(NO_RULE, |i| i as u32);
                 let (action, reason) = run(&dp, &frame_for(&pkt), idx);
                 let want_reason = if management {
                     PacketReason::PassManagement
                 } else if want == NO_RULE {
-                    if pol.default == Action::Allow { PacketReason::PassDefault } else { PacketReason::DropDefault }
+                    if pol.default == Action::Allow {
+                        PacketReason::PassDefault
+                    } else {
+                        PacketReason::DropDefault
+                    }
                 } else {
                     expected_counts[want as usize] += 1;
-                    if rules[want as usize].action == Action::Allow { PacketReason::PassRule } else { PacketReason::DropRule }
+                    if rules[want as usize].action == Action::Allow {
+                        PacketReason::PassRule
+                    } else {
+                        PacketReason::DropRule
+                    }
                 };
                 assert_eq!(reason, want_reason, "seed {seed}: {pkt:?} (rule {want})");
                 let _ = action;
             }
-            let counts: Vec<u64> = dp.rule_counters(rules.len()).unwrap().iter().map(|c| c.packets).collect();
+            let counts: Vec<u64> = dp
+                .rule_counters(rules.len())
+                .unwrap()
+                .iter()
+                .map(|c| c.packets)
+                .collect();
             assert_eq!(counts, expected_counts, "seed {seed}: per-rule counters");
         }
     });

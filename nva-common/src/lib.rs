@@ -161,6 +161,9 @@ pub struct DataPathConfig {
     /// [`NO_RULE`]. Kept here rather than in the class tables, where it would
     /// touch every class combination.
     pub catch_all_rule: u32,
+    /// Per protocol slot ([`pair_proto_slot`]): the first rule that matches
+    /// every packet of that protocol (any address, port, type, interface).
+    pub proto_catch_all: [u32; 4],
     pub default_action: u8,
     pub fragments: u8,
     /// 0 until userspace has written a complete rule set: until then the
@@ -168,7 +171,7 @@ pub struct DataPathConfig {
     pub ready: u8,
     pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<DataPathConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<DataPathConfig>() == 32);
 
 /// Why the program returned its verdict; index into the per-CPU packet
 /// counter array. Append only: the numbers are part of the pinned layout.
@@ -257,6 +260,8 @@ pub mod map_names {
     pub const ICMP_CLASS: &str = "ICMP_CLASS";
     pub const IFACE_CLASS: &str = "IFACE_CLASS";
     pub const PAIRS: &str = "PAIRS";
+    pub const DST_ONLY: &str = "DST_ONLY";
+    pub const SRC_ONLY: &str = "SRC_ONLY";
     pub const L4: &str = "L4";
     pub const VERDICTS: &str = "VERDICTS";
     pub const RULE_ACTIONS: &str = "RULE_ACTIONS";

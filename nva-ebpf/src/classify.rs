@@ -10,7 +10,8 @@ use nva_common::{
 };
 
 use crate::maps::{
-    DST_V4, DST_V6, ICMP_CLASS, IFACE_CLASS, L4, PAIRS, PORT_CLASS, SRC_V4, SRC_V6, VERDICTS,
+    DST_ONLY, DST_V4, DST_V6, ICMP_CLASS, IFACE_CLASS, L4, PAIRS, PORT_CLASS, SRC_ONLY, SRC_V4,
+    SRC_V6, VERDICTS,
 };
 use crate::parse::Packet;
 
@@ -30,26 +31,45 @@ fn icmp_class(slot: u32, icmp_type: u8) -> u32 {
         .unwrap_or(0)
 }
 
+/// Address classes of the packet: (source, destination).
 #[inline(always)]
-fn pair_match(pkt: &Packet) -> Option<PairMatch> {
-    let (src, dst) = if pkt.is_v6 {
+fn addr_classes(pkt: &Packet) -> (Option<u32>, Option<u32>) {
+    if pkt.is_v6 {
         (
-            SRC_V6.get(Key::new(128, pkt.src))?,
-            DST_V6.get(Key::new(128, pkt.dst))?,
+            SRC_V6.get(Key::new(128, pkt.src)).copied(),
+            DST_V6.get(Key::new(128, pkt.dst)).copied(),
         )
     } else {
         let src4 = [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]];
         let dst4 = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
         (
-            SRC_V4.get(Key::new(32, src4))?,
-            DST_V4.get(Key::new(32, dst4))?,
+            SRC_V4.get(Key::new(32, src4)).copied(),
+            DST_V4.get(Key::new(32, dst4)).copied(),
         )
+    }
+}
+
+/// Folds one pair-table match into `best`: its shortcut rules, and the
+/// verdict of its class joined with the L4 class.
+#[inline(always)]
+fn fold_pair(best: u32, m: Option<PairMatch>, l4: Option<ClassMatch>, proto: u8) -> u32 {
+    let Some(m) = m else {
+        return best;
     };
-    let key = PairKey {
-        src_class: *src,
-        dst_class: *dst,
-    };
-    unsafe { PAIRS.get(&key) }.copied()
+    let mut best = min(best, m.wildcard_rule);
+    if let Some(slot) = nva_common::pair_proto_slot(proto) {
+        best = min(best, m.proto_rule[slot]);
+    }
+    if let Some(l) = l4 {
+        let key = VerdictKey {
+            pair_class: m.class,
+            l4_class: l.class,
+        };
+        if let Some(rule) = unsafe { VERDICTS.get(&key) } {
+            best = min(best, *rule);
+        }
+    }
+    best
 }
 
 #[inline(always)]
@@ -82,26 +102,25 @@ fn l4_match(pkt: &Packet, ifindex: u32) -> Option<ClassMatch> {
 /// The id of the first rule (in file order) matching the packet, or NO_RULE.
 #[inline(always)]
 pub fn first_match(pkt: &Packet, ifindex: u32, catch_all_rule: u32) -> u32 {
-    let mut best = catch_all_rule;
-    let pair = pair_match(pkt);
+    let proto = nva_common::classifier_proto(pkt.proto);
     let l4 = l4_match(pkt, ifindex);
-    if let Some(p) = pair {
-        best = min(best, p.wildcard_rule);
-        if let Some(slot) = nva_common::pair_proto_slot(nva_common::classifier_proto(pkt.proto)) {
-            best = min(best, p.proto_rule[slot]);
-        }
-    }
+    let mut best = catch_all_rule;
     if let Some(l) = l4 {
         best = min(best, l.wildcard_rule);
     }
-    if let (Some(p), Some(l)) = (pair, l4) {
-        let key = VerdictKey {
-            pair_class: p.class,
-            l4_class: l.class,
+    let (src, dst) = addr_classes(pkt);
+    if let (Some(s), Some(d)) = (src, dst) {
+        let key = PairKey {
+            src_class: s,
+            dst_class: d,
         };
-        if let Some(rule) = unsafe { VERDICTS.get(&key) } {
-            best = min(best, *rule);
-        }
+        best = fold_pair(best, unsafe { PAIRS.get(&key) }.copied(), l4, proto);
+    }
+    if let Some(d) = dst {
+        best = fold_pair(best, unsafe { DST_ONLY.get(&d) }.copied(), l4, proto);
+    }
+    if let Some(s) = src {
+        best = fold_pair(best, unsafe { SRC_ONLY.get(&s) }.copied(), l4, proto);
     }
     best
 }

@@ -34,6 +34,11 @@ pub static IFACE_CLASS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
 /// (pair class, L4 class) -> first matching rule id.
 #[map]
 pub static PAIRS: HashMap<PairKey, PairMatch> = HashMap::with_max_entries(1024, 0);
+/// Rules with one address "any", keyed by the other address's class.
+#[map]
+pub static DST_ONLY: HashMap<u32, PairMatch> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub static SRC_ONLY: HashMap<u32, PairMatch> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static L4: HashMap<L4Key, ClassMatch> = HashMap::with_max_entries(1024, 0);
 #[map]

@@ -59,6 +59,8 @@ pub struct TableSizes {
     pub port_classes: usize,
     pub icmp_classes: usize,
     pub pairs: usize,
+    pub dst_only: usize,
+    pub src_only: usize,
     pub pair_classes: usize,
     pub l4_entries: usize,
     pub l4_classes: usize,
@@ -71,10 +73,12 @@ impl std::fmt::Display for TableSizes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "prefixes src {} dst {}, pairs {}, l4 {}, verdicts {}, classes src {} dst {} port {} icmp {} pair {} l4 {}, ~{:.1} MiB",
+            "prefixes src {} dst {}, pairs {} (+{} dst-only, {} src-only), l4 {}, verdicts {}, classes src {} dst {} port {} icmp {} pair {} l4 {}, ~{:.1} MiB",
             self.src_prefixes,
             self.dst_prefixes,
             self.pairs,
+            self.dst_only,
+            self.src_only,
             self.l4_entries,
             self.verdicts,
             self.src_classes,
@@ -102,10 +106,15 @@ pub struct CompiledRuleSet {
     /// Interface name -> class; interfaces not listed are class 0.
     pub iface_class: Vec<(String, u32)>,
     pub pairs: HashMap<PairKey, PairMatch>,
+    /// Rules with `src` any, by destination class.
+    pub dst_only: HashMap<u32, PairMatch>,
+    /// Rules with `dst` any, by source class.
+    pub src_only: HashMap<u32, PairMatch>,
     pub l4: HashMap<L4Key, ClassMatch>,
     pub verdicts: HashMap<VerdictKey, u32>,
     pub rule_actions: Vec<RuleAction>,
     pub catch_all_rule: u32,
+    pub proto_catch_all: [u32; 4],
     pub default_action: u8,
     pub fragments_allow: bool,
     pub management: Vec<ManagementKey>,
@@ -207,9 +216,10 @@ fn proto_only_slot(rule: &Rule) -> Option<usize> {
     }
 }
 
-/// A rule handled entirely in the pair phase (no L4 entries needed).
+/// A rule handled entirely in the pair phase or as a protocol catch-all
+/// (no L4 entries needed).
 fn pair_phase_only(rule: &Rule) -> bool {
-    !is_pair_wild(rule) && (is_l4_wild(rule) || proto_only_slot(rule).is_some())
+    is_l4_wild(rule) || proto_only_slot(rule).is_some()
 }
 
 /// Pair-table entry being built: general rules in order, then the shortcut
@@ -218,6 +228,35 @@ struct PairAcc {
     rules: Vec<u32>,
     wildcard: u32,
     proto_rule: [u32; 4],
+}
+
+impl PairAcc {
+    fn new() -> PairAcc {
+        PairAcc {
+            rules: Vec::new(),
+            wildcard: NO_RULE,
+            proto_rule: [NO_RULE; 4],
+        }
+    }
+
+    /// Adds rule `i` (rules arrive in file order).
+    fn add(&mut self, i: usize, r: &Rule) {
+        // Everything after a wildcard-L4 rule is shadowed here.
+        if self.wildcard != NO_RULE {
+            return;
+        }
+        let shadowed = pair_proto_slot(proto_number(r.proto))
+            .is_some_and(|slot| self.proto_rule[slot] != NO_RULE);
+        if is_l4_wild(r) {
+            self.wildcard = i as u32;
+        } else if shadowed {
+            // An earlier protocol-only rule wins for this entry.
+        } else if let Some(slot) = proto_only_slot(r) {
+            self.proto_rule[slot] = i as u32;
+        } else {
+            self.rules.push(i as u32);
+        }
+    }
 }
 
 /// Dedupes rule sets into dense class ids.
@@ -258,8 +297,6 @@ struct AddrClasses {
     entries: Vec<(Cidr, u32)>,
     /// rule -> classes containing it (only rules with specific prefixes)
     per_rule: Vec<Vec<u32>>,
-    /// all classes of this family
-    all: Vec<u32>,
 }
 
 fn ancestors(c: &Cidr) -> impl Iterator<Item = Cidr> + '_ {
@@ -313,13 +350,7 @@ fn addr_classes(
         entries.push((*prefix, id));
     }
     entries.sort_by_key(|(c, _)| *c);
-    let mut all: Vec<u32> = classes.values().copied().collect();
-    all.sort_unstable();
-    AddrClasses {
-        entries,
-        per_rule,
-        all,
-    }
+    AddrClasses { entries, per_rule }
 }
 
 /// Port classes of one slot: fills `out` (65,536 entries) and returns
@@ -459,6 +490,14 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         .position(|r| is_pair_wild(r) && is_l4_wild(r))
         .map_or(NO_RULE, |i| i as u32);
     let live = &rules[..rules.len().min(out.catch_all_rule as usize)];
+    out.proto_catch_all = [NO_RULE; 4];
+    for (i, r) in live.iter().enumerate() {
+        if let Some(slot) = proto_only_slot(r).filter(|_| is_pair_wild(r)) {
+            if out.proto_catch_all[slot] == NO_RULE {
+                out.proto_catch_all[slot] = i as u32;
+            }
+        }
+    }
     let n = live.len();
     let mut budget = Budget { visits: 0 };
 
@@ -470,70 +509,70 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
     let dst4 = addr_classes(live, |r| &r.dst, true, &mut next_dst);
     let dst6 = addr_classes(live, |r| &r.dst, false, &mut next_dst);
 
-    // Phase 1: (src class, dst class) -> pair class.
+    // Phase 1: address classes -> pair class. Rules specific in both
+    // addresses are keyed by (src class, dst class); rules with one address
+    // "any" are keyed by the other class alone, so they never cross with
+    // the classes of the field they ignore.
     let mut pair_acc: HashMap<PairKey, PairAcc> = HashMap::new();
+    let mut dst_only_acc: HashMap<u32, PairAcc> = HashMap::new();
+    let mut src_only_acc: HashMap<u32, PairAcc> = HashMap::new();
     for (src, dst) in [(&src4, &dst4), (&src6, &dst6)] {
         for (i, r) in live.iter().enumerate() {
-            if is_pair_wild(r) {
-                continue;
-            }
-            let s_list = match addr_field(&r.src) {
-                None => &src.all,
-                Some(_) => &src.per_rule[i],
-            };
-            let d_list = match addr_field(&r.dst) {
-                None => &dst.all,
-                Some(_) => &dst.per_rule[i],
-            };
-            budget.spend(
-                (s_list.len() * d_list.len()) as u64,
-                "the address pair table",
-            )?;
-            let l4_wild = is_l4_wild(r);
-            let proto_slot = proto_only_slot(r);
-            let rule_slot = pair_proto_slot(proto_number(r.proto));
-            for &s in s_list {
-                for &d in d_list {
-                    let key = PairKey {
-                        src_class: s,
-                        dst_class: d,
-                    };
-                    let e = pair_acc.entry(key).or_insert(PairAcc {
-                        rules: Vec::new(),
-                        wildcard: NO_RULE,
-                        proto_rule: [NO_RULE; 4],
-                    });
-                    // Rules after a shortcut rule are shadowed for this pair.
-                    if e.wildcard != NO_RULE {
-                        continue;
+            let (src_any, dst_any) = (addr_field(&r.src).is_none(), addr_field(&r.dst).is_none());
+            match (src_any, dst_any) {
+                (true, true) => {}
+                (true, false) => {
+                    for &d in &dst.per_rule[i] {
+                        dst_only_acc.entry(d).or_insert_with(PairAcc::new).add(i, r);
                     }
-                    let shadowed = rule_slot.is_some_and(|s| e.proto_rule[s] != NO_RULE);
-                    if l4_wild {
-                        e.wildcard = i as u32;
-                    } else if shadowed {
-                        // An earlier protocol-only rule wins for this pair.
-                    } else if let Some(slot) = proto_slot {
-                        e.proto_rule[slot] = i as u32;
-                    } else {
-                        e.rules.push(i as u32);
+                }
+                (false, true) => {
+                    for &s in &src.per_rule[i] {
+                        src_only_acc.entry(s).or_insert_with(PairAcc::new).add(i, r);
+                    }
+                }
+                (false, false) => {
+                    let (s_list, d_list) = (&src.per_rule[i], &dst.per_rule[i]);
+                    budget.spend(
+                        (s_list.len() * d_list.len()) as u64,
+                        "the address pair table",
+                    )?;
+                    for &s in s_list {
+                        for &d in d_list {
+                            let key = PairKey {
+                                src_class: s,
+                                dst_class: d,
+                            };
+                            pair_acc.entry(key).or_insert_with(PairAcc::new).add(i, r);
+                        }
                     }
                 }
             }
         }
     }
+    // One class space for all three: a class is a rule list, whichever
+    // table points at it.
     let mut pair_classes = Classes::default();
-    for (key, acc) in pair_acc {
+    let mut intern = |acc: PairAcc| {
         let [a, b, c, d] = acc.proto_rule;
-        let class = pair_classes.intern(acc.rules, [acc.wildcard, a, b, c, d]);
-        out.pairs.insert(
-            key,
-            PairMatch {
-                class,
-                wildcard_rule: acc.wildcard,
-                proto_rule: acc.proto_rule,
-            },
-        );
-    }
+        PairMatch {
+            class: pair_classes.intern(acc.rules, [acc.wildcard, a, b, c, d]),
+            wildcard_rule: acc.wildcard,
+            proto_rule: acc.proto_rule,
+        }
+    };
+    out.pairs = pair_acc
+        .into_iter()
+        .map(|(k, acc)| (k, intern(acc)))
+        .collect();
+    out.dst_only = dst_only_acc
+        .into_iter()
+        .map(|(k, acc)| (k, intern(acc)))
+        .collect();
+    out.src_only = src_only_acc
+        .into_iter()
+        .map(|(k, acc)| (k, intern(acc)))
+        .collect();
     let pc_of_rule = pair_classes.containing(n);
 
     // L4 field classes.
@@ -725,6 +764,8 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         port_classes: (n_tcp_s + n_tcp_d + n_udp_s + n_udp_d) as usize,
         icmp_classes: (n_icmp4 + n_icmp6) as usize,
         pairs: out.pairs.len(),
+        dst_only: out.dst_only.len(),
+        src_only: out.src_only.len(),
         pair_classes: pair_classes.sets.len(),
         l4_entries: out.l4.len(),
         l4_classes: l4_classes.sets.len(),
@@ -751,7 +792,7 @@ fn estimate_bytes(s: &TableSizes) -> u64 {
     let hash = |n: usize, kv: u64| n as u64 * (48 + kv);
     let lpm4 = 40 + 4 + 4;
     let lpm6 = 40 + 16 + 4;
-    hash(s.pairs, 32)
+    hash(s.pairs + s.dst_only + s.src_only, 32)
         + hash(s.l4_entries, 24)
         + hash(s.verdicts, 16)
         + (s.src_prefixes + s.dst_prefixes) as u64 * ((lpm4 + lpm6) / 2)
@@ -822,6 +863,8 @@ impl LookupModel<'_> {
                 .copied(),
             _ => None,
         };
+        let dst_only = d.and_then(|d| set.dst_only.get(&d).copied());
+        let src_only = s.and_then(|s| set.src_only.get(&s).copied());
         let proto = nva_common::classifier_proto(pkt.proto);
         let port = |slot: u32, p: u16| set.port_class[(slot * 65_536 + p as u32) as usize];
         let icmp = |slot: u32, t: u8| set.icmp_class[(slot * 256 + t as u32) as usize];
@@ -854,21 +897,24 @@ impl LookupModel<'_> {
             })
             .copied();
         let mut best = set.catch_all_rule;
-        if let Some(p) = pair {
-            best = best.min(p.wildcard_rule);
-            if let Some(slot) = pair_proto_slot(proto) {
-                best = best.min(p.proto_rule[slot]);
-            }
+        if let Some(slot) = pair_proto_slot(proto) {
+            best = best.min(set.proto_catch_all[slot]);
         }
         if let Some(l) = l4 {
             best = best.min(l.wildcard_rule);
         }
-        if let (Some(p), Some(l)) = (pair, l4) {
-            if let Some(r) = set.verdicts.get(&VerdictKey {
-                pair_class: p.class,
-                l4_class: l.class,
-            }) {
-                best = best.min(*r);
+        for m in [pair, dst_only, src_only].into_iter().flatten() {
+            best = best.min(m.wildcard_rule);
+            if let Some(slot) = pair_proto_slot(proto) {
+                best = best.min(m.proto_rule[slot]);
+            }
+            if let Some(l) = l4 {
+                if let Some(r) = set.verdicts.get(&VerdictKey {
+                    pair_class: m.class,
+                    l4_class: l.class,
+                }) {
+                    best = best.min(*r);
+                }
             }
         }
         best

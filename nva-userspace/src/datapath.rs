@@ -64,6 +64,8 @@ impl DataPath {
             .map_max_entries(names::DST_V4, size(rules.dst_v4.len()))
             .map_max_entries(names::DST_V6, size(rules.dst_v6.len()))
             .map_max_entries(names::PAIRS, size(rules.pairs.len()))
+            .map_max_entries(names::DST_ONLY, size(rules.dst_only.len()))
+            .map_max_entries(names::SRC_ONLY, size(rules.src_only.len()))
             .map_max_entries(names::L4, size(rules.l4.len()))
             .map_max_entries(names::VERDICTS, size(rules.verdicts.len()));
         let ebpf = loader.load(XDP_OBJECT)?;
@@ -152,6 +154,16 @@ impl DataPath {
         for (k, v) in &rules.pairs {
             pairs.insert(k, v, 0).map_err(map_err(names::PAIRS))?;
         }
+        for (name, table) in [
+            (names::DST_ONLY, &rules.dst_only),
+            (names::SRC_ONLY, &rules.src_only),
+        ] {
+            let mut map: HashMap<_, u32, PairMatch> =
+                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for (k, v) in table {
+                map.insert(k, v, 0).map_err(map_err(name))?;
+            }
+        }
         let mut l4: HashMap<_, L4Key, ClassMatch> =
             HashMap::try_from(self.map_mut(names::L4)?).map_err(map_err(names::L4))?;
         for (k, v) in &rules.l4 {
@@ -181,6 +193,7 @@ impl DataPath {
         let value = DataPathConfig {
             generation,
             catch_all_rule: rules.catch_all_rule,
+            proto_catch_all: rules.proto_catch_all,
             default_action: rules.default_action,
             fragments: if rules.fragments_allow {
                 FRAGMENTS_ALLOW

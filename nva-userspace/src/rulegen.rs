@@ -34,6 +34,8 @@ impl Rng {
 pub const IFACES: [&str; 2] = ["eth0", "eth1"];
 
 pub struct RuleGen {
+    /// Percentage of TCP/UDP rules that name source ports (default 5).
+    pub source_port_percent: u64,
     v4_bases: Vec<u32>,
     v6_bases: Vec<u128>,
     port_points: Vec<u16>,
@@ -44,13 +46,31 @@ impl RuleGen {
     /// for larger rule sets).
     pub fn new(rng: &mut Rng, spread: usize) -> RuleGen {
         let spread = spread.max(4);
+        // Networks spread over the address space, half of them next to an
+        // earlier one (same /16 or /48) so that prefixes nest and overlap.
+        let mut v4_bases: Vec<u32> = Vec::with_capacity(spread);
+        let mut v6_bases: Vec<u128> = Vec::with_capacity(spread);
+        for _ in 0..spread {
+            let near = !v4_bases.is_empty() && rng.chance(50);
+            v4_bases.push(if near {
+                v4_bases[rng.below(v4_bases.len() as u64) as usize]
+                    ^ (rng.next_u64() as u32 & 0xFFFF)
+            } else {
+                rng.next_u64() as u32
+            });
+            v6_bases.push(if near {
+                v6_bases[rng.below(v6_bases.len() as u64) as usize]
+                    ^ ((rng.next_u64() as u128) << 16)
+            } else {
+                (0x2000u128 << 112)
+                    | ((rng.next_u64() as u128) << 60)
+                    | ((rng.next_u64() as u128) << 16)
+            });
+        }
         RuleGen {
-            v4_bases: (0..spread)
-                .map(|_| 0x0A00_0000 | (rng.next_u64() as u32 & 0x00FF_FFFF))
-                .collect(),
-            v6_bases: (0..spread)
-                .map(|_| (0xfd00u128 << 112) | ((rng.next_u64() as u128) << 48))
-                .collect(),
+            source_port_percent: 5,
+            v4_bases,
+            v6_bases,
             port_points: (0..spread * 2)
                 .map(|_| {
                     if rng.chance(50) {

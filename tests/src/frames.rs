@@ -33,7 +33,7 @@ pub fn ipv4(
     frag: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    assert!(options.len() % 4 == 0 && options.len() <= 40);
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
     let ihl = 5 + options.len() / 4;
     let total = ihl * 4 + payload.len();
     let mut h = vec![(4 << 4) | ihl as u8, 0];

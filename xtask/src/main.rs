@@ -128,6 +128,25 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
+    // Style gates first: formatting and clippy, as the house rules demand.
+    let code = status_code(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    if code != ExitCode::SUCCESS {
+        eprintln!("xtask test: `cargo fmt --all` needed");
+        return Ok(code);
+    }
+    let code = status_code(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "nva-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
     let mut cmd = cargo();
     cmd.args([
         "test",

@@ -58,10 +58,16 @@ pub struct PairKey {
 }
 const _: () = assert!(core::mem::size_of::<PairKey>() == 8);
 
-/// Key of the L4 map: (ingress-interface class, protocol, port or ICMP
-/// classes). For TCP/UDP `a_class`/`b_class` are the source/destination port
-/// classes; for ICMP/ICMPv6 `a_class` is the type class and `b_class` is 0;
-/// for other protocols both are 0.
+/// Class id in an L4 key meaning "the rules stored here do not constrain this
+/// dimension". Rules are stored under the pattern of the dimensions they
+/// name, so that a wildcard never spreads over every class of a dimension;
+/// the program looks up each pattern.
+pub const ANY_CLASS: u32 = u32::MAX;
+
+/// Key of the L4 map: (ingress-interface class or ANY, protocol, classes).
+/// For TCP/UDP `a_class` is the source port class (or ANY) and `b_class` the
+/// destination port class; for ICMP/ICMPv6 `a_class` is ANY and `b_class` the
+/// type class; for other protocols `a_class` is ANY and `b_class` 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct L4Key {
@@ -169,9 +175,27 @@ pub struct DataPathConfig {
     /// 0 until userspace has written a complete rule set: until then the
     /// program passes everything rather than dropping on empty tables.
     pub ready: u8,
-    pub _pad: u8,
+    /// Bit p set: the L4 map holds keys of pattern p ([`l4_pattern`]); the
+    /// program skips lookups of patterns no rule uses.
+    pub l4_patterns: u8,
+    /// `PAIR_GROUP_*` bits: which address tables hold entries.
+    pub pair_groups: u8,
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<DataPathConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<DataPathConfig>() == 40);
+
+/// Pattern of an L4 key: bit 2 interface named, bit 1 source port class,
+/// bit 0 destination port / ICMP type class (else ANY).
+#[inline(always)]
+pub const fn l4_pattern(key: &L4Key) -> u8 {
+    ((key.iface_class != ANY_CLASS) as u8) << 2
+        | ((key.a_class != ANY_CLASS) as u8) << 1
+        | (key.b_class != ANY_CLASS) as u8
+}
+
+pub const PAIR_GROUP_BOTH: u8 = 1;
+pub const PAIR_GROUP_DST_ONLY: u8 = 2;
+pub const PAIR_GROUP_SRC_ONLY: u8 = 4;
 
 /// Why the program returned its verdict; index into the per-CPU packet
 /// counter array. Append only: the numbers are part of the pinned layout.

@@ -1,12 +1,15 @@
 //! Flat-cost classification: each field is looked up once into its class,
-//! then the class tuple is joined in two phases. The cost is the same for 10
-//! or 100,000 rules; first-match order was resolved by the compiler.
+//! then the classes are joined by hash lookups. The cost does not depend on
+//! the number of rules; it is bounded by the number of key patterns in use
+//! (see `DataPathConfig::l4_patterns`). First-match order was resolved by the
+//! compiler: the answer is the smallest rule id found.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use nva_common::{
-    ClassMatch, L4Key, PairKey, PairMatch, VerdictKey, ICMP_SLOT_V4, ICMP_SLOT_V6,
-    PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    DataPathConfig, L4Key, PairKey, PairMatch, VerdictKey, ANY_CLASS, ICMP_SLOT_V4, ICMP_SLOT_V6,
+    NO_RULE, PAIR_GROUP_BOTH, PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_SLOT_TCP_DPORT,
+    PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::maps::{
@@ -49,33 +52,20 @@ fn addr_classes(pkt: &Packet) -> (Option<u32>, Option<u32>) {
     }
 }
 
-/// Folds one pair-table match into `best`: its shortcut rules, and the
-/// verdict of its class joined with the L4 class.
-#[inline(always)]
-fn fold_pair(best: u32, m: Option<PairMatch>, l4: Option<ClassMatch>, proto: u8) -> u32 {
-    let Some(m) = m else {
-        return best;
-    };
-    let mut best = min(best, m.wildcard_rule);
-    if let Some(slot) = nva_common::pair_proto_slot(proto) {
-        best = min(best, m.proto_rule[slot]);
-    }
-    if let Some(l) = l4 {
-        let key = VerdictKey {
-            pair_class: m.class,
-            l4_class: l.class,
-        };
-        if let Some(rule) = unsafe { VERDICTS.get(&key) } {
-            best = min(best, *rule);
-        }
-    }
-    best
+/// L4 classes found, one per key pattern (interface, source port class,
+/// destination port or ICMP type class; each either a class or ANY).
+struct L4Matches {
+    /// ANY_CLASS where the pattern was not found.
+    classes: [u32; 8],
 }
 
+/// Looks up every L4 key pattern in use into `out`; returns the smallest
+/// wildcard rule among them.
 #[inline(always)]
-fn l4_match(pkt: &Packet, ifindex: u32) -> Option<ClassMatch> {
+fn l4_matches(pkt: &Packet, ifindex: u32, patterns: u8, out: &mut L4Matches) -> u32 {
     let proto = nva_common::classifier_proto(pkt.proto);
-    let (a_class, b_class) = match proto {
+    let mut best = NO_RULE;
+    let (a, b) = match proto {
         PROTO_TCP => (
             port_class(PORT_SLOT_TCP_SPORT, pkt.sport),
             port_class(PORT_SLOT_TCP_DPORT, pkt.dport),
@@ -84,43 +74,102 @@ fn l4_match(pkt: &Packet, ifindex: u32) -> Option<ClassMatch> {
             port_class(PORT_SLOT_UDP_SPORT, pkt.sport),
             port_class(PORT_SLOT_UDP_DPORT, pkt.dport),
         ),
-        PROTO_ICMP => (icmp_class(ICMP_SLOT_V4, pkt.icmp_type), 0),
-        PROTO_ICMPV6 => (icmp_class(ICMP_SLOT_V6, pkt.icmp_type), 0),
-        _ => (0, 0),
+        PROTO_ICMP => (ANY_CLASS, icmp_class(ICMP_SLOT_V4, pkt.icmp_type)),
+        PROTO_ICMPV6 => (ANY_CLASS, icmp_class(ICMP_SLOT_V6, pkt.icmp_type)),
+        _ => (ANY_CLASS, ANY_CLASS),
     };
-    let iface_class = unsafe { IFACE_CLASS.get(&ifindex) }.copied().unwrap_or(0);
-    let key = L4Key {
-        iface_class,
-        a_class,
-        b_class,
-        proto,
-        _pad: [0; 3],
+    let iface = unsafe { IFACE_CLASS.get(&ifindex) }
+        .copied()
+        .unwrap_or(ANY_CLASS);
+    // Unrolled by hand (constant p): straight-line code verifies cheaply.
+    macro_rules! pattern {
+        ($p:expr) => {{
+            let (use_iface, use_a, use_b) = ($p & 4 != 0, $p & 2 != 0, $p & 1 != 0);
+            let wanted = patterns & (1 << $p) != 0
+                && !(use_iface && iface == ANY_CLASS)
+                && !(use_a && a == ANY_CLASS)
+                && !(use_b && b == ANY_CLASS);
+            if wanted {
+                let key = L4Key {
+                    iface_class: if use_iface { iface } else { ANY_CLASS },
+                    a_class: if use_a { a } else { ANY_CLASS },
+                    b_class: if use_b { b } else { ANY_CLASS },
+                    proto,
+                    _pad: [0; 3],
+                };
+                if let Some(m) = unsafe { L4.get(&key) } {
+                    out.classes[$p] = m.class;
+                    best = min(best, m.wildcard_rule);
+                }
+            }
+        }};
+    }
+    pattern!(0);
+    pattern!(1);
+    pattern!(2);
+    pattern!(3);
+    pattern!(4);
+    pattern!(5);
+    pattern!(6);
+    pattern!(7);
+    best
+}
+
+/// Folds one address-table match into `best`: its shortcut rules, and the
+/// verdicts of its class joined with each L4 class.
+#[inline(always)]
+fn fold_pair(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto: u8) -> u32 {
+    let Some(m) = m else {
+        return best;
     };
-    unsafe { L4.get(&key) }.copied()
+    let mut best = min(best, m.wildcard_rule);
+    if let Some(slot) = nva_common::pair_proto_slot(proto) {
+        best = min(best, m.proto_rule[slot]);
+    }
+    // Slots not found hold ANY_CLASS, which no verdict key uses.
+    for class in l4.classes {
+        if class == ANY_CLASS {
+            continue;
+        }
+        let key = VerdictKey {
+            pair_class: m.class,
+            l4_class: class,
+        };
+        if let Some(rule) = unsafe { VERDICTS.get(&key) } {
+            best = min(best, *rule);
+        }
+    }
+    best
 }
 
 /// The id of the first rule (in file order) matching the packet, or NO_RULE.
 #[inline(always)]
-pub fn first_match(pkt: &Packet, ifindex: u32, catch_all_rule: u32) -> u32 {
+pub fn first_match(pkt: &Packet, ifindex: u32, config: &DataPathConfig) -> u32 {
     let proto = nva_common::classifier_proto(pkt.proto);
-    let l4 = l4_match(pkt, ifindex);
-    let mut best = catch_all_rule;
-    if let Some(l) = l4 {
-        best = min(best, l.wildcard_rule);
+    let mut best = config.catch_all_rule;
+    if let Some(slot) = nva_common::pair_proto_slot(proto) {
+        best = min(best, config.proto_catch_all[slot]);
     }
+    let mut l4s = L4Matches {
+        classes: [ANY_CLASS; 8],
+    };
+    best = min(best, l4_matches(pkt, ifindex, config.l4_patterns, &mut l4s));
+    let groups = config.pair_groups;
     let (src, dst) = addr_classes(pkt);
     if let (Some(s), Some(d)) = (src, dst) {
-        let key = PairKey {
-            src_class: s,
-            dst_class: d,
-        };
-        best = fold_pair(best, unsafe { PAIRS.get(&key) }.copied(), l4, proto);
+        if groups & PAIR_GROUP_BOTH != 0 {
+            let key = PairKey {
+                src_class: s,
+                dst_class: d,
+            };
+            best = fold_pair(best, unsafe { PAIRS.get(&key) }, &l4s, proto);
+        }
     }
-    if let Some(d) = dst {
-        best = fold_pair(best, unsafe { DST_ONLY.get(&d) }.copied(), l4, proto);
+    if let Some(d) = dst.filter(|_| groups & PAIR_GROUP_DST_ONLY != 0) {
+        best = fold_pair(best, unsafe { DST_ONLY.get(&d) }, &l4s, proto);
     }
-    if let Some(s) = src {
-        best = fold_pair(best, unsafe { SRC_ONLY.get(&s) }.copied(), l4, proto);
+    if let Some(s) = src.filter(|_| groups & PAIR_GROUP_SRC_ONLY != 0) {
+        best = fold_pair(best, unsafe { SRC_ONLY.get(&s) }, &l4s, proto);
     }
     best
 }

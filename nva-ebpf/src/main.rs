@@ -49,14 +49,7 @@ fn decide(ctx: &XdpContext) -> PacketReason {
     if is_management(&pkt) {
         return PacketReason::PassManagement;
     }
-    let mut catch_all = config.catch_all_rule;
-    if let Some(slot) = nva_common::pair_proto_slot(nva_common::classifier_proto(pkt.proto)) {
-        let proto_rule = config.proto_catch_all[slot];
-        if proto_rule < catch_all {
-            catch_all = proto_rule;
-        }
-    }
-    let rule = classify::first_match(&pkt, ctx.ingress_ifindex() as u32, catch_all);
+    let rule = classify::first_match(&pkt, ctx.ingress_ifindex() as u32, config);
     if rule == NO_RULE {
         return if config.default_action == ACTION_ALLOW {
             PacketReason::PassDefault

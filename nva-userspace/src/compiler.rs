@@ -15,9 +15,10 @@ use std::net::IpAddr;
 
 use nva_common::{
     pair_proto_slot, ClassMatch, L4Key, ManagementKey, PairKey, PairMatch, RuleAction, VerdictKey,
-    ACTION_ALLOW, ACTION_DROP, ICMP_CLASS_ENTRIES, ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES, NO_RULE,
-    PORT_CLASS_ENTRIES, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT,
-    PORT_SLOT_UDP_SPORT, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
+    ACTION_ALLOW, ACTION_DROP, ANY_CLASS, ICMP_CLASS_ENTRIES, ICMP_SLOT_V4, ICMP_SLOT_V6,
+    MAX_RULES, NO_RULE, PORT_CLASS_ENTRIES, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT,
+    PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::model::{Action, Cidr, PolicySettings, Proto, Rule};
@@ -428,10 +429,6 @@ fn icmp_classes(rules: &[Rule], proto: Proto, out: &mut [u32]) -> (Vec<Vec<u32>>
     (per_rule, ids.len() as u32)
 }
 
-fn all_ids(n: u32) -> Vec<u32> {
-    (0..n).collect()
-}
-
 struct Budget {
     visits: u64,
 }
@@ -621,7 +618,6 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         .enumerate()
         .map(|(i, name)| (name.clone(), i as u32 + 1))
         .collect();
-    let all_ifaces = all_ids(iface_names.len() as u32 + 1);
 
     // Phase 2: (iface, proto, a, b) -> L4 class.
     let mut l4_acc: HashMap<L4Key, (Vec<u32>, u32)> = HashMap::new();
@@ -629,11 +625,13 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         if is_l4_wild(r) || pair_phase_only(r) {
             continue;
         }
+        // A dimension the rule does not constrain is keyed as ANY_CLASS,
+        // not spread over every class: the program looks up each pattern.
         let ifaces: Vec<u32> = match &r.in_iface {
             Some(name) => {
                 vec![iface_names.binary_search(name).expect("collected above") as u32 + 1]
             }
-            None => all_ifaces.clone(),
+            None => vec![ANY_CLASS],
         };
         let protos: &[u8] = match r.proto {
             Proto::Any => &[PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER],
@@ -646,25 +644,26 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         };
         let pair_wild = is_pair_wild(r);
         for &proto in protos {
-            let pick = |specific: bool, per_rule: &Vec<Vec<u32>>, count: u32| {
-                if specific {
-                    per_rule[i].clone()
+            let sports = |per_rule: &Vec<Vec<u32>>| {
+                if r.sport.is_empty() {
+                    vec![ANY_CLASS]
                 } else {
-                    all_ids(count)
+                    per_rule[i].clone()
+                }
+            };
+            let specific = |list_empty: bool, per_rule: &Vec<Vec<u32>>| {
+                if list_empty {
+                    vec![ANY_CLASS]
+                } else {
+                    per_rule[i].clone()
                 }
             };
             let (a_list, b_list) = match proto {
-                PROTO_TCP => (
-                    pick(!r.sport.is_empty(), &tcp_s, n_tcp_s),
-                    pick(!r.dport.is_empty(), &tcp_d, n_tcp_d),
-                ),
-                PROTO_UDP => (
-                    pick(!r.sport.is_empty(), &udp_s, n_udp_s),
-                    pick(!r.dport.is_empty(), &udp_d, n_udp_d),
-                ),
-                PROTO_ICMP => (pick(!r.icmp_type.is_empty(), &icmp4, n_icmp4), vec![0]),
-                PROTO_ICMPV6 => (pick(!r.icmp_type.is_empty(), &icmp6, n_icmp6), vec![0]),
-                _ => (vec![0], vec![0]),
+                PROTO_TCP => (sports(&tcp_s), specific(r.dport.is_empty(), &tcp_d)),
+                PROTO_UDP => (sports(&udp_s), specific(r.dport.is_empty(), &udp_d)),
+                PROTO_ICMP => (vec![ANY_CLASS], specific(r.icmp_type.is_empty(), &icmp4)),
+                PROTO_ICMPV6 => (vec![ANY_CLASS], specific(r.icmp_type.is_empty(), &icmp6)),
+                _ => (vec![ANY_CLASS], vec![ANY_CLASS]),
             };
             budget.spend(
                 (ifaces.len() * a_list.len() * b_list.len()) as u64,
@@ -877,30 +876,42 @@ impl LookupModel<'_> {
                 port(PORT_SLOT_UDP_SPORT, pkt.sport),
                 port(PORT_SLOT_UDP_DPORT, pkt.dport),
             ),
-            PROTO_ICMP => (icmp(ICMP_SLOT_V4, pkt.icmp_type), 0),
-            PROTO_ICMPV6 => (icmp(ICMP_SLOT_V6, pkt.icmp_type), 0),
-            _ => (0, 0),
+            PROTO_ICMP => (ANY_CLASS, icmp(ICMP_SLOT_V4, pkt.icmp_type)),
+            PROTO_ICMPV6 => (ANY_CLASS, icmp(ICMP_SLOT_V6, pkt.icmp_type)),
+            _ => (ANY_CLASS, ANY_CLASS),
         };
         let iface_class = pkt
             .iface
             .as_ref()
             .and_then(|name| set.iface_class.iter().find(|(n, _)| n == name))
-            .map_or(0, |(_, c)| *c);
-        let l4 = set
-            .l4
-            .get(&L4Key {
-                iface_class,
-                a_class: a,
-                b_class: b,
-                proto,
-                _pad: [0; 3],
+            .map(|(_, c)| *c);
+        // Every key pattern, as the program looks them up.
+        let iface_class = iface_class.unwrap_or(ANY_CLASS);
+        let l4s: Vec<Option<ClassMatch>> = (0..8)
+            .map(|p| {
+                let (use_iface, use_a, use_b) = (p & 4 != 0, p & 2 != 0, p & 1 != 0);
+                if (use_iface && iface_class == ANY_CLASS)
+                    || (use_a && a == ANY_CLASS)
+                    || (use_b && b == ANY_CLASS)
+                {
+                    return None;
+                }
+                set.l4
+                    .get(&L4Key {
+                        iface_class: if use_iface { iface_class } else { ANY_CLASS },
+                        a_class: if use_a { a } else { ANY_CLASS },
+                        b_class: if use_b { b } else { ANY_CLASS },
+                        proto,
+                        _pad: [0; 3],
+                    })
+                    .copied()
             })
-            .copied();
+            .collect();
         let mut best = set.catch_all_rule;
         if let Some(slot) = pair_proto_slot(proto) {
             best = best.min(set.proto_catch_all[slot]);
         }
-        if let Some(l) = l4 {
+        for l in l4s.iter().flatten() {
             best = best.min(l.wildcard_rule);
         }
         for m in [pair, dst_only, src_only].into_iter().flatten() {
@@ -908,7 +919,7 @@ impl LookupModel<'_> {
             if let Some(slot) = pair_proto_slot(proto) {
                 best = best.min(m.proto_rule[slot]);
             }
-            if let Some(l) = l4 {
+            for l in l4s.iter().flatten() {
                 if let Some(r) = set.verdicts.get(&VerdictKey {
                     pair_class: m.class,
                     l4_class: l.class,

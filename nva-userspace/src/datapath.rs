@@ -8,9 +8,9 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use nva_common::{
-    map_names as names, ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey, PairMatch,
-    RuleAction, RuleCounters, VerdictKey, FRAGMENTS_ALLOW, FRAGMENTS_DROP, PACKET_REASONS,
-    XDP_PROGRAM,
+    l4_pattern, map_names as names, ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey,
+    PairMatch, RuleAction, RuleCounters, VerdictKey, FRAGMENTS_ALLOW, FRAGMENTS_DROP,
+    PACKET_REASONS, PAIR_GROUP_BOTH, PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, XDP_PROGRAM,
 };
 
 use crate::compiler::CompiledRuleSet;
@@ -201,7 +201,11 @@ impl DataPath {
                 FRAGMENTS_DROP
             },
             ready: 1,
-            _pad: 0,
+            l4_patterns: rules.l4.keys().fold(0, |m, k| m | 1 << l4_pattern(k)),
+            pair_groups: (!rules.pairs.is_empty() as u8) * PAIR_GROUP_BOTH
+                | (!rules.dst_only.is_empty() as u8) * PAIR_GROUP_DST_ONLY
+                | (!rules.src_only.is_empty() as u8) * PAIR_GROUP_SRC_ONLY,
+            _pad: [0; 7],
         };
         config.set(0, value, 0).map_err(map_err(names::CONFIG))?;
         Ok(())

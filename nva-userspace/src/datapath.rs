@@ -202,9 +202,14 @@ impl DataPath {
             },
             ready: 1,
             l4_patterns: rules.l4.keys().fold(0, |m, k| m | 1 << l4_pattern(k)),
-            pair_groups: (!rules.pairs.is_empty() as u8) * PAIR_GROUP_BOTH
-                | (!rules.dst_only.is_empty() as u8) * PAIR_GROUP_DST_ONLY
-                | (!rules.src_only.is_empty() as u8) * PAIR_GROUP_SRC_ONLY,
+            pair_groups: [
+                (PAIR_GROUP_BOTH, rules.pairs.is_empty()),
+                (PAIR_GROUP_DST_ONLY, rules.dst_only.is_empty()),
+                (PAIR_GROUP_SRC_ONLY, rules.src_only.is_empty()),
+            ]
+            .iter()
+            .filter(|(_, empty)| !empty)
+            .fold(0, |m, (bit, _)| m | bit),
             _pad: [0; 7],
         };
         config.set(0, value, 0).map_err(map_err(names::CONFIG))?;

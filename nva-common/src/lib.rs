@@ -11,6 +11,12 @@ pub const NO_RULE: u32 = u32::MAX;
 /// Largest number of rules one rule set may hold (size of per-rule arrays).
 pub const MAX_RULES: u32 = 131_072;
 
+/// Capacities of the rule tables of one slot (hash tables are not
+/// preallocated, so these bound memory rather than reserve it).
+pub const CAPACITY_PREFIXES: u32 = 1 << 20;
+pub const CAPACITY_ADDR_TABLE: u32 = 1 << 20;
+pub const CAPACITY_JOIN_TABLE: u32 = 1 << 22;
+
 /// Port-class array layout: one 65,536-entry slice per (protocol, direction).
 pub const PORT_SLOT_TCP_SPORT: u32 = 0;
 pub const PORT_SLOT_TCP_DPORT: u32 = 1;
@@ -135,8 +141,11 @@ pub struct RuleAction {
     pub action: u8,
     pub log: u8,
     pub _pad: [u8; 2],
+    /// Index into the rule counters: stable for a rule name across reloads
+    /// and agent restarts, so counters continue.
+    pub counter: u32,
 }
-const _: () = assert!(core::mem::size_of::<RuleAction>() == 4);
+const _: () = assert!(core::mem::size_of::<RuleAction>() == 8);
 
 /// Per-rule counters (a per-CPU array indexed by rule id).
 #[repr(C)]
@@ -274,8 +283,10 @@ impl PacketReason {
     }
 }
 
-/// Map names, shared so userspace finds what the program declares.
+/// Map names, shared so userspace finds what the program declares. Rule
+/// tables exist once per slot, named `{NAME}_{slot}` (slot 0 or 1).
 pub mod map_names {
+    pub const ACTIVE: &str = "ACTIVE";
     pub const SRC_V4: &str = "SRC_V4";
     pub const SRC_V6: &str = "SRC_V6";
     pub const DST_V4: &str = "DST_V4";

@@ -12,23 +12,20 @@ use nva_common::{
     PROTO_TCP, PROTO_UDP,
 };
 
-use crate::maps::{
-    DST_ONLY, DST_V4, DST_V6, ICMP_CLASS, IFACE_CLASS, L4, PAIRS, PORT_CLASS, SRC_ONLY, SRC_V4,
-    SRC_V6, VERDICTS,
-};
+use crate::maps::Tables;
 use crate::parse::Packet;
 
 #[inline(always)]
-fn port_class(slot: u32, port: u16) -> u32 {
-    PORT_CLASS
+fn port_class<T: Tables>(slot: u32, port: u16) -> u32 {
+    T::port_class()
         .get(slot * 65_536 + port as u32)
         .copied()
         .unwrap_or(0)
 }
 
 #[inline(always)]
-fn icmp_class(slot: u32, icmp_type: u8) -> u32 {
-    ICMP_CLASS
+fn icmp_class<T: Tables>(slot: u32, icmp_type: u8) -> u32 {
+    T::icmp_class()
         .get(slot * 256 + icmp_type as u32)
         .copied()
         .unwrap_or(0)
@@ -36,18 +33,18 @@ fn icmp_class(slot: u32, icmp_type: u8) -> u32 {
 
 /// Address classes of the packet: (source, destination).
 #[inline(always)]
-fn addr_classes(pkt: &Packet) -> (Option<u32>, Option<u32>) {
+fn addr_classes<T: Tables>(pkt: &Packet) -> (Option<u32>, Option<u32>) {
     if pkt.is_v6 {
         (
-            SRC_V6.get(Key::new(128, pkt.src)).copied(),
-            DST_V6.get(Key::new(128, pkt.dst)).copied(),
+            T::src_v6().get(Key::new(128, pkt.src)).copied(),
+            T::dst_v6().get(Key::new(128, pkt.dst)).copied(),
         )
     } else {
         let src4 = [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]];
         let dst4 = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
         (
-            SRC_V4.get(Key::new(32, src4)).copied(),
-            DST_V4.get(Key::new(32, dst4)).copied(),
+            T::src_v4().get(Key::new(32, src4)).copied(),
+            T::dst_v4().get(Key::new(32, dst4)).copied(),
         )
     }
 }
@@ -62,23 +59,23 @@ struct L4Matches {
 /// Looks up every L4 key pattern in use into `out`; returns the smallest
 /// wildcard rule among them.
 #[inline(always)]
-fn l4_matches(pkt: &Packet, ifindex: u32, patterns: u8, out: &mut L4Matches) -> u32 {
+fn l4_matches<T: Tables>(pkt: &Packet, ifindex: u32, patterns: u8, out: &mut L4Matches) -> u32 {
     let proto = nva_common::classifier_proto(pkt.proto);
     let mut best = NO_RULE;
     let (a, b) = match proto {
         PROTO_TCP => (
-            port_class(PORT_SLOT_TCP_SPORT, pkt.sport),
-            port_class(PORT_SLOT_TCP_DPORT, pkt.dport),
+            port_class::<T>(PORT_SLOT_TCP_SPORT, pkt.sport),
+            port_class::<T>(PORT_SLOT_TCP_DPORT, pkt.dport),
         ),
         PROTO_UDP => (
-            port_class(PORT_SLOT_UDP_SPORT, pkt.sport),
-            port_class(PORT_SLOT_UDP_DPORT, pkt.dport),
+            port_class::<T>(PORT_SLOT_UDP_SPORT, pkt.sport),
+            port_class::<T>(PORT_SLOT_UDP_DPORT, pkt.dport),
         ),
-        PROTO_ICMP => (ANY_CLASS, icmp_class(ICMP_SLOT_V4, pkt.icmp_type)),
-        PROTO_ICMPV6 => (ANY_CLASS, icmp_class(ICMP_SLOT_V6, pkt.icmp_type)),
+        PROTO_ICMP => (ANY_CLASS, icmp_class::<T>(ICMP_SLOT_V4, pkt.icmp_type)),
+        PROTO_ICMPV6 => (ANY_CLASS, icmp_class::<T>(ICMP_SLOT_V6, pkt.icmp_type)),
         _ => (ANY_CLASS, ANY_CLASS),
     };
-    let iface = unsafe { IFACE_CLASS.get(&ifindex) }
+    let iface = unsafe { T::iface_class().get(&ifindex) }
         .copied()
         .unwrap_or(ANY_CLASS);
     // Unrolled by hand (constant p): straight-line code verifies cheaply.
@@ -97,7 +94,7 @@ fn l4_matches(pkt: &Packet, ifindex: u32, patterns: u8, out: &mut L4Matches) -> 
                     proto,
                     _pad: [0; 3],
                 };
-                if let Some(m) = unsafe { L4.get(&key) } {
+                if let Some(m) = unsafe { T::l4().get(&key) } {
                     out.classes[$p] = m.class;
                     best = min(best, m.wildcard_rule);
                 }
@@ -118,7 +115,7 @@ fn l4_matches(pkt: &Packet, ifindex: u32, patterns: u8, out: &mut L4Matches) -> 
 /// Folds one address-table match into `best`: its shortcut rules, and the
 /// verdicts of its class joined with each L4 class.
 #[inline(always)]
-fn fold_pair(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto: u8) -> u32 {
+fn fold_pair<T: Tables>(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto: u8) -> u32 {
     let Some(m) = m else {
         return best;
     };
@@ -135,7 +132,7 @@ fn fold_pair(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto: u8) -> u32
             pair_class: m.class,
             l4_class: class,
         };
-        if let Some(rule) = unsafe { VERDICTS.get(&key) } {
+        if let Some(rule) = unsafe { T::verdicts().get(&key) } {
             best = min(best, *rule);
         }
     }
@@ -144,7 +141,7 @@ fn fold_pair(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto: u8) -> u32
 
 /// The id of the first rule (in file order) matching the packet, or NO_RULE.
 #[inline(always)]
-pub fn first_match(pkt: &Packet, ifindex: u32, config: &DataPathConfig) -> u32 {
+pub fn first_match<T: Tables>(pkt: &Packet, ifindex: u32, config: &DataPathConfig) -> u32 {
     let proto = nva_common::classifier_proto(pkt.proto);
     let mut best = config.catch_all_rule;
     if let Some(slot) = nva_common::pair_proto_slot(proto) {
@@ -153,23 +150,26 @@ pub fn first_match(pkt: &Packet, ifindex: u32, config: &DataPathConfig) -> u32 {
     let mut l4s = L4Matches {
         classes: [ANY_CLASS; 8],
     };
-    best = min(best, l4_matches(pkt, ifindex, config.l4_patterns, &mut l4s));
+    best = min(
+        best,
+        l4_matches::<T>(pkt, ifindex, config.l4_patterns, &mut l4s),
+    );
     let groups = config.pair_groups;
-    let (src, dst) = addr_classes(pkt);
+    let (src, dst) = addr_classes::<T>(pkt);
     if let (Some(s), Some(d)) = (src, dst) {
         if groups & PAIR_GROUP_BOTH != 0 {
             let key = PairKey {
                 src_class: s,
                 dst_class: d,
             };
-            best = fold_pair(best, unsafe { PAIRS.get(&key) }, &l4s, proto);
+            best = fold_pair::<T>(best, unsafe { T::pairs().get(&key) }, &l4s, proto);
         }
     }
     if let Some(d) = dst.filter(|_| groups & PAIR_GROUP_DST_ONLY != 0) {
-        best = fold_pair(best, unsafe { DST_ONLY.get(&d) }, &l4s, proto);
+        best = fold_pair::<T>(best, unsafe { T::dst_only().get(&d) }, &l4s, proto);
     }
     if let Some(s) = src.filter(|_| groups & PAIR_GROUP_SRC_ONLY != 0) {
-        best = fold_pair(best, unsafe { SRC_ONLY.get(&s) }, &l4s, proto);
+        best = fold_pair::<T>(best, unsafe { T::src_only().get(&s) }, &l4s, proto);
     }
     best
 }

@@ -12,7 +12,7 @@ use nva_common::{
     PROTO_UDP,
 };
 
-use crate::maps::{CONFIG, MANAGEMENT, PACKET_COUNTERS, RULE_ACTIONS, RULE_COUNTERS};
+use crate::maps::{Tables, ACTIVE, CONFIG, PACKET_COUNTERS, RULE_COUNTERS};
 use crate::parse::{Packet, Parsed};
 
 #[xdp]
@@ -33,7 +33,17 @@ fn decide(ctx: &XdpContext) -> PacketReason {
         Ok(Parsed::NonIp) => return PacketReason::PassNonIp,
         Err(reason) => return reason,
     };
-    let Some(config) = CONFIG.get(0) else {
+    // One read decides the rule set for this packet: a reload flips ACTIVE
+    // only once the other slot is complete.
+    match ACTIVE.get(0).copied().unwrap_or(0) {
+        0 => decide_with::<maps::slot0::Slot>(ctx, &pkt, 0),
+        _ => decide_with::<maps::slot1::Slot>(ctx, &pkt, 1),
+    }
+}
+
+#[inline(always)]
+fn decide_with<T: Tables>(ctx: &XdpContext, pkt: &Packet, slot: u32) -> PacketReason {
+    let Some(config) = CONFIG.get(slot) else {
         return PacketReason::PassNotReady;
     };
     if config.ready == 0 {
@@ -46,10 +56,10 @@ fn decide(ctx: &XdpContext) -> PacketReason {
             PacketReason::DropFragment
         };
     }
-    if is_management(&pkt) {
+    if is_management::<T>(pkt) {
         return PacketReason::PassManagement;
     }
-    let rule = classify::first_match(&pkt, ctx.ingress_ifindex() as u32, config);
+    let rule = classify::first_match::<T>(pkt, ctx.ingress_ifindex() as u32, config);
     if rule == NO_RULE {
         return if config.default_action == ACTION_ALLOW {
             PacketReason::PassDefault
@@ -57,16 +67,20 @@ fn decide(ctx: &XdpContext) -> PacketReason {
             PacketReason::DropDefault
         };
     }
-    count_rule(ctx, rule);
-    match RULE_ACTIONS.get(rule) {
-        Some(r) if r.action == ACTION_ALLOW => PacketReason::PassRule,
-        _ => PacketReason::DropRule,
+    let Some(action) = T::rule_actions().get(rule) else {
+        return PacketReason::DropRule;
+    };
+    count_rule(ctx, action.counter);
+    if action.action == ACTION_ALLOW {
+        PacketReason::PassRule
+    } else {
+        PacketReason::DropRule
     }
 }
 
 /// Failsafe: management ports pass before any rule.
 #[inline(always)]
-fn is_management(pkt: &Packet) -> bool {
+fn is_management<T: Tables>(pkt: &Packet) -> bool {
     if pkt.proto != PROTO_TCP && pkt.proto != PROTO_UDP {
         return false;
     }
@@ -75,7 +89,7 @@ fn is_management(pkt: &Packet) -> bool {
         proto: pkt.proto,
         _pad: 0,
     };
-    unsafe { MANAGEMENT.get(&key) }.is_some()
+    unsafe { T::management().get(&key) }.is_some()
 }
 
 #[inline(always)]
@@ -87,8 +101,8 @@ fn count_packet(reason: PacketReason) {
 }
 
 #[inline(always)]
-fn count_rule(ctx: &XdpContext, rule: u32) {
-    if let Some(counters) = RULE_COUNTERS.get_ptr_mut(rule) {
+fn count_rule(ctx: &XdpContext, counter: u32) {
+    if let Some(counters) = RULE_COUNTERS.get_ptr_mut(counter) {
         let counters: &mut RuleCounters = unsafe { &mut *counters };
         counters.packets += 1;
         counters.bytes += (ctx.data_end() - ctx.data()) as u64;

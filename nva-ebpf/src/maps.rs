@@ -1,56 +1,194 @@
-//! The program's maps. Sizes here are placeholders: userspace sets the real
-//! `max_entries` of the rule tables from the compiler's output before load.
+//! The program's maps.
+//!
+//! Rule tables exist twice, in slots 0 and 1: a reload writes the inactive
+//! slot and then flips `ACTIVE` with one write, so a packet sees either the
+//! old or the new rule set, never a mix. Hash tables are not preallocated:
+//! their `max_entries` is a capacity, memory follows what is stored.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray},
 };
 use nva_common::{
     ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey, PairMatch, RuleAction, RuleCounters,
-    VerdictKey, ICMP_CLASS_ENTRIES, MAX_RULES, PACKET_REASONS, PORT_CLASS_ENTRIES,
+    VerdictKey, CAPACITY_ADDR_TABLE, CAPACITY_JOIN_TABLE, CAPACITY_PREFIXES, ICMP_CLASS_ENTRIES,
+    MAX_RULES, PACKET_REASONS, PORT_CLASS_ENTRIES,
 };
 
-/// Source and destination prefix -> address class.
+/// Index (0 or 1) of the slot the program uses.
 #[map]
-pub static SRC_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(1024, 0);
+pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+/// Settings of each slot's rule set.
 #[map]
-pub static SRC_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(1024, 0);
-#[map]
-pub static DST_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(1024, 0);
-#[map]
-pub static DST_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(1024, 0);
-
-/// (protocol, direction, port) -> port class; ranges are spread over entries.
-#[map]
-pub static PORT_CLASS: Array<u32> = Array::with_max_entries(PORT_CLASS_ENTRIES, 0);
-/// (ICMP or ICMPv6, type) -> type class.
-#[map]
-pub static ICMP_CLASS: Array<u32> = Array::with_max_entries(ICMP_CLASS_ENTRIES, 0);
-/// Ingress ifindex -> interface class; absent means class 0.
-#[map]
-pub static IFACE_CLASS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
-
-/// Joins: (src class, dst class) -> pair class; L4 tuple -> L4 class;
-/// (pair class, L4 class) -> first matching rule id.
-#[map]
-pub static PAIRS: HashMap<PairKey, PairMatch> = HashMap::with_max_entries(1024, 0);
-/// Rules with one address "any", keyed by the other address's class.
-#[map]
-pub static DST_ONLY: HashMap<u32, PairMatch> = HashMap::with_max_entries(1024, 0);
-#[map]
-pub static SRC_ONLY: HashMap<u32, PairMatch> = HashMap::with_max_entries(1024, 0);
-#[map]
-pub static L4: HashMap<L4Key, ClassMatch> = HashMap::with_max_entries(1024, 0);
-#[map]
-pub static VERDICTS: HashMap<VerdictKey, u32> = HashMap::with_max_entries(1024, 0);
-
-#[map]
-pub static RULE_ACTIONS: Array<RuleAction> = Array::with_max_entries(MAX_RULES, 0);
+pub static CONFIG: Array<DataPathConfig> = Array::with_max_entries(2, 0);
+/// Counters by the rules' stable counter index (kept across reloads).
 #[map]
 pub static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 #[map]
 pub static PACKET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PACKET_REASONS, 0);
-#[map]
-pub static MANAGEMENT: HashMap<ManagementKey, u8> = HashMap::with_max_entries(64, 0);
-#[map]
-pub static CONFIG: Array<DataPathConfig> = Array::with_max_entries(1, 0);
+
+/// The rule tables of one slot.
+pub trait Tables {
+    /// Source and destination prefix -> address class.
+    fn src_v4() -> &'static LpmTrie<[u8; 4], u32>;
+    fn src_v6() -> &'static LpmTrie<[u8; 16], u32>;
+    fn dst_v4() -> &'static LpmTrie<[u8; 4], u32>;
+    fn dst_v6() -> &'static LpmTrie<[u8; 16], u32>;
+    /// (protocol, direction, port) -> port class; ranges are spread out.
+    fn port_class() -> &'static Array<u32>;
+    /// (ICMP or ICMPv6, type) -> type class.
+    fn icmp_class() -> &'static Array<u32>;
+    /// Ingress ifindex -> interface class.
+    fn iface_class() -> &'static HashMap<u32, u32>;
+    /// (src class, dst class), dst class alone, src class alone -> pair.
+    fn pairs() -> &'static HashMap<PairKey, PairMatch>;
+    fn dst_only() -> &'static HashMap<u32, PairMatch>;
+    fn src_only() -> &'static HashMap<u32, PairMatch>;
+    /// L4 key (per pattern) -> L4 class.
+    fn l4() -> &'static HashMap<L4Key, ClassMatch>;
+    /// (pair class, L4 class) -> first matching rule id.
+    fn verdicts() -> &'static HashMap<VerdictKey, u32>;
+    /// Rule id -> action and counter index.
+    fn rule_actions() -> &'static Array<RuleAction>;
+    /// Management (failsafe) ports.
+    fn management() -> &'static HashMap<ManagementKey, u8>;
+}
+
+macro_rules! slot_tables {
+    ($slot:ident, $src_v4:literal, $src_v6:literal, $dst_v4:literal, $dst_v6:literal, $port_class:literal, $icmp_class:literal, $iface_class:literal, $pairs:literal, $dst_only:literal, $src_only:literal, $l4:literal, $verdicts:literal, $rule_actions:literal, $management:literal) => {
+        pub mod $slot {
+            use super::*;
+
+            #[map(name = $src_v4)]
+            static SRC_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
+            #[map(name = $src_v6)]
+            static SRC_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
+            #[map(name = $dst_v4)]
+            static DST_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
+            #[map(name = $dst_v6)]
+            static DST_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
+            #[map(name = $port_class)]
+            static PORT_CLASS: Array<u32> = Array::with_max_entries(PORT_CLASS_ENTRIES, 0);
+            #[map(name = $icmp_class)]
+            static ICMP_CLASS: Array<u32> = Array::with_max_entries(ICMP_CLASS_ENTRIES, 0);
+            #[map(name = $iface_class)]
+            static IFACE_CLASS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
+            #[map(name = $pairs)]
+            static PAIRS: HashMap<PairKey, PairMatch> =
+                HashMap::with_max_entries(CAPACITY_JOIN_TABLE, BPF_F_NO_PREALLOC);
+            #[map(name = $dst_only)]
+            static DST_ONLY: HashMap<u32, PairMatch> =
+                HashMap::with_max_entries(CAPACITY_ADDR_TABLE, BPF_F_NO_PREALLOC);
+            #[map(name = $src_only)]
+            static SRC_ONLY: HashMap<u32, PairMatch> =
+                HashMap::with_max_entries(CAPACITY_ADDR_TABLE, BPF_F_NO_PREALLOC);
+            #[map(name = $l4)]
+            static L4: HashMap<L4Key, ClassMatch> =
+                HashMap::with_max_entries(CAPACITY_JOIN_TABLE, BPF_F_NO_PREALLOC);
+            #[map(name = $verdicts)]
+            static VERDICTS: HashMap<VerdictKey, u32> =
+                HashMap::with_max_entries(CAPACITY_JOIN_TABLE, BPF_F_NO_PREALLOC);
+            #[map(name = $rule_actions)]
+            static RULE_ACTIONS: Array<RuleAction> = Array::with_max_entries(MAX_RULES, 0);
+            #[map(name = $management)]
+            static MANAGEMENT: HashMap<ManagementKey, u8> = HashMap::with_max_entries(64, 0);
+
+            pub struct Slot;
+
+            impl Tables for Slot {
+                #[inline(always)]
+                fn src_v4() -> &'static LpmTrie<[u8; 4], u32> {
+                    &SRC_V4
+                }
+                #[inline(always)]
+                fn src_v6() -> &'static LpmTrie<[u8; 16], u32> {
+                    &SRC_V6
+                }
+                #[inline(always)]
+                fn dst_v4() -> &'static LpmTrie<[u8; 4], u32> {
+                    &DST_V4
+                }
+                #[inline(always)]
+                fn dst_v6() -> &'static LpmTrie<[u8; 16], u32> {
+                    &DST_V6
+                }
+                #[inline(always)]
+                fn port_class() -> &'static Array<u32> {
+                    &PORT_CLASS
+                }
+                #[inline(always)]
+                fn icmp_class() -> &'static Array<u32> {
+                    &ICMP_CLASS
+                }
+                #[inline(always)]
+                fn iface_class() -> &'static HashMap<u32, u32> {
+                    &IFACE_CLASS
+                }
+                #[inline(always)]
+                fn pairs() -> &'static HashMap<PairKey, PairMatch> {
+                    &PAIRS
+                }
+                #[inline(always)]
+                fn dst_only() -> &'static HashMap<u32, PairMatch> {
+                    &DST_ONLY
+                }
+                #[inline(always)]
+                fn src_only() -> &'static HashMap<u32, PairMatch> {
+                    &SRC_ONLY
+                }
+                #[inline(always)]
+                fn l4() -> &'static HashMap<L4Key, ClassMatch> {
+                    &L4
+                }
+                #[inline(always)]
+                fn verdicts() -> &'static HashMap<VerdictKey, u32> {
+                    &VERDICTS
+                }
+                #[inline(always)]
+                fn rule_actions() -> &'static Array<RuleAction> {
+                    &RULE_ACTIONS
+                }
+                #[inline(always)]
+                fn management() -> &'static HashMap<ManagementKey, u8> {
+                    &MANAGEMENT
+                }
+            }
+        }
+    };
+}
+
+slot_tables!(
+    slot0,
+    "SRC_V4_0",
+    "SRC_V6_0",
+    "DST_V4_0",
+    "DST_V6_0",
+    "PORT_CLASS_0",
+    "ICMP_CLASS_0",
+    "IFACE_CLASS_0",
+    "PAIRS_0",
+    "DST_ONLY_0",
+    "SRC_ONLY_0",
+    "L4_0",
+    "VERDICTS_0",
+    "RULE_ACTIONS_0",
+    "MANAGEMENT_0"
+);
+slot_tables!(
+    slot1,
+    "SRC_V4_1",
+    "SRC_V6_1",
+    "DST_V4_1",
+    "DST_V6_1",
+    "PORT_CLASS_1",
+    "ICMP_CLASS_1",
+    "IFACE_CLASS_1",
+    "PAIRS_1",
+    "DST_ONLY_1",
+    "SRC_ONLY_1",
+    "L4_1",
+    "VERDICTS_1",
+    "RULE_ACTIONS_1",
+    "MANAGEMENT_1"
+);

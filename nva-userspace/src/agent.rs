@@ -1,91 +1,134 @@
-//! `nva agent`: load, attach, pin counters, run until told to stop.
+//! `nva agent`: load (or adopt) the data path, install rule sets, reload.
+//!
+//! Everything the data path needs is pinned under `agent.bpffs`, so killing
+//! the agent, even with SIGKILL, leaves the last rule set enforcing; a new
+//! agent adopts the pinned maps and links without detaching. Rule counters
+//! are indexed by a stable per-name counter index (kept in the state file),
+//! so they continue across reloads and restarts.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::compiler::{compile, CompiledRuleSet};
-use crate::datapath::{ifindex_by_name, DataPath};
+use crate::config::load_config;
+use crate::datapath::{ifindex_by_name, Attachment, DataPath};
 use crate::model::Config;
+use crate::pin::{ensure_bpffs, state_dir, PinLayout};
 
-/// Version of the pinned layout under `agent.bpffs`.
-pub const PIN_LAYOUT: &str = "v1";
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-/// What `nva rules` needs besides the pinned counters: rule names in id order.
-#[derive(Serialize, Deserialize)]
-pub struct RuleSetState {
+/// What outlives the agent besides the pins: rule names and their counter
+/// indexes, the generation, and the last reload's outcome.
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub struct AgentState {
     pub generation: u64,
+    /// Hash of the rule set text that produced `generation`.
+    pub ruleset_hash: String,
     pub rules: Vec<RuleState>,
+    pub pid: u32,
+    pub started_unix: u64,
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+    /// Increases with every reload attempt; `nva reload` waits for it.
+    pub reload_seq: u64,
+    pub last_reload_error: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Clone)]
 pub struct RuleState {
     pub name: String,
     pub action: String,
+    pub counter: u32,
 }
 
-/// Where the pinned maps of the agent using `bpffs` live.
-pub fn pin_dir(bpffs: &Path) -> PathBuf {
-    bpffs.join(PIN_LAYOUT)
-}
-
-/// Where the agent using `bpffs` keeps its state file (bpffs holds only BPF
-/// objects).
 pub fn state_file(bpffs: &Path) -> PathBuf {
-    let key: String = bpffs
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    PathBuf::from("/run/nva").join(key).join("rules.json")
+    state_dir(bpffs).join("state.json")
 }
 
-fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-}
-
-/// Mounts bpffs at /sys/fs/bpf when `bpffs` is below it and it is not
-/// mounted yet; other locations must already be on a bpffs.
-pub fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
-    let root = Path::new("/sys/fs/bpf");
-    if bpffs.starts_with(root) && !is_bpffs(root) {
-        let none: Option<&str> = None;
-        nix::mount::mount(
-            Some("bpf"),
-            root,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            none,
+pub fn read_state(bpffs: &Path) -> anyhow::Result<AgentState> {
+    let path = state_file(bpffs);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "no agent state for agent.bpffs = {} ({} missing)",
+            bpffs.display(),
+            path.display()
         )
-        .context("mounting bpffs at /sys/fs/bpf")?;
-        tracing::info!("mounted bpffs at /sys/fs/bpf");
-    }
-    std::fs::create_dir_all(bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
-    if !is_bpffs(bpffs) {
-        bail!(
-            "agent.bpffs = {} is not on a bpf filesystem",
-            bpffs.display()
-        );
-    }
+    })?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+fn write_state(bpffs: &Path, state: &AgentState) -> anyhow::Result<()> {
+    let path = state_file(bpffs);
+    std::fs::create_dir_all(path.parent().expect("has parent"))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(&tmp, &path)?;
     Ok(())
 }
 
+fn ruleset_hash(config: &Config) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{:?}{:?}", config.rules, config.policy).hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Assigns counter indexes: a name keeps its index; new names take free ones.
+/// Returns (indexes per rule, indexes freed).
+fn assign_counters(previous: &[RuleState], config: &Config) -> (Vec<u32>, Vec<u32>) {
+    let old: HashMap<&str, u32> = previous
+        .iter()
+        .map(|r| (r.name.as_str(), r.counter))
+        .collect();
+    let kept: std::collections::HashSet<u32> = config
+        .rules
+        .iter()
+        .filter_map(|r| old.get(r.name.as_str()).copied())
+        .collect();
+    let mut used = kept.clone();
+    let mut next_free = 0u32;
+    let counters = config
+        .rules
+        .iter()
+        .map(|r| match old.get(r.name.as_str()) {
+            Some(&c) => c,
+            None => {
+                while used.contains(&next_free) {
+                    next_free += 1;
+                }
+                used.insert(next_free);
+                next_free
+            }
+        })
+        .collect();
+    let freed = previous
+        .iter()
+        .map(|r| r.counter)
+        .filter(|c| !kept.contains(c))
+        .collect();
+    (counters, freed)
+}
+
 pub struct Agent {
-    config: Config,
-    datapath: DataPath,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub datapath: DataPath,
     pub compiled: CompiledRuleSet,
+    pub state: AgentState,
+    pub layout: PinLayout,
+    pub started: Instant,
+    /// Interfaces and how the program got there.
+    pub attachments: Vec<(String, Attachment)>,
 }
 
 impl Agent {
-    /// Compiles, loads and attaches; on any failure nothing stays attached.
-    pub fn start(config: Config) -> anyhow::Result<Agent> {
-        let started = std::time::Instant::now();
+    /// Loads or adopts the data path, installs the configured rules and
+    /// attaches. A failure before the switch leaves any running rules as
+    /// they were.
+    pub fn start(config_path: &Path, config: Config) -> anyhow::Result<Agent> {
+        let started = Instant::now();
         let compiled = compile(&config.rules, &config.policy)?;
         tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?started.elapsed(), "compiled rule set");
         for iface in &config.agent.interfaces {
@@ -93,52 +136,130 @@ impl Agent {
                 bail!("interface {iface} (agent.interfaces) does not exist");
             }
         }
-        let mut datapath = DataPath::load(&compiled, 1, &ifindex_by_name)?;
+        let bpffs = config.agent.bpffs.clone();
+        ensure_bpffs(&bpffs)?;
+        let layout = PinLayout::new(&bpffs);
+        let adopting = layout.maps().exists();
+        layout.create_dirs()?;
+        let mut datapath = DataPath::open(Some(&layout))?;
+        let previous = if adopting {
+            read_state(&bpffs).unwrap_or_default()
+        } else {
+            AgentState::default()
+        };
+        let (_, active_cfg) = datapath.active()?;
+        let generation = previous.generation.max(active_cfg.generation) + 1;
+        let (counters, freed) = assign_counters(&previous.rules, &config);
+        datapath.install(&compiled, generation, &counters, &ifindex_by_name)?;
+        datapath.reset_counters(&freed)?;
+        let mut attachments = Vec::new();
         for iface in &config.agent.interfaces {
-            let mode = datapath.attach(iface, config.agent.xdp_mode)?;
-            tracing::info!(iface, ?mode, "attached XDP program");
+            let how = datapath.attach(iface, config.agent.xdp_mode, Some(&layout))?;
+            tracing::info!(iface, ?how, "XDP program in place");
+            attachments.push((iface.clone(), how));
         }
-        let agent = Agent {
+        let state = AgentState {
+            generation,
+            ruleset_hash: ruleset_hash(&config),
+            rules: rule_states(&config, &counters),
+            pid: std::process::id(),
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            reloads_ok: previous.reloads_ok,
+            reloads_error: previous.reloads_error,
+            reload_seq: previous.reload_seq,
+            last_reload_error: None,
+        };
+        write_state(&bpffs, &state)?;
+        tracing::info!(generation, adopted = adopting, "rule set active");
+        Ok(Agent {
+            config_path: config_path.to_path_buf(),
             config,
             datapath,
             compiled,
-        };
-        agent.publish_state()?;
-        Ok(agent)
+            state,
+            layout,
+            started: Instant::now(),
+            attachments,
+        })
     }
 
-    fn publish_state(&self) -> anyhow::Result<()> {
-        let bpffs = &self.config.agent.bpffs;
-        ensure_bpffs(bpffs)?;
-        self.datapath.pin_counters(&pin_dir(bpffs))?;
-        let state = RuleSetState {
-            generation: 1,
-            rules: self
-                .config
-                .rules
+    /// Re-reads the config file and swaps the rule set atomically. On any
+    /// error the running rule set stays in force and the error is returned
+    /// (and recorded for `nva reload` and the metrics).
+    pub fn reload(&mut self) -> anyhow::Result<u64> {
+        let result = self.try_reload();
+        self.state.reload_seq += 1;
+        match &result {
+            Ok(generation) => {
+                self.state.reloads_ok += 1;
+                self.state.last_reload_error = None;
+                tracing::info!(generation, "reload: new rule set active");
+            }
+            Err(e) => {
+                self.state.reloads_error += 1;
+                self.state.last_reload_error = Some(format!("{e:#}"));
+                tracing::error!(error = %format!("{e:#}"), generation = self.state.generation, "reload refused; the running rule set stays in force");
+            }
+        }
+        write_state(&self.config.agent.bpffs, &self.state)?;
+        result
+    }
+
+    fn try_reload(&mut self) -> anyhow::Result<u64> {
+        let config = load_config(&self.config_path).map_err(|errors| {
+            anyhow::anyhow!(errors
                 .iter()
-                .map(|r| RuleState {
-                    name: r.name.clone(),
-                    action: format!("{:?}", r.action).to_lowercase(),
-                })
-                .collect(),
-        };
-        let path = state_file(bpffs);
-        std::fs::create_dir_all(path.parent().expect("has parent"))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?)?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })?;
+        if config.agent != self.config.agent {
+            bail!("[agent] settings changed: they take effect on restart, not on reload");
+        }
+        let started = Instant::now();
+        let compiled = compile(&config.rules, &config.policy)?;
+        let generation = self.state.generation + 1;
+        let (counters, freed) = assign_counters(&self.state.rules, &config);
+        self.datapath
+            .install(&compiled, generation, &counters, &ifindex_by_name)?;
+        self.datapath.reset_counters(&freed)?;
+        tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?started.elapsed(), "compiled and swapped rule set");
+        self.state.generation = generation;
+        self.state.ruleset_hash = ruleset_hash(&config);
+        self.state.rules = rule_states(&config, &counters);
+        self.compiled = compiled;
+        self.config = config;
+        Ok(generation)
     }
 
-    /// Detaches (by dropping the links) and removes pins and state.
-    pub fn stop(self) {
+    /// Stops. With `detach`, the program is detached and every pin and the
+    /// state are removed (clean uninstall); otherwise the data path keeps
+    /// enforcing the last rule set for the next agent to adopt.
+    pub fn stop(mut self, detach: bool) {
         let bpffs = self.config.agent.bpffs.clone();
-        drop(self.datapath);
-        let _ = std::fs::remove_dir_all(pin_dir(&bpffs));
-        // Only if empty: the directory may hold an operator's other pins.
-        let _ = std::fs::remove_dir(&bpffs);
-        let _ = std::fs::remove_file(state_file(&bpffs));
-        tracing::info!("detached and removed pinned state");
+        if detach {
+            self.datapath.detach_all();
+            drop(self.datapath);
+            self.layout.remove_all(&bpffs);
+            let _ = std::fs::remove_dir_all(state_dir(&bpffs));
+            tracing::info!("detached and removed pinned state");
+        } else {
+            tracing::info!("exiting; the data path keeps enforcing the last rule set");
+        }
     }
+}
+
+fn rule_states(config: &Config, counters: &[u32]) -> Vec<RuleState> {
+    config
+        .rules
+        .iter()
+        .zip(counters)
+        .map(|(r, &counter)| RuleState {
+            name: r.name.clone(),
+            action: format!("{:?}", r.action).to_lowercase(),
+            counter,
+        })
+        .collect()
 }

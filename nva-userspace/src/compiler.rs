@@ -470,6 +470,8 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
             },
             log: r.log as u8,
             _pad: [0; 2],
+            // Assigned at install time (stable per rule name).
+            counter: 0,
         })
         .collect();
     out.management = policy

@@ -1,23 +1,54 @@
-//! Loading the XDP program, writing a compiled rule set into its maps,
-//! attaching it, and reading its counters.
+//! Loading the XDP program, installing compiled rule sets into its maps
+//! (atomically, through the two table slots), attaching it, and reading its
+//! counters.
 
-use std::collections::HashMap as StdHashMap;
+use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use nva_common::{
     l4_pattern, map_names as names, ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey,
-    PairMatch, RuleAction, RuleCounters, VerdictKey, FRAGMENTS_ALLOW, FRAGMENTS_DROP,
+    PairMatch, RuleAction, RuleCounters, VerdictKey, FRAGMENTS_ALLOW, FRAGMENTS_DROP, MAX_RULES,
     PACKET_REASONS, PAIR_GROUP_BOTH, PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, XDP_PROGRAM,
 };
 
 use crate::compiler::CompiledRuleSet;
 use crate::model::XdpModeSetting;
+use crate::pin::PinLayout;
 
 /// The XDP object built by build.rs from nva-ebpf.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nva"));
+
+/// Rule tables that exist once per slot (named `{NAME}_{slot}`).
+const SLOT_MAPS: [&str; 14] = [
+    names::SRC_V4,
+    names::SRC_V6,
+    names::DST_V4,
+    names::DST_V6,
+    names::PORT_CLASS,
+    names::ICMP_CLASS,
+    names::IFACE_CLASS,
+    names::PAIRS,
+    names::DST_ONLY,
+    names::SRC_ONLY,
+    names::L4,
+    names::VERDICTS,
+    names::RULE_ACTIONS,
+    names::MANAGEMENT,
+];
+const GLOBAL_MAPS: [&str; 4] = [
+    names::ACTIVE,
+    names::CONFIG,
+    names::RULE_COUNTERS,
+    names::PACKET_COUNTERS,
+];
+
+/// After a switch, packets that read the old slot finish within
+/// microseconds (XDP runs to completion); wait this long before clearing it.
+const GRACE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataPathError {
@@ -25,96 +56,252 @@ pub enum DataPathError {
     Load(#[from] aya::EbpfError),
     #[error("BPF program: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error("XDP link: {0}")]
+    Link(#[from] aya::programs::links::LinkError),
     #[error("BPF map {name}: {source}")]
     Map {
-        name: &'static str,
+        name: String,
         source: aya::maps::MapError,
     },
     #[error("map {0} missing from the XDP object")]
-    MissingMap(&'static str),
+    Missing(String),
     #[error("interface {iface}: {message}")]
     Interface { iface: String, message: String },
-    #[error("pinning under {path}: {message}")]
+    #[error("pinning {path}: {message}")]
     Pin { path: String, message: String },
+    #[error("rule set does not fit the data path: {0}")]
+    Capacity(String),
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataPathError {
-    move |source| DataPathError::Map { name, source }
+fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> DataPathError + '_ {
+    move |source| DataPathError::Map {
+        name: name.to_string(),
+        source,
+    }
 }
 
-/// A loaded (not necessarily attached) XDP program with its maps.
+fn slot_name(base: &str, slot: u32) -> String {
+    format!("{base}_{slot}")
+}
+
+/// What is known of a slot's port/ICMP arrays, so a reload writes only the
+/// entries that change (the port array has 262,144 entries).
+#[derive(Clone, Default)]
+struct ArrayShadow {
+    port_class: Vec<u32>,
+    icmp_class: Vec<u32>,
+}
+
+/// A loaded XDP program with its maps.
 pub struct DataPath {
     ebpf: Ebpf,
+    shadow: [Option<ArrayShadow>; 2],
+    /// Links this agent attached or adopted, by interface.
+    links: Vec<(String, Option<PinnedLink>)>,
+}
+
+/// How an interface got its program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    Attached(XdpMode),
+    /// A pinned link existed: the program was replaced on it atomically.
+    Adopted,
 }
 
 impl DataPath {
-    /// Loads the program with tables sized for `rules`, writes the rules and
-    /// marks the rule set ready. `ifindex_of` resolves `in_iface` names.
+    /// Loads the program. With `pins`, maps are reused from (or created and
+    /// pinned under) the pin layout, so they outlive this process.
+    pub fn open(pins: Option<&PinLayout>) -> Result<DataPath, DataPathError> {
+        // Maps created now start zeroed, which the array shadows can assume.
+        let fresh = pins.is_none_or(|p| !p.map(names::ACTIVE).exists());
+        let mut loader = EbpfLoader::new();
+        let all: Vec<String> = GLOBAL_MAPS
+            .iter()
+            .map(|n| n.to_string())
+            .chain(
+                SLOT_MAPS
+                    .iter()
+                    .flat_map(|n| [slot_name(n, 0), slot_name(n, 1)]),
+            )
+            .collect();
+        let paths: Vec<(String, std::path::PathBuf)> = match pins {
+            Some(p) => all.iter().map(|n| (n.clone(), p.map(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name.as_str(), path.as_path());
+        }
+        let mut ebpf = loader.load(XDP_OBJECT)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or_else(|| DataPathError::Missing(XDP_PROGRAM.into()))?
+            .try_into()?;
+        prog.load()?;
+        let zeroed = fresh.then(|| ArrayShadow {
+            port_class: vec![0; nva_common::PORT_CLASS_ENTRIES as usize],
+            icmp_class: vec![0; nva_common::ICMP_CLASS_ENTRIES as usize],
+        });
+        Ok(DataPath {
+            ebpf,
+            shadow: [zeroed.clone(), zeroed],
+            links: Vec::new(),
+        })
+    }
+
+    /// Loads the program (unpinned) with `rules` installed; rule i counts
+    /// into counter i. For tests and one-shot tools.
     pub fn load(
         rules: &CompiledRuleSet,
         generation: u64,
         ifindex_of: &dyn Fn(&str) -> Option<u32>,
     ) -> Result<DataPath, DataPathError> {
-        // Hash and trie sizes follow the compiled tables (at least 1 entry).
-        let size = |n: usize| (n.max(1)) as u32;
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(names::SRC_V4, size(rules.src_v4.len()))
-            .map_max_entries(names::SRC_V6, size(rules.src_v6.len()))
-            .map_max_entries(names::DST_V4, size(rules.dst_v4.len()))
-            .map_max_entries(names::DST_V6, size(rules.dst_v6.len()))
-            .map_max_entries(names::PAIRS, size(rules.pairs.len()))
-            .map_max_entries(names::DST_ONLY, size(rules.dst_only.len()))
-            .map_max_entries(names::SRC_ONLY, size(rules.src_only.len()))
-            .map_max_entries(names::L4, size(rules.l4.len()))
-            .map_max_entries(names::VERDICTS, size(rules.verdicts.len()));
-        let ebpf = loader.load(XDP_OBJECT)?;
-        let mut dp = DataPath { ebpf };
-        dp.write_rules(rules, generation, ifindex_of)?;
-        let prog: &mut Xdp = dp.program_mut()?;
-        prog.load()?;
+        let mut dp = DataPath::open(None)?;
+        let counters: Vec<u32> = (0..rules.rule_actions.len() as u32).collect();
+        dp.install(rules, generation, &counters, ifindex_of)?;
         Ok(dp)
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp, DataPathError> {
-        let prog = self
+        Ok(self
             .ebpf
             .program_mut(XDP_PROGRAM)
-            .ok_or(DataPathError::MissingMap(XDP_PROGRAM))?;
-        Ok(prog.try_into()?)
+            .ok_or_else(|| DataPathError::Missing(XDP_PROGRAM.into()))?
+            .try_into()?)
     }
 
     fn program(&self) -> Result<&Xdp, DataPathError> {
-        let prog = self
+        Ok(self
             .ebpf
             .program(XDP_PROGRAM)
-            .ok_or(DataPathError::MissingMap(XDP_PROGRAM))?;
-        Ok(prog.try_into()?)
+            .ok_or_else(|| DataPathError::Missing(XDP_PROGRAM.into()))?
+            .try_into()?)
     }
 
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataPathError> {
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map, DataPathError> {
         self.ebpf
             .map_mut(name)
-            .ok_or(DataPathError::MissingMap(name))
+            .ok_or_else(|| DataPathError::Missing(name.to_string()))
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataPathError> {
-        self.ebpf.map(name).ok_or(DataPathError::MissingMap(name))
+    fn map(&self, name: &str) -> Result<&aya::maps::Map, DataPathError> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| DataPathError::Missing(name.to_string()))
     }
 
-    fn write_rules(
+    /// The active slot and its settings.
+    pub fn active(&self) -> Result<(u32, DataPathConfig), DataPathError> {
+        let active: Array<_, u32> =
+            Array::try_from(self.map(names::ACTIVE)?).map_err(map_err(names::ACTIVE))?;
+        let slot = active.get(&0, 0).map_err(map_err(names::ACTIVE))? & 1;
+        let config: Array<_, DataPathConfig> =
+            Array::try_from(self.map(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
+        let cfg = config.get(&slot, 0).map_err(map_err(names::CONFIG))?;
+        Ok((slot, cfg))
+    }
+
+    /// Installs a rule set: writes the inactive slot, switches to it with
+    /// one write, then (after a grace period) clears the old slot. Until the
+    /// switch, the running rules stay in force; an error leaves them so.
+    /// `counters[i]` is the counter index of rule i.
+    pub fn install(
         &mut self,
         rules: &CompiledRuleSet,
         generation: u64,
+        counters: &[u32],
         ifindex_of: &dyn Fn(&str) -> Option<u32>,
     ) -> Result<(), DataPathError> {
+        let (active, _) = self.active()?;
+        let target = 1 - active;
+        self.clear_slot(target)?;
+        self.write_slot(target, rules, generation, counters, ifindex_of)?;
+        // The switch: one write; each packet reads ACTIVE once.
+        let mut flag: Array<_, u32> =
+            Array::try_from(self.map_mut(names::ACTIVE)?).map_err(map_err(names::ACTIVE))?;
+        flag.set(0, target, 0).map_err(map_err(names::ACTIVE))?;
+        std::thread::sleep(GRACE);
+        self.clear_slot(active)?;
+        Ok(())
+    }
+
+    /// Empties a slot's hash tables (freeing their memory) and marks it not
+    /// ready. Only ever called on the inactive slot.
+    fn clear_slot(&mut self, slot: u32) -> Result<(), DataPathError> {
+        let mut config: Array<_, DataPathConfig> =
+            Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
+        config
+            .set(slot, DataPathConfig::default(), 0)
+            .map_err(map_err(names::CONFIG))?;
+        macro_rules! clear_hash {
+            ($base:expr, $k:ty, $v:ty) => {{
+                let name = slot_name($base, slot);
+                let mut map: HashMap<_, $k, $v> =
+                    HashMap::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
+                let keys: Vec<$k> = map.keys().filter_map(Result::ok).collect();
+                for k in keys {
+                    let _ = map.remove(&k);
+                }
+            }};
+        }
+        macro_rules! clear_lpm {
+            ($base:expr, $n:expr) => {{
+                let name = slot_name($base, slot);
+                let mut map: LpmTrie<_, [u8; $n], u32> =
+                    LpmTrie::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
+                let keys: Vec<Key<[u8; $n]>> = map.keys().filter_map(Result::ok).collect();
+                for k in keys {
+                    let _ = map.remove(&k);
+                }
+            }};
+        }
+        clear_lpm!(names::SRC_V4, 4);
+        clear_lpm!(names::SRC_V6, 16);
+        clear_lpm!(names::DST_V4, 4);
+        clear_lpm!(names::DST_V6, 16);
+        clear_hash!(names::IFACE_CLASS, u32, u32);
+        clear_hash!(names::PAIRS, PairKey, PairMatch);
+        clear_hash!(names::DST_ONLY, u32, PairMatch);
+        clear_hash!(names::SRC_ONLY, u32, PairMatch);
+        clear_hash!(names::L4, L4Key, ClassMatch);
+        clear_hash!(names::VERDICTS, VerdictKey, u32);
+        clear_hash!(names::MANAGEMENT, ManagementKey, u8);
+        Ok(())
+    }
+
+    fn write_slot(
+        &mut self,
+        slot: u32,
+        rules: &CompiledRuleSet,
+        generation: u64,
+        counters: &[u32],
+        ifindex_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<(), DataPathError> {
+        if rules.rule_actions.len() > MAX_RULES as usize
+            || counters.len() < rules.rule_actions.len()
+        {
+            return Err(DataPathError::Capacity(format!(
+                "{} rules (at most {MAX_RULES})",
+                rules.rule_actions.len()
+            )));
+        }
         macro_rules! fill_lpm {
-            ($name:expr, $entries:expr) => {{
+            ($base:expr, $entries:expr) => {{
+                let name = slot_name($base, slot);
                 let mut trie: LpmTrie<_, _, u32> =
-                    LpmTrie::try_from(self.map_mut($name)?).map_err(map_err($name))?;
+                    LpmTrie::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
                 for e in $entries {
                     trie.insert(&Key::new(e.len as u32, e.addr), e.class, 0)
-                        .map_err(map_err($name))?;
+                        .map_err(map_err(&name))?;
+                }
+            }};
+        }
+        macro_rules! fill_hash {
+            ($base:expr, $k:ty, $v:ty, $entries:expr) => {{
+                let name = slot_name($base, slot);
+                let mut map: HashMap<_, $k, $v> =
+                    HashMap::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
+                for (k, v) in $entries {
+                    map.insert(k, v, 0).map_err(map_err(&name))?;
                 }
             }};
         }
@@ -122,72 +309,63 @@ impl DataPath {
         fill_lpm!(names::SRC_V6, &rules.src_v6);
         fill_lpm!(names::DST_V4, &rules.dst_v4);
         fill_lpm!(names::DST_V6, &rules.dst_v6);
+        fill_hash!(names::PAIRS, PairKey, PairMatch, &rules.pairs);
+        fill_hash!(names::DST_ONLY, u32, PairMatch, &rules.dst_only);
+        fill_hash!(names::SRC_ONLY, u32, PairMatch, &rules.src_only);
+        fill_hash!(names::L4, L4Key, ClassMatch, &rules.l4);
+        fill_hash!(names::VERDICTS, VerdictKey, u32, &rules.verdicts);
+        // An interface that does not exist (yet) cannot receive packets.
+        let ifaces: Vec<(u32, u32)> = rules
+            .iface_class
+            .iter()
+            .filter_map(|(name, class)| ifindex_of(name).map(|i| (i, *class)))
+            .collect();
+        fill_hash!(names::IFACE_CLASS, u32, u32, ifaces);
+        fill_hash!(
+            names::MANAGEMENT,
+            ManagementKey,
+            u8,
+            rules.management.iter().map(|k| (*k, 1u8))
+        );
 
-        let mut ports: Array<_, u32> = Array::try_from(self.map_mut(names::PORT_CLASS)?)
-            .map_err(map_err(names::PORT_CLASS))?;
-        for (i, c) in rules.port_class.iter().enumerate() {
-            // Class 0 is the array's initial value: skip the writes.
-            if *c != 0 {
-                ports
-                    .set(i as u32, c, 0)
-                    .map_err(map_err(names::PORT_CLASS))?;
-            }
-        }
-        let mut icmp: Array<_, u32> = Array::try_from(self.map_mut(names::ICMP_CLASS)?)
-            .map_err(map_err(names::ICMP_CLASS))?;
-        for (i, c) in rules.icmp_class.iter().enumerate() {
-            icmp.set(i as u32, c, 0)
-                .map_err(map_err(names::ICMP_CLASS))?;
-        }
-        let mut ifaces: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(names::IFACE_CLASS)?)
-            .map_err(map_err(names::IFACE_CLASS))?;
-        for (name, class) in &rules.iface_class {
-            // An interface that does not exist (yet) cannot receive packets.
-            if let Some(ifindex) = ifindex_of(name) {
-                ifaces
-                    .insert(ifindex, class, 0)
-                    .map_err(map_err(names::IFACE_CLASS))?;
-            }
-        }
-        let mut pairs: HashMap<_, PairKey, PairMatch> =
-            HashMap::try_from(self.map_mut(names::PAIRS)?).map_err(map_err(names::PAIRS))?;
-        for (k, v) in &rules.pairs {
-            pairs.insert(k, v, 0).map_err(map_err(names::PAIRS))?;
-        }
-        for (name, table) in [
-            (names::DST_ONLY, &rules.dst_only),
-            (names::SRC_ONLY, &rules.src_only),
+        // Arrays: write only what differs from what the slot holds.
+        let shadow = self.shadow[slot as usize].take();
+        for (base, new, old) in [
+            (
+                names::PORT_CLASS,
+                &rules.port_class,
+                shadow.as_ref().map(|s| &s.port_class),
+            ),
+            (
+                names::ICMP_CLASS,
+                &rules.icmp_class,
+                shadow.as_ref().map(|s| &s.icmp_class),
+            ),
         ] {
-            let mut map: HashMap<_, u32, PairMatch> =
-                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-            for (k, v) in table {
-                map.insert(k, v, 0).map_err(map_err(name))?;
+            let name = slot_name(base, slot);
+            let mut array: Array<_, u32> =
+                Array::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
+            for (i, v) in new.iter().enumerate() {
+                if old.is_none_or(|o| o.get(i) != Some(v)) {
+                    array.set(i as u32, v, 0).map_err(map_err(&name))?;
+                }
             }
         }
-        let mut l4: HashMap<_, L4Key, ClassMatch> =
-            HashMap::try_from(self.map_mut(names::L4)?).map_err(map_err(names::L4))?;
-        for (k, v) in &rules.l4 {
-            l4.insert(k, v, 0).map_err(map_err(names::L4))?;
-        }
-        let mut verdicts: HashMap<_, VerdictKey, u32> =
-            HashMap::try_from(self.map_mut(names::VERDICTS)?).map_err(map_err(names::VERDICTS))?;
-        for (k, v) in &rules.verdicts {
-            verdicts.insert(k, v, 0).map_err(map_err(names::VERDICTS))?;
-        }
-        let mut actions: Array<_, RuleAction> = Array::try_from(self.map_mut(names::RULE_ACTIONS)?)
-            .map_err(map_err(names::RULE_ACTIONS))?;
+        self.shadow[slot as usize] = Some(ArrayShadow {
+            port_class: rules.port_class.clone(),
+            icmp_class: rules.icmp_class.clone(),
+        });
+        let name = slot_name(names::RULE_ACTIONS, slot);
+        let mut actions: Array<_, RuleAction> =
+            Array::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
         for (i, a) in rules.rule_actions.iter().enumerate() {
-            actions
-                .set(i as u32, a, 0)
-                .map_err(map_err(names::RULE_ACTIONS))?;
+            let a = RuleAction {
+                counter: counters[i],
+                ..*a
+            };
+            actions.set(i as u32, a, 0).map_err(map_err(&name))?;
         }
-        let mut mgmt: HashMap<_, ManagementKey, u8> =
-            HashMap::try_from(self.map_mut(names::MANAGEMENT)?)
-                .map_err(map_err(names::MANAGEMENT))?;
-        for k in &rules.management {
-            mgmt.insert(k, 1, 0).map_err(map_err(names::MANAGEMENT))?;
-        }
-        // Last: the program uses the tables only once `ready` is set.
+        // Last: the slot's settings, ready.
         let mut config: Array<_, DataPathConfig> =
             Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
         let value = DataPathConfig {
@@ -212,13 +390,44 @@ impl DataPath {
             .fold(0, |m, (bit, _)| m | bit),
             _pad: [0; 7],
         };
-        config.set(0, value, 0).map_err(map_err(names::CONFIG))?;
+        config.set(slot, value, 0).map_err(map_err(names::CONFIG))?;
         Ok(())
     }
 
-    /// Attaches to `iface`; `auto` tries driver mode, then generic (skb).
-    pub fn attach(&mut self, iface: &str, mode: XdpModeSetting) -> Result<XdpMode, DataPathError> {
-        let prog = self.program_mut()?;
+    /// Attaches to `iface`. With `pins`, an existing pinned link is adopted
+    /// (the program on it replaced atomically, no gap); otherwise the new
+    /// link is pinned so it survives this process. `auto` tries driver
+    /// mode, then generic (skb).
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        mode: XdpModeSetting,
+        pins: Option<&PinLayout>,
+    ) -> Result<Attachment, DataPathError> {
+        let pin_path = pins.map(|p| p.link(iface));
+        if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
+            match PinnedLink::from_pin(path) {
+                Ok(pinned) => {
+                    let fd: FdLink = pinned.into();
+                    let prog = self.program_mut()?;
+                    let id = prog.attach_to_link(fd.try_into()?)?;
+                    let link = prog.take_link(id)?;
+                    let fd: FdLink = link.try_into()?;
+                    // Re-pin: the old pin file still names the same link.
+                    let _ = std::fs::remove_file(path);
+                    let pinned = fd.pin(path).map_err(|e| DataPathError::Pin {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                    self.links.push((iface.to_string(), Some(pinned)));
+                    return Ok(Attachment::Adopted);
+                }
+                Err(e) => {
+                    tracing::warn!(iface, error = %e, "stale pinned link; attaching anew");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
         let attempts: &[XdpMode] = match mode {
             XdpModeSetting::Auto => &[XdpMode::Driver, XdpMode::Skb],
             XdpModeSetting::Driver => &[XdpMode::Driver],
@@ -226,8 +435,23 @@ impl DataPath {
         };
         let mut last = String::new();
         for &m in attempts {
+            let prog = self.program_mut()?;
             match prog.attach(iface, m) {
-                Ok(_) => return Ok(m),
+                Ok(id) => {
+                    let pinned = match &pin_path {
+                        Some(path) => {
+                            let link = prog.take_link(id)?;
+                            let fd: FdLink = link.try_into()?;
+                            Some(fd.pin(path).map_err(|e| DataPathError::Pin {
+                                path: path.display().to_string(),
+                                message: e.to_string(),
+                            })?)
+                        }
+                        None => None,
+                    };
+                    self.links.push((iface.to_string(), pinned));
+                    return Ok(Attachment::Attached(m));
+                }
                 Err(e) => {
                     last = format!(
                         "{e}: {}",
@@ -244,21 +468,21 @@ impl DataPath {
         })
     }
 
-    /// Pins the counter maps under `dir` so that `nva rules` can read them.
-    pub fn pin_counters(&self, dir: &std::path::Path) -> Result<(), DataPathError> {
-        std::fs::create_dir_all(dir).map_err(|e| DataPathError::Pin {
-            path: dir.display().to_string(),
-            message: e.to_string(),
-        })?;
-        for name in [names::RULE_COUNTERS, names::PACKET_COUNTERS] {
-            let path = dir.join(name);
-            let _ = std::fs::remove_file(&path);
-            self.map(name)?.pin(&path).map_err(|e| DataPathError::Pin {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+    /// Detaches from every interface: unpins the links and drops them.
+    pub fn detach_all(&mut self) {
+        for (iface, pinned) in self.links.drain(..) {
+            if let Some(p) = pinned {
+                match p.unpin() {
+                    Ok(fd) => drop(fd),
+                    Err(e) => tracing::warn!(iface, error = %e, "unpinning link"),
+                }
+            }
         }
-        Ok(())
+    }
+
+    /// The kernel id of the loaded program.
+    pub fn program_id(&self) -> Result<u32, DataPathError> {
+        Ok(self.program()?.info()?.id())
     }
 
     /// Runs one frame through the loaded program (BPF_PROG_TEST_RUN) and
@@ -277,14 +501,35 @@ impl DataPath {
         Ok(result.return_value)
     }
 
-    /// Per-rule counters summed over CPUs.
-    pub fn rule_counters(&self, n_rules: usize) -> Result<Vec<RuleCounters>, DataPathError> {
-        read_rule_counters(
-            self.map(names::RULE_COUNTERS)?
-                .try_into()
-                .map_err(map_err(names::RULE_COUNTERS))?,
-            n_rules,
-        )
+    /// Counters 0..n, summed over CPUs.
+    pub fn rule_counters(&self, n: usize) -> Result<Vec<RuleCounters>, DataPathError> {
+        let indices: Vec<u32> = (0..n as u32).collect();
+        self.counters_at(&indices)
+    }
+
+    /// Counters at the given indices, summed over CPUs.
+    pub fn counters_at(&self, indices: &[u32]) -> Result<Vec<RuleCounters>, DataPathError> {
+        let map: PerCpuArray<_, RuleCounters> = self
+            .map(names::RULE_COUNTERS)?
+            .try_into()
+            .map_err(map_err(names::RULE_COUNTERS))?;
+        read_counters(&map, indices)
+    }
+
+    /// Zeroes counters (of rules that left the rule set).
+    pub fn reset_counters(&mut self, indices: &[u32]) -> Result<(), DataPathError> {
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| DataPathError::Capacity(e.to_string()))?;
+        let mut map: PerCpuArray<_, RuleCounters> = self
+            .map_mut(names::RULE_COUNTERS)?
+            .try_into()
+            .map_err(map_err(names::RULE_COUNTERS))?;
+        for &i in indices {
+            let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); ncpu])
+                .map_err(|e| DataPathError::Capacity(e.to_string()))?;
+            map.set(i, zeros, 0)
+                .map_err(map_err(names::RULE_COUNTERS))?;
+        }
+        Ok(())
     }
 
     /// Packet counters by reason, summed over CPUs.
@@ -297,15 +542,16 @@ impl DataPath {
     }
 }
 
-/// Sums a per-CPU rule counter array.
-pub fn read_rule_counters<T: std::borrow::Borrow<MapData>>(
-    map: PerCpuArray<T, RuleCounters>,
-    n_rules: usize,
+/// Sums per-CPU rule counters at `indices`.
+pub fn read_counters<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, RuleCounters>,
+    indices: &[u32],
 ) -> Result<Vec<RuleCounters>, DataPathError> {
-    (0..n_rules as u32)
+    indices
+        .iter()
         .map(|i| {
             let per_cpu: PerCpuValues<RuleCounters> =
-                map.get(&i, 0).map_err(map_err(names::RULE_COUNTERS))?;
+                map.get(i, 0).map_err(map_err(names::RULE_COUNTERS))?;
             Ok(per_cpu
                 .iter()
                 .fold(RuleCounters::default(), |acc, c| RuleCounters {
@@ -328,14 +574,18 @@ pub fn read_packet_counters<T: std::borrow::Borrow<MapData>>(
         .collect()
 }
 
+/// Opens a pinned map of a running (or stopped) agent.
+pub fn open_pinned(pins: &PinLayout, name: &str) -> Result<aya::maps::MapData, DataPathError> {
+    let path = pins.map(name);
+    aya::maps::MapData::from_pin(&path).map_err(|source| DataPathError::Map {
+        name: path.display().to_string(),
+        source,
+    })
+}
+
 /// Resolves interface names in the current network namespace.
 pub fn ifindex_by_name(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (idx != 0).then_some(idx)
-}
-
-/// A map from interface names to indexes, for tests and fixed setups.
-pub fn ifindex_table(table: StdHashMap<String, u32>) -> impl Fn(&str) -> Option<u32> {
-    move |name| table.get(name).copied()
 }

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use nva::agent::{pin_dir, state_file, Agent, RuleSetState};
+use nva::agent::{read_state, Agent};
 use nva::compiler::compile;
 use nva::config::load_config;
+use nva::pin::PinLayout;
 
 #[derive(Parser)]
 #[command(
@@ -24,10 +25,24 @@ const DEFAULT_CONFIG: &str = "/etc/nva/nva.toml";
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent: load the XDP program, attach it to agent.interfaces,
-    /// enforce the rules until SIGINT/SIGTERM, then detach.
+    /// Run the agent: load (or adopt) the XDP program on agent.interfaces and
+    /// enforce the rules; SIGHUP reloads the config. On exit (SIGINT,
+    /// SIGTERM, even SIGKILL) the data path keeps enforcing the last rule
+    /// set, pinned under agent.bpffs, until a new agent adopts it.
     Agent {
         /// Config file (TOML).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// On SIGINT/SIGTERM, detach the program and remove every pin and
+        /// state file (clean uninstall) instead of leaving the data path.
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Tell the running agent to reload its config (SIGHUP) and wait for the
+    /// outcome: exit 0 when the new rule set is active, 1 when it was
+    /// refused (the running rules stay in force).
+    Reload {
+        /// Config of the running agent (used to find it via agent.bpffs).
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
@@ -59,7 +74,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Agent { config } => run_agent(&config),
+        Command::Agent {
+            config,
+            detach_on_exit,
+        } => run_agent(&config, detach_on_exit),
+        Command::Reload { config } => reload(&config),
         Command::Rules { config, json } => rules(&config, json),
     };
     match result {
@@ -108,43 +127,70 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run_agent(path: &Path) -> anyhow::Result<()> {
+fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()> {
     let config = load_or_report(path).context("invalid config, not starting")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let agent = Agent::start(config)?;
-    tracing::info!("agent running; SIGINT or SIGTERM stops it");
+    let mut agent = Agent::start(path, config)?;
+    tracing::info!("agent running; SIGHUP reloads, SIGINT/SIGTERM stops");
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    // Errors are logged and recorded by reload().
+                    let _ = agent.reload();
+                }
+            }
         }
         anyhow::Ok(())
     })?;
     tracing::info!("stopping");
-    agent.stop();
+    agent.stop(detach_on_exit);
     Ok(())
+}
+
+fn reload(path: &Path) -> anyhow::Result<()> {
+    let config = load_or_report(path).context("invalid config, not reloading")?;
+    let bpffs = &config.agent.bpffs;
+    let before = read_state(bpffs)?;
+    let pid = nix::unistd::Pid::from_raw(before.pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)
+        .with_context(|| format!("signalling the agent (pid {})", before.pid))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let Ok(now) = read_state(bpffs) else { continue };
+        if now.reload_seq > before.reload_seq {
+            return match now.last_reload_error {
+                None => {
+                    println!("reloaded: generation {} active", now.generation);
+                    Ok(())
+                }
+                Some(e) => Err(anyhow::anyhow!(
+                    "reload refused, generation {} stays in force:\n{e}",
+                    now.generation
+                )),
+            };
+        }
+    }
+    anyhow::bail!("the agent did not report the reload within 120 s")
 }
 
 fn rules(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = load_or_report(path).context("invalid config")?;
     let bpffs = &config.agent.bpffs;
-    let state_path = state_file(bpffs);
-    let state: RuleSetState =
-        serde_json::from_slice(&std::fs::read(&state_path).with_context(|| {
-            format!(
-                "no running agent for agent.bpffs = {} ({} missing)",
-                bpffs.display(),
-                state_path.display()
-            )
-        })?)?;
-    let map_path = pin_dir(bpffs).join(nva_common::map_names::RULE_COUNTERS);
-    let map = aya::maps::MapData::from_pin(&map_path)
-        .with_context(|| format!("opening {}", map_path.display()))?;
+    let state = read_state(bpffs)?;
+    let layout = PinLayout::new(bpffs);
+    let map = nva::datapath::open_pinned(&layout, nva_common::map_names::RULE_COUNTERS)?;
     let map = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map))?;
-    let counters = nva::datapath::read_rule_counters(map, state.rules.len())?;
+    let indices: Vec<u32> = state.rules.iter().map(|r| r.counter).collect();
+    let counters = nva::datapath::read_counters(&map, &indices)?;
     if json {
         let rows: Vec<_> = state
             .rules
@@ -154,6 +200,7 @@ fn rules(path: &Path, json: bool) -> anyhow::Result<()> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
+        println!("generation {}", state.generation);
         println!(
             "{:<32} {:<6} {:>14} {:>16}",
             "RULE", "ACTION", "PACKETS", "BYTES"

@@ -266,3 +266,63 @@ impl RuleGen {
         }
     }
 }
+
+/// Renders rules as `[[rules]]` tables of a config file.
+pub fn rules_toml(rules: &[Rule]) -> String {
+    use std::fmt::Write as _;
+    fn list<T>(items: &[T], f: impl Fn(&T) -> String) -> String {
+        let parts: Vec<String> = items.iter().map(|i| format!("\"{}\"", f(i))).collect();
+        format!("[{}]", parts.join(", "))
+    }
+    let ports = |p: &PortRange| {
+        if p.lo == p.hi {
+            p.lo.to_string()
+        } else {
+            format!("{}-{}", p.lo, p.hi)
+        }
+    };
+    let mut out = String::new();
+    for r in rules {
+        let proto = match r.proto {
+            Proto::Any => "any",
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::Icmpv6 => "icmpv6",
+        };
+        let action = if r.action == Action::Allow {
+            "allow"
+        } else {
+            "drop"
+        };
+        let _ = writeln!(
+            out,
+            "[[rules]]\nname = \"{}\"\naction = \"{action}\"\nproto = \"{proto}\"",
+            r.name
+        );
+        if !r.src.is_empty() {
+            let _ = writeln!(out, "src = {}", list(&r.src, |c| c.to_string()));
+        }
+        if !r.dst.is_empty() {
+            let _ = writeln!(out, "dst = {}", list(&r.dst, |c| c.to_string()));
+        }
+        if !r.sport.is_empty() {
+            let _ = writeln!(out, "sport = {}", list(&r.sport, ports));
+        }
+        if !r.dport.is_empty() {
+            let _ = writeln!(out, "dport = {}", list(&r.dport, ports));
+        }
+        if !r.icmp_type.is_empty() {
+            let types: Vec<String> = r.icmp_type.iter().map(|t| t.to_string()).collect();
+            let _ = writeln!(out, "icmp_type = [{}]", types.join(", "));
+        }
+        if let Some(iface) = &r.in_iface {
+            let _ = writeln!(out, "in_iface = \"{iface}\"");
+        }
+        if r.log {
+            let _ = writeln!(out, "log = true");
+        }
+        out.push('\n');
+    }
+    out
+}

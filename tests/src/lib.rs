@@ -479,3 +479,5 @@ impl Netns {
         c
     }
 }
+pub mod agent;
+pub mod traffic;

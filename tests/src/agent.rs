@@ -1,0 +1,144 @@
+//! Running `nva agent` inside a topology's nva namespace, with cleanup of
+//! its pins and state whatever happens.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::{nva_binary, wait_until, ChildGuard, Netns, Topology};
+
+/// An agent process plus everything it leaves on the machine.
+pub struct RunningAgent {
+    pub child: Option<ChildGuard>,
+    pub config: PathBuf,
+    pub bpffs: String,
+    nsenter_ns: String,
+    detach_on_exit: bool,
+    dir: PathBuf,
+}
+
+impl RunningAgent {
+    /// Writes `config_text` (with `{bpffs}` replaced) and starts the agent in
+    /// the topology's nva namespace; waits until it reports its rule set.
+    pub fn start(t: &Topology, config_text: &str, detach_on_exit: bool) -> RunningAgent {
+        let tag = format!("{}-{}", std::process::id(), t.id);
+        let dir = std::env::temp_dir().join(format!("nva-agent-test-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bpffs = format!("/sys/fs/bpf/nva-test-{tag}");
+        let config = dir.join("nva.toml");
+        std::fs::write(&config, config_text.replace("{bpffs}", &bpffs)).unwrap();
+        let mut agent = RunningAgent {
+            child: None,
+            config,
+            bpffs,
+            nsenter_ns: t.nva.name.clone(),
+            detach_on_exit,
+            dir,
+        };
+        agent.spawn(&t.nva);
+        agent
+    }
+
+    /// Starts (again) the agent process and waits until it is up.
+    pub fn spawn(&mut self, ns: &Netns) {
+        let before = self.state().map(|s| s["pid"].as_u64());
+        let mut args = vec![nva_binary().display().to_string(), "agent".into()];
+        if self.detach_on_exit {
+            args.push("--detach-on-exit".into());
+        }
+        args.push("--config".into());
+        args.push(self.config.display().to_string());
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let child = ns.nsenter(&args).spawn().expect("spawn nva agent");
+        let pid = child.id() as u64;
+        self.child = Some(ChildGuard::new(child));
+        let up = wait_until(Duration::from_secs(60), || {
+            self.state().is_some_and(|s| s["pid"].as_u64() == Some(pid))
+        });
+        assert!(up, "agent did not come up (state before: {before:?})");
+    }
+
+    /// The agent's state file, parsed.
+    pub fn state(&self) -> Option<serde_json::Value> {
+        let key: String = self
+            .bpffs
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let bytes = std::fs::read(format!("/run/nva/{key}/state.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Runs an `nva` client command against this agent's config.
+    pub fn nva(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(nva_binary());
+        c.args(args).arg("--config").arg(&self.config);
+        c.output().expect("run nva")
+    }
+
+    /// `nva rules --json` as (name, packets).
+    pub fn rule_packets(&self) -> Vec<(String, u64)> {
+        let out = self.nva(&["rules", "--json"]);
+        assert!(
+            out.status.success(),
+            "nva rules: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["packets"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn packets_of(&self, rule: &str) -> u64 {
+        self.rule_packets()
+            .into_iter()
+            .find(|(n, _)| n == rule)
+            .unwrap_or_else(|| panic!("rule {rule} missing"))
+            .1
+    }
+
+    /// Replaces the config file (with `{bpffs}` filled in).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, text.replace("{bpffs}", &self.bpffs)).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// SIGKILL: the process dies without any cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.0.kill();
+            let _ = c.0.wait();
+        }
+    }
+
+    pub fn netns(&self) -> &str {
+        &self.nsenter_ns
+    }
+}
+
+impl Drop for RunningAgent {
+    /// Leaves no pins or state behind (the namespaces, and so the links, go
+    /// with the topology).
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        let key: String = self
+            .bpffs
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let _ = std::fs::remove_dir_all(format!("/run/nva/{key}"));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

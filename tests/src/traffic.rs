@@ -1,0 +1,129 @@
+//! Real traffic between namespaces: bounded UDP flows counted at the
+//! receiver, TCP connects.
+
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{in_netns, Netns};
+
+/// Sends `n` datagrams from `from` to `to_ip:port` in namespace `to`;
+/// returns how many arrived.
+pub fn udp_delivered(from: &Netns, to: &Netns, to_ip: &str, port: u16, n: usize) -> usize {
+    let addr = SocketAddr::new(to_ip.parse().unwrap(), port);
+    let rx = in_netns(to, || UdpSocket::bind(addr).unwrap());
+    rx.set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    let unspecified = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let tx = in_netns(from, || UdpSocket::bind(unspecified).unwrap());
+    for i in 0..n {
+        tx.send_to(format!("datagram {i}").as_bytes(), addr)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    while rx.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    got
+}
+
+/// A steady UDP flow (one datagram every `interval`) counted at both ends,
+/// until stopped. Bounded: it stops by itself after `max` datagrams.
+pub struct SteadyFlow {
+    pub sent: Arc<AtomicU64>,
+    pub received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SteadyFlow {
+    pub fn start(
+        from: &Netns,
+        to: &Netns,
+        to_ip: &str,
+        port: u16,
+        interval: Duration,
+        max: u64,
+    ) -> SteadyFlow {
+        let addr = SocketAddr::new(to_ip.parse().unwrap(), port);
+        let rx = in_netns(to, || UdpSocket::bind(addr).unwrap());
+        rx.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let tx = in_netns(from, || UdpSocket::bind("0.0.0.0:0").unwrap());
+        let sent = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (sent.clone(), stop.clone());
+        let sender = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) && s.load(Ordering::Relaxed) < max {
+                if tx.send_to(b"steady", addr).is_ok() {
+                    s.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(interval);
+            }
+        });
+        let (r, st) = (received.clone(), stop.clone());
+        let receiver = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            loop {
+                match rx.recv_from(&mut buf) {
+                    Ok(_) => {
+                        r.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) if st.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+        });
+        SteadyFlow {
+            sent,
+            received,
+            stop,
+            threads: vec![sender, receiver],
+        }
+    }
+
+    /// Stops sending, lets the last datagrams arrive, returns (sent, received).
+    pub fn finish(mut self) -> (u64, u64) {
+        self.stop_threads();
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
+    }
+
+    fn stop_threads(&mut self) {
+        if let Some(sender) = (!self.threads.is_empty()).then(|| self.threads.remove(0)) {
+            self.stop.store(true, Ordering::Relaxed);
+            let _ = sender.join();
+            std::thread::sleep(Duration::from_millis(300));
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for SteadyFlow {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// Whether a TCP connection from `from` to `ip:port` in `to` fails (a
+/// listener exists, so only a filter can stop it).
+pub fn tcp_refused(from: &Netns, to: &Netns, ip: &str, port: u16) -> bool {
+    let addr = SocketAddr::new(ip.parse().unwrap(), port);
+    let _listener = in_netns(to, || TcpListener::bind(addr).unwrap());
+    in_netns(from, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(1500))
+    })
+    .is_err()
+}

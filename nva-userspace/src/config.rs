@@ -717,13 +717,16 @@ impl Ctx<'_> {
                         v.span(),
                         format!("rule name {name:?} contains control characters"),
                     );
-                } else if let Some(first) = names.get(name) {
+                } else if let Some(&first) = names.get(name) {
+                    // Line numbers only on error: computing them for every
+                    // name would be quadratic in the file size.
+                    let first = line_col(self.text, first).0;
                     self.err(
                         v.span(),
                         format!("duplicate rule name {name:?} (first used on line {first})"),
                     );
                 } else {
-                    names.insert(name.clone(), line_col(self.text, v.span().start).0);
+                    names.insert(name.clone(), v.span().start);
                 }
                 name.clone()
             }

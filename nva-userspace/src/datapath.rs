@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
@@ -69,6 +69,11 @@ pub enum DataPathError {
     Interface { iface: String, message: String },
     #[error("pinning {path}: {message}")]
     Pin { path: String, message: String },
+    #[error("BPF map {name}: {source}")]
+    Batch {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("rule set does not fit the data path: {0}")]
     Capacity(String),
 }
@@ -77,6 +82,16 @@ fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> DataPathError + '_
     move |source| DataPathError::Map {
         name: name.to_string(),
         source,
+    }
+}
+
+/// The file descriptor of a map, for the batch operations.
+fn map_fd(map: &aya::maps::Map) -> Result<std::os::fd::BorrowedFd<'_>, DataPathError> {
+    use aya::maps::Map;
+    use std::os::fd::AsFd;
+    match map {
+        Map::HashMap(d) | Map::Array(d) | Map::LpmTrie(d) => Ok(d.fd().as_fd()),
+        _ => Err(DataPathError::Missing("a hash or array map".into())),
     }
 }
 
@@ -235,12 +250,11 @@ impl DataPath {
         macro_rules! clear_hash {
             ($base:expr, $k:ty, $v:ty) => {{
                 let name = slot_name($base, slot);
-                let mut map: HashMap<_, $k, $v> =
-                    HashMap::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
-                let keys: Vec<$k> = map.keys().filter_map(Result::ok).collect();
-                for k in keys {
-                    let _ = map.remove(&k);
-                }
+                let fd = map_fd(self.map(&name)?)?;
+                crate::batch::drain::<$k, $v>(fd).map_err(|e| DataPathError::Batch {
+                    name: name.clone(),
+                    source: e,
+                })?;
             }};
         }
         macro_rules! clear_lpm {
@@ -298,11 +312,12 @@ impl DataPath {
         macro_rules! fill_hash {
             ($base:expr, $k:ty, $v:ty, $entries:expr) => {{
                 let name = slot_name($base, slot);
-                let mut map: HashMap<_, $k, $v> =
-                    HashMap::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
-                for (k, v) in $entries {
-                    map.insert(k, v, 0).map_err(map_err(&name))?;
-                }
+                let entries: Vec<($k, $v)> = $entries.into_iter().map(|(k, v)| (*k, *v)).collect();
+                let fd = map_fd(self.map(&name)?)?;
+                crate::batch::update(fd, &entries).map_err(|e| DataPathError::Batch {
+                    name: name.clone(),
+                    source: e,
+                })?;
             }};
         }
         fill_lpm!(names::SRC_V4, &rules.src_v4);
@@ -320,12 +335,17 @@ impl DataPath {
             .iter()
             .filter_map(|(name, class)| ifindex_of(name).map(|i| (i, *class)))
             .collect();
-        fill_hash!(names::IFACE_CLASS, u32, u32, ifaces);
+        fill_hash!(
+            names::IFACE_CLASS,
+            u32,
+            u32,
+            ifaces.iter().map(|(k, v)| (k, v))
+        );
         fill_hash!(
             names::MANAGEMENT,
             ManagementKey,
             u8,
-            rules.management.iter().map(|k| (*k, 1u8))
+            rules.management.iter().map(|k| (k, &1u8))
         );
 
         // Arrays: write only what differs from what the slot holds.
@@ -343,28 +363,42 @@ impl DataPath {
             ),
         ] {
             let name = slot_name(base, slot);
-            let mut array: Array<_, u32> =
-                Array::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
-            for (i, v) in new.iter().enumerate() {
-                if old.is_none_or(|o| o.get(i) != Some(v)) {
-                    array.set(i as u32, v, 0).map_err(map_err(&name))?;
-                }
-            }
+            let changed: Vec<(u32, u32)> = new
+                .iter()
+                .enumerate()
+                .filter(|(i, v)| old.is_none_or(|o| o.get(*i) != Some(*v)))
+                .map(|(i, v)| (i as u32, *v))
+                .collect();
+            let fd = map_fd(self.map(&name)?)?;
+            crate::batch::update(fd, &changed).map_err(|e| DataPathError::Batch {
+                name: name.clone(),
+                source: e,
+            })?;
         }
         self.shadow[slot as usize] = Some(ArrayShadow {
             port_class: rules.port_class.clone(),
             icmp_class: rules.icmp_class.clone(),
         });
         let name = slot_name(names::RULE_ACTIONS, slot);
-        let mut actions: Array<_, RuleAction> =
-            Array::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
-        for (i, a) in rules.rule_actions.iter().enumerate() {
-            let a = RuleAction {
-                counter: counters[i],
-                ..*a
-            };
-            actions.set(i as u32, a, 0).map_err(map_err(&name))?;
-        }
+        let actions: Vec<(u32, RuleAction)> = rules
+            .rule_actions
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                (
+                    i as u32,
+                    RuleAction {
+                        counter: counters[i],
+                        ..*a
+                    },
+                )
+            })
+            .collect();
+        let fd = map_fd(self.map(&name)?)?;
+        crate::batch::update(fd, &actions).map_err(|e| DataPathError::Batch {
+            name: name.clone(),
+            source: e,
+        })?;
         // Last: the slot's settings, ready.
         let mut config: Array<_, DataPathConfig> =
             Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;

@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod batch;
 pub mod compiler;
 pub mod config;
 pub mod datapath;

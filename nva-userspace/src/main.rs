@@ -155,9 +155,24 @@ fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `agent.bpffs` of a config file, read leniently: `nva reload` must reach
+/// the agent even when the new config is invalid, so that the agent itself
+/// refuses it (and logs and counts the refusal).
+fn bpffs_of(path: &Path) -> anyhow::Result<PathBuf> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: toml::Value =
+        toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
+    Ok(value
+        .get("agent")
+        .and_then(|a| a.get("bpffs"))
+        .and_then(|b| b.as_str())
+        .unwrap_or(nva::config::DEFAULT_BPFFS)
+        .into())
+}
+
 fn reload(path: &Path) -> anyhow::Result<()> {
-    let config = load_or_report(path).context("invalid config, not reloading")?;
-    let bpffs = &config.agent.bpffs;
+    let bpffs = &bpffs_of(path)?;
     let before = read_state(bpffs)?;
     let pid = nix::unistd::Pid::from_raw(before.pid as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)

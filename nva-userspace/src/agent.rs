@@ -68,6 +68,28 @@ fn write_state(bpffs: &Path, state: &AgentState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the latest status and health for `nva status` (works across
+/// network namespaces and while the agent is down).
+pub fn write_status(
+    bpffs: &Path,
+    status: &serde_json::Value,
+    health: &crate::health::HealthReport,
+) -> anyhow::Result<()> {
+    let path = state_dir(bpffs).join("status.json");
+    let tmp = path.with_extension("json.tmp");
+    let doc = serde_json::json!({"status": status, "health": health});
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+pub fn read_status(bpffs: &Path) -> anyhow::Result<serde_json::Value> {
+    let path = state_dir(bpffs).join("status.json");
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("no agent status ({} missing)", path.display()))?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
 fn ruleset_hash(config: &Config) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -226,12 +248,59 @@ impl Agent {
             .install(&compiled, generation, &counters, &ifindex_by_name)?;
         self.datapath.reset_counters(&freed)?;
         tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?started.elapsed(), "compiled and swapped rule set");
+        self.repair_attachments();
         self.state.generation = generation;
         self.state.ruleset_hash = ruleset_hash(&config);
         self.state.rules = rule_states(&config, &counters);
         self.compiled = compiled;
         self.config = config;
         Ok(generation)
+    }
+
+    /// Re-attaches the program where its link was detached behind the
+    /// agent's back (done on reload; the health check reports it meanwhile).
+    pub fn repair_attachments(&mut self) {
+        for iface in self.config.agent.interfaces.clone() {
+            let healthy = crate::health::link_attached(&self.layout, &iface);
+            if healthy {
+                continue;
+            }
+            let _ = std::fs::remove_file(self.layout.link(&iface));
+            match self
+                .datapath
+                .attach(&iface, self.config.agent.xdp_mode, Some(&self.layout))
+            {
+                Ok(how) => tracing::warn!(iface, ?how, "re-attached XDP program"),
+                Err(e) => tracing::error!(iface, error = %e, "cannot re-attach XDP program"),
+            }
+        }
+    }
+
+    /// Status for /status and `nva status`.
+    pub fn status(&self) -> serde_json::Value {
+        let (slot, cfg) = self
+            .datapath
+            .active()
+            .map_or((0, Default::default()), |x| x);
+        serde_json::json!({
+            "pid": std::process::id(),
+            "interfaces": self.attachments.iter().map(|(i, how)| serde_json::json!({
+                "name": i,
+                "attached": format!("{how:?}"),
+                "xdp_mode": format!("{:?}", self.config.agent.xdp_mode).to_lowercase(),
+            })).collect::<Vec<_>>(),
+            "program_id": self.datapath.program_id().ok(),
+            "generation": self.state.generation,
+            "ruleset_hash": self.state.ruleset_hash,
+            "active_slot": slot,
+            "active_generation": cfg.generation,
+            "rules": self.config.rules.len(),
+            "tables": self.compiled.sizes,
+            "conntrack_entries": 0,
+            "uptime_s": self.started.elapsed().as_secs(),
+            "reloads": {"ok": self.state.reloads_ok, "error": self.state.reloads_error},
+            "last_reload_error": self.state.last_reload_error,
+        })
     }
 
     /// Stops. With `detach`, the program is detached and every pin and the

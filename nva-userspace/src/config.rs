@@ -26,6 +26,8 @@ use crate::model::{
 pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:9090";
 /// Default `agent.bpffs`.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/nva";
+/// Default `agent.health_interval_ms`: how often the data path is checked.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u32 = 1000;
 /// Default `policy.conntrack_max`.
 pub const DEFAULT_CONNTRACK_MAX: u32 = 1_048_576;
 /// Longest rule name (bytes).
@@ -163,6 +165,7 @@ struct RawAgent {
     health_listen: Option<Spanned<String>>,
     tcp_probe_listen: Option<Spanned<String>>,
     bpffs: Option<Spanned<String>>,
+    health_interval_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -500,6 +503,13 @@ impl Ctx<'_> {
             }
         };
 
+        let health_interval_ms = match &raw.health_interval_ms {
+            None => DEFAULT_HEALTH_INTERVAL_MS,
+            Some(v) => self
+                .positive_u32("agent.health_interval_ms", v)
+                .unwrap_or(DEFAULT_HEALTH_INTERVAL_MS),
+        };
+
         if self.errors.len() != n_errors {
             return None;
         }
@@ -510,6 +520,7 @@ impl Ctx<'_> {
             health_listen: health_listen?,
             tcp_probe_listen,
             bpffs,
+            health_interval_ms,
         })
     }
 
@@ -1137,6 +1148,7 @@ log = false                       # emit sampled events for matches
                 forward: ForwardMode::Kernel,
                 health_listen: "0.0.0.0:9090".parse().unwrap(),
                 tcp_probe_listen: None,
+                health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
                 bpffs: PathBuf::from("/sys/fs/bpf/nva"),
             },
             policy: PolicySettings {

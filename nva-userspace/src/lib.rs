@@ -3,6 +3,8 @@ pub mod batch;
 pub mod compiler;
 pub mod config;
 pub mod datapath;
+pub mod health;
+pub mod http;
 pub mod model;
 pub mod pin;
 pub mod rulegen;

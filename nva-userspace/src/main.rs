@@ -38,6 +38,15 @@ enum Command {
         #[arg(long)]
         detach_on_exit: bool,
     },
+    /// Print the agent's status and health as a summary (from the state the
+    /// agent publishes every health interval).
+    Status {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Tell the running agent to reload its config (SIGHUP) and wait for the
     /// outcome: exit 0 when the new rule set is active, 1 when it was
     /// refused (the running rules stay in force).
@@ -79,6 +88,7 @@ fn main() -> ExitCode {
             detach_on_exit,
         } => run_agent(&config, detach_on_exit),
         Command::Reload { config } => reload(&config),
+        Command::Status { config, json } => status(&config, json),
         Command::Rules { config, json } => rules(&config, json),
     };
     match result {
@@ -128,31 +138,87 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex, RwLock};
     let config = load_or_report(path).context("invalid config, not starting")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut agent = Agent::start(path, config)?;
+    let settings = config.agent.clone();
+    // Bind first: a health port in use is a start-up error, not a silent gap.
+    let http_listener = std::net::TcpListener::bind(settings.health_listen)
+        .with_context(|| format!("agent.health_listen = {}", settings.health_listen))?;
+    http_listener.set_nonblocking(true)?;
+    let agent = Arc::new(Mutex::new(Agent::start(path, config)?));
+    let shared: nva::http::Shared = Arc::new(RwLock::new(Default::default()));
+    refresh(&agent, &shared);
+    let interval = std::time::Duration::from_millis(settings.health_interval_ms as u64);
     tracing::info!("agent running; SIGHUP reloads, SIGINT/SIGTERM stops");
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
+        let layout = agent.lock().expect("agent lock").layout.clone();
+        let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
+        tokio::spawn(nva::http::serve(http_listener, shared.clone(), layout));
+        if let Some(addr) = settings.tcp_probe_listen {
+            tokio::spawn(nva::http::tcp_probe(addr, shared.clone(), interval));
+        }
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut tick = tokio::time::interval(interval);
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = hup.recv() => {
-                    // Errors are logged and recorded by reload().
-                    let _ = agent.reload();
+                    let (a, s) = (agent.clone(), shared.clone());
+                    tokio::task::spawn_blocking(move || {
+                        // Errors are logged and recorded by reload().
+                        let _ = a.lock().expect("agent lock").reload();
+                        refresh(&a, &s);
+                    }).await?;
+                }
+                _ = tick.tick() => {
+                    let (a, s) = (agent.clone(), shared.clone());
+                    tokio::task::spawn_blocking(move || refresh(&a, &s)).await?;
                 }
             }
         }
         anyhow::Ok(())
     })?;
     tracing::info!("stopping");
+    let agent = Arc::try_unwrap(agent)
+        .map_err(|_| anyhow::anyhow!("agent still in use"))?
+        .into_inner()
+        .expect("agent lock");
     agent.stop(detach_on_exit);
+    runtime.shutdown_background();
     Ok(())
+}
+
+/// Runs the health checks and publishes a fresh snapshot.
+fn refresh(agent: &std::sync::Mutex<Agent>, shared: &nva::http::Shared) {
+    let agent = agent.lock().expect("agent lock");
+    let health = nva::health::check(&agent);
+    let was_healthy = shared.read().expect("snapshot lock").health.healthy;
+    if was_healthy != health.healthy {
+        if health.healthy {
+            tracing::info!("data path healthy");
+        } else {
+            let failing: Vec<String> = health
+                .failing()
+                .iter()
+                .map(|c| format!("{}: {}", c.name, c.detail))
+                .collect();
+            tracing::error!(failing = ?failing, "data path unhealthy");
+        }
+    }
+    let status = agent.status();
+    let _ = nva::agent::write_status(&agent.config.agent.bpffs, &status, &health);
+    *shared.write().expect("snapshot lock") = nva::http::Snapshot {
+        health,
+        state: agent.state.clone(),
+        status,
+    };
 }
 
 /// `agent.bpffs` of a config file, read leniently: `nva reload` must reach
@@ -197,9 +263,68 @@ fn reload(path: &Path) -> anyhow::Result<()> {
     anyhow::bail!("the agent did not report the reload within 120 s")
 }
 
+fn status(path: &Path, json: bool) -> anyhow::Result<()> {
+    let bpffs = bpffs_of(path)?;
+    let doc = nva::agent::read_status(&bpffs)?;
+    let pid = doc["status"]["pid"].as_i64().unwrap_or(0) as i32;
+    let running = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    if json {
+        let mut doc = doc;
+        doc["agent_running"] = running.into();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let st = &doc["status"];
+    let healthy = doc["health"]["healthy"].as_bool().unwrap_or(false);
+    println!(
+        "agent:       {} (pid {pid})",
+        if running {
+            "running"
+        } else {
+            "NOT running (data path left enforcing)"
+        }
+    );
+    println!(
+        "health:      {}",
+        if healthy { "healthy" } else { "UNHEALTHY" }
+    );
+    for c in doc["health"]["checks"].as_array().into_iter().flatten() {
+        if c["ok"] != true {
+            println!(
+                "  failing:   {}: {}",
+                c["name"].as_str().unwrap_or(""),
+                c["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
+    println!(
+        "generation:  {} (hash {})",
+        st["generation"],
+        st["ruleset_hash"].as_str().unwrap_or("")
+    );
+    println!("rules:       {}", st["rules"]);
+    println!("program id:  {}", st["program_id"]);
+    for i in st["interfaces"].as_array().into_iter().flatten() {
+        println!(
+            "interface:   {} ({}, mode {})",
+            i["name"].as_str().unwrap_or(""),
+            i["attached"].as_str().unwrap_or(""),
+            i["xdp_mode"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "reloads:     {} ok, {} refused",
+        st["reloads"]["ok"], st["reloads"]["error"]
+    );
+    if let Some(e) = st["last_reload_error"].as_str() {
+        println!("last error:  {e}");
+    }
+    println!("uptime:      {} s", st["uptime_s"]);
+    Ok(())
+}
+
 fn rules(path: &Path, json: bool) -> anyhow::Result<()> {
-    let config = load_or_report(path).context("invalid config")?;
-    let bpffs = &config.agent.bpffs;
+    let bpffs = &bpffs_of(path)?;
     let state = read_state(bpffs)?;
     let layout = PinLayout::new(bpffs);
     let map = nva::datapath::open_pinned(&layout, nva_common::map_names::RULE_COUNTERS)?;

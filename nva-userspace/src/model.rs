@@ -149,6 +149,8 @@ pub struct AgentSettings {
     pub health_listen: std::net::SocketAddr,
     pub tcp_probe_listen: Option<std::net::SocketAddr>,
     pub bpffs: std::path::PathBuf,
+    /// How often the agent checks the data path for /health.
+    pub health_interval_ms: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

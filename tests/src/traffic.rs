@@ -127,3 +127,38 @@ pub fn tcp_refused(from: &Netns, to: &Netns, ip: &str, port: u16) -> bool {
     })
     .is_err()
 }
+
+/// A plain HTTP GET from inside `ns`: (status code, body).
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut s = in_netns(ns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: nva\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((code, body))
+}
+
+/// Whether a TCP connect to `addr` from inside `ns` succeeds.
+pub fn tcp_connects(ns: &Netns, addr: &str) -> bool {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_netns(ns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+    })
+    .is_ok()
+}

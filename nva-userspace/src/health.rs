@@ -1,0 +1,241 @@
+//! The truthful health check: is the data path really enforcing the rule set
+//! the agent believes it loaded? Run every `agent.health_interval_ms`; the
+//! HTTP server only serves the latest result, so it answers at once.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nva_common::{ACTION_ALLOW, NO_RULE};
+use serde::Serialize;
+
+use crate::agent::Agent;
+use crate::compiler::PacketView;
+use crate::datapath::ifindex_by_name;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct HealthReport {
+    pub healthy: bool,
+    pub checks: Vec<Check>,
+}
+
+impl HealthReport {
+    pub fn failing(&self) -> Vec<&Check> {
+        self.checks.iter().filter(|c| !c.ok).collect()
+    }
+}
+
+/// (ifindex, program id) of a pinned XDP link, from the kernel. A link whose
+/// interface was detached or removed reports ifindex 0.
+fn pinned_link_target(path: &Path) -> std::io::Result<(u32, u32)> {
+    // BPF_OBJ_GET then BPF_OBJ_GET_INFO_BY_FD: aya 0.14 does not expose the
+    // XDP part of bpf_link_info.
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let mut get = ObjGet {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: valid bpf_attr prefix for BPF_OBJ_GET (7).
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 7, &mut get as *mut ObjGet, 24usize) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new file descriptor we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_link_info: type, id, prog_id, (pad), union at 16; for XDP
+    // the union starts with ifindex.
+    let mut info = [0u8; 64];
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: valid bpf_attr prefix for BPF_OBJ_GET_INFO_BY_FD (15).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 15, &mut attr as *mut InfoByFd, 16usize) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let word = |o: usize| u32::from_ne_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
+    Ok((word(16), word(8)))
+}
+
+/// Whether the pinned link of `iface` is attached to that interface.
+pub fn link_attached(layout: &crate::pin::PinLayout, iface: &str) -> bool {
+    match (
+        ifindex_by_name(iface),
+        pinned_link_target(&layout.link(iface)),
+    ) {
+        (Some(want), Ok((got, _))) => want == got,
+        _ => false,
+    }
+}
+
+/// Whether the interface is administratively and operationally up.
+fn interface_up(iface: &str) -> std::io::Result<bool> {
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: socket() returned a new descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills ifr_flags of a valid ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let flags = unsafe { req.ifr_ifru.ifru_flags } as libc::c_int;
+    Ok(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
+}
+
+/// A synthetic UDP packet (TEST-NET addresses) and the action the loaded
+/// rule set must give it, from the compiler's model of the lookup.
+fn probe_packet(agent: &Agent) -> (Vec<u8>, u32) {
+    let (src, dst) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(198, 51, 100, 1));
+    let view = PacketView {
+        src: src.into(),
+        dst: dst.into(),
+        proto: 17,
+        sport: 9,
+        dport: 9,
+        icmp_type: 0,
+        iface: None,
+    };
+    let rule = agent.compiled.model().lookup(&view);
+    let allow = if rule == NO_RULE {
+        agent.compiled.default_action == ACTION_ALLOW
+    } else {
+        agent.compiled.rule_actions[rule as usize].action == ACTION_ALLOW
+    };
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let udp = [0u8, 9, 0, 9, 0, 8, 0, 0];
+    let total = (20 + udp.len()) as u16;
+    frame.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    frame.extend_from_slice(&src.octets());
+    frame.extend_from_slice(&dst.octets());
+    frame.extend_from_slice(&udp);
+    (frame, if allow { XDP_PASS } else { XDP_DROP })
+}
+
+/// Runs every check against the live data path.
+pub fn check(agent: &Agent) -> HealthReport {
+    let mut checks = Vec::new();
+    let prog_id = agent.datapath.program_id().ok();
+    for iface in &agent.config.agent.interfaces {
+        let ifindex = ifindex_by_name(iface);
+        let attached = match (ifindex, pinned_link_target(&agent.layout.link(iface))) {
+            (None, _) => (false, "interface does not exist".to_string()),
+            (Some(_), Err(e)) => (false, format!("no XDP link: {e}")),
+            (Some(want), Ok((got, prog))) if got != want => (
+                false,
+                format!("XDP link detached (link ifindex {got}, program {prog})"),
+            ),
+            (Some(_), Ok((_, prog))) if Some(prog) != prog_id => (
+                false,
+                format!("another program ({prog}) is on the link, not ours ({prog_id:?})"),
+            ),
+            (Some(_), Ok((_, prog))) => (true, format!("program {prog} attached")),
+        };
+        checks.push(Check {
+            name: format!("attached:{iface}"),
+            ok: attached.0,
+            detail: attached.1,
+        });
+        let up = interface_up(iface);
+        checks.push(Check {
+            name: format!("link_up:{iface}"),
+            ok: matches!(up, Ok(true)),
+            detail: match up {
+                Ok(true) => "up".into(),
+                Ok(false) => "down".into(),
+                Err(e) => e.to_string(),
+            },
+        });
+    }
+    let generation = match agent.datapath.active() {
+        Ok((slot, cfg)) if cfg.ready == 1 && cfg.generation == agent.state.generation => Check {
+            name: "generation".into(),
+            ok: true,
+            detail: format!("generation {} active in slot {slot}", cfg.generation),
+        },
+        Ok((slot, cfg)) => Check {
+            name: "generation".into(),
+            ok: false,
+            detail: format!(
+                "slot {slot} holds generation {} (ready {}), the agent loaded {}",
+                cfg.generation, cfg.ready, agent.state.generation
+            ),
+        },
+        Err(e) => Check {
+            name: "generation".into(),
+            ok: false,
+            detail: e.to_string(),
+        },
+    };
+    checks.push(generation);
+    let (frame, want) = probe_packet(agent);
+    checks.push(match agent.datapath.test_run(&frame, 0) {
+        Ok(got) if got == want => Check {
+            name: "verdict".into(),
+            ok: true,
+            detail: format!("synthetic packet got the expected action {got}"),
+        },
+        Ok(got) => Check {
+            name: "verdict".into(),
+            ok: false,
+            detail: format!("synthetic packet got action {got}, expected {want}"),
+        },
+        Err(e) => Check {
+            name: "verdict".into(),
+            ok: false,
+            detail: e.to_string(),
+        },
+    });
+    HealthReport {
+        healthy: checks.iter().all(|c| c.ok),
+        checks,
+    }
+}

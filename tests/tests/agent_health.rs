@@ -1,0 +1,163 @@
+//! The health probe tells the truth about the data path; metrics count what
+//! was sent.
+
+use std::time::{Duration, Instant};
+
+use nva_tests::agent::RunningAgent;
+use nva_tests::traffic::{http_get, tcp_connects, udp_delivered};
+use nva_tests::{require_root, wait_until, Topology, NVA_IN_IF, NVA_OUT_IF};
+
+const HEALTH: &str = "127.0.0.1:9090";
+const TCP_PROBE: &str = "127.0.0.1:9091";
+
+fn config() -> String {
+    format!(
+        r#"
+[agent]
+interfaces = ["{NVA_IN_IF}", "{NVA_OUT_IF}"]
+health_listen = "{HEALTH}"
+tcp_probe_listen = "{TCP_PROBE}"
+health_interval_ms = 200
+bpffs = "{{bpffs}}"
+
+[policy]
+default = "drop"
+
+[[rules]]
+name = "steady"
+action = "allow"
+proto = "udp"
+dport = ["7000"]
+"#
+    )
+}
+
+fn health(t: &Topology) -> (u16, String) {
+    http_get(&t.nva, HEALTH, "/health").expect("GET /health")
+}
+
+/// Waits for /health to return `code`; returns how long it took.
+fn until_health(t: &Topology, code: u16, within: Duration) -> Duration {
+    let start = Instant::now();
+    let ok = wait_until(within, || health(t).0 == code);
+    assert!(
+        ok,
+        "/health did not become {code} within {within:?}: {:?}",
+        health(t)
+    );
+    start.elapsed()
+}
+
+#[test]
+fn health_follows_the_data_path() {
+    require_root();
+    let t = Topology::new(215);
+    let agent = RunningAgent::start(&t, &config(), true);
+    until_health(&t, 200, Duration::from_secs(5));
+    assert!(
+        tcp_connects(&t.nva, TCP_PROBE),
+        "TCP probe accepts while healthy"
+    );
+    let (_, status) = http_get(&t.nva, HEALTH, "/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["rules"], 1);
+    assert_eq!(status["generation"], 1);
+
+    // Detached behind the agent's back: 503 within the probe interval
+    // (200 ms, plus one check), naming the interface; the TCP probe refuses.
+    let link = format!("{}/v1/links/{NVA_IN_IF}", agent.bpffs);
+    let out = std::process::Command::new("bpftool")
+        .args(["link", "detach", "pinned", &link])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let took = until_health(&t, 503, Duration::from_secs(2));
+    assert!(took < Duration::from_millis(800), "503 after {took:?}");
+    assert!(health(&t).1.contains(&format!("attached:{NVA_IN_IF}")));
+    assert!(
+        wait_until(Duration::from_secs(1), || !tcp_connects(&t.nva, TCP_PROBE)),
+        "TCP probe refuses while unhealthy"
+    );
+    // The agent does not re-attach by itself (an operator or a failover
+    // decides); a reload repairs it.
+    let out = agent.nva(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until_health(&t, 200, Duration::from_secs(3));
+    assert!(wait_until(Duration::from_secs(1), || tcp_connects(
+        &t.nva, TCP_PROBE
+    )));
+
+    // An interface going down is unhealthy too.
+    t.nva.ip(&["link", "set", NVA_OUT_IF, "down"]);
+    until_health(&t, 503, Duration::from_secs(2));
+    assert!(health(&t).1.contains(&format!("link_up:{NVA_OUT_IF}")));
+    t.nva.ip(&["link", "set", NVA_OUT_IF, "up"]);
+    until_health(&t, 200, Duration::from_secs(3));
+
+    // nva status tells the same.
+    let out = agent.nva(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("healthy"), "{text}");
+}
+
+#[test]
+fn metrics_count_the_packets_sent() {
+    require_root();
+    let t = Topology::new(216);
+    let agent = RunningAgent::start(&t, &config(), true);
+    // ARP and v6 neighbour traffic do not match "steady"; only this does.
+    assert_eq!(
+        udp_delivered(&t.client, &t.server, &t.server_v4(), 7000, 37),
+        37
+    );
+    assert_eq!(
+        udp_delivered(&t.client, &t.server, &t.server_v4(), 7001, 5),
+        0
+    );
+    let (code, body) = http_get(&t.nva, HEALTH, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("nva_rule_packets_total{rule=\"steady\"} 37\n"),
+        "{body}"
+    );
+    assert!(body.contains("nva_ruleset_generation 1\n"), "{body}");
+    assert!(
+        body.contains("nva_reloads_total{result=\"ok\"} 0\n"),
+        "{body}"
+    );
+    let dropped = body
+        .lines()
+        .find(|l| l.starts_with("nva_packets_total{verdict=\"drop\",reason=\"default\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap();
+    assert!(dropped >= 5, "default drops counted: {dropped}");
+    // A refused reload is counted as an error.
+    agent.write_config(&config().replace("dport = [\"7000\"]", "dport = [\"70000\"]"));
+    assert!(!agent.nva(&["reload"]).status.success());
+    let body = wait_until(Duration::from_secs(2), || {
+        http_get(&t.nva, HEALTH, "/metrics")
+            .unwrap()
+            .1
+            .contains("nva_reloads_total{result=\"error\"} 1\n")
+    });
+    assert!(body, "reload error counted");
+    // Health answers fast, also under repeated polling.
+    for _ in 0..50 {
+        let start = Instant::now();
+        assert_eq!(health(&t).0, 200);
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}

@@ -38,6 +38,12 @@ enum Command {
         #[arg(long)]
         detach_on_exit: bool,
     },
+    /// Remove nva from the data path after the agent was stopped: unpins the
+    /// XDP links (detaching the program) and maps, and removes the state.
+    Detach {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Print the agent's status and health as a summary (from the state the
     /// agent publishes every health interval).
     Status {
@@ -89,6 +95,7 @@ fn main() -> ExitCode {
         } => run_agent(&config, detach_on_exit),
         Command::Reload { config } => reload(&config),
         Command::Status { config, json } => status(&config, json),
+        Command::Detach { config } => detach(&config),
         Command::Rules { config, json } => rules(&config, json),
     };
     match result {
@@ -261,6 +268,28 @@ fn reload(path: &Path) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("the agent did not report the reload within 120 s")
+}
+
+fn detach(path: &Path) -> anyhow::Result<()> {
+    let bpffs = bpffs_of(path)?;
+    if let Ok(state) = read_state(&bpffs) {
+        let pid = nix::unistd::Pid::from_raw(state.pid as i32);
+        if state.pid != std::process::id() && nix::sys::signal::kill(pid, None).is_ok() {
+            anyhow::bail!(
+                "the agent (pid {}) is running: stop it first (it holds the links)",
+                state.pid
+            );
+        }
+    }
+    let layout = PinLayout::new(&bpffs);
+    if !layout.root.exists() {
+        println!("nothing pinned under {}", layout.root.display());
+    } else {
+        layout.remove_all(&bpffs);
+        println!("detached: removed {}", layout.root.display());
+    }
+    let _ = std::fs::remove_dir_all(nva::pin::state_dir(&bpffs));
+    Ok(())
 }
 
 fn status(path: &Path, json: bool) -> anyhow::Result<()> {

@@ -192,4 +192,23 @@ fn sigkill_keeps_filtering_and_restart_adopts() {
     let (sent, received) = flow.finish();
     assert_eq!(received, sent, "no loss across SIGKILL and restart");
     assert!(agent.state().unwrap()["generation"].as_u64().unwrap() >= 2);
+
+    // Clean uninstall: refused while the agent runs, done once it is gone.
+    let out = agent.nva(&["detach"]);
+    assert!(
+        !out.status.success(),
+        "detach must refuse while the agent runs"
+    );
+    agent.kill9();
+    let out = agent.nva(&["detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for dev in [NVA_IN_IF, NVA_OUT_IF] {
+        let link = t.nva.exec_ok(&["ip", "link", "show", "dev", dev]);
+        assert!(!link.contains("prog/xdp"), "detached from {dev}: {link}");
+    }
+    assert!(!std::path::Path::new(&agent.bpffs).exists(), "pins removed");
 }

@@ -189,7 +189,9 @@ pub struct DataPathConfig {
     pub l4_patterns: u8,
     /// `PAIR_GROUP_*` bits: which address tables hold entries.
     pub pair_groups: u8,
-    pub _pad: [u8; 7],
+    /// `policy.log_drops`: emit sampled events for rule and default drops.
+    pub log_drops: u8,
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<DataPathConfig>() == 40);
 
@@ -205,6 +207,44 @@ pub const fn l4_pattern(key: &L4Key) -> u8 {
 pub const PAIR_GROUP_BOTH: u8 = 1;
 pub const PAIR_GROUP_DST_ONLY: u8 = 2;
 pub const PAIR_GROUP_SRC_ONLY: u8 = 4;
+
+/// Sampled events per second, per rule (and for default drops), per CPU.
+pub const LOG_EVENTS_PER_SECOND: u32 = 10;
+/// Budget slot of default drops (rules use their counter index).
+pub const LOG_SLOT_DEFAULT_DROP: u32 = MAX_RULES;
+
+/// Rate-limit state of one log budget slot (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LogBudget {
+    pub window_start_ns: u64,
+    pub sent: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LogBudget>() == 16);
+
+/// A sampled packet event (ring buffer): a logged rule's match, or a drop
+/// under `policy.log_drops`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PacketEvent {
+    pub ts_ns: u64,
+    /// Addresses; IPv4 uses the first 4 bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Counter index of the rule ([`NO_RULE`] for the default policy).
+    pub counter: u32,
+    pub ifindex: u32,
+    pub bytes: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub is_v6: u8,
+    /// [`PacketReason`] as u8.
+    pub reason: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 64);
 
 /// Why the program returned its verdict; index into the per-CPU packet
 /// counter array. Append only: the numbers are part of the pinned layout.
@@ -304,6 +344,8 @@ pub mod map_names {
     pub const PACKET_COUNTERS: &str = "PACKET_COUNTERS";
     pub const MANAGEMENT: &str = "MANAGEMENT";
     pub const CONFIG: &str = "CONFIG";
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOG_BUDGET: &str = "LOG_BUDGET";
 }
 
 /// Name of the XDP program in the object file.
@@ -321,4 +363,6 @@ mod pod {
     unsafe impl aya::Pod for super::RuleCounters {}
     unsafe impl aya::Pod for super::ManagementKey {}
     unsafe impl aya::Pod for super::DataPathConfig {}
+    unsafe impl aya::Pod for super::LogBudget {}
+    unsafe impl aya::Pod for super::PacketEvent {}
 }

@@ -8,11 +8,11 @@ mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use nva_common::{
-    ManagementKey, PacketReason, RuleCounters, ACTION_ALLOW, FRAGMENTS_ALLOW, NO_RULE, PROTO_TCP,
-    PROTO_UDP,
+    ManagementKey, PacketEvent, PacketReason, RuleCounters, ACTION_ALLOW, FRAGMENTS_ALLOW,
+    LOG_EVENTS_PER_SECOND, LOG_SLOT_DEFAULT_DROP, NO_RULE, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::maps::{Tables, ACTIVE, CONFIG, PACKET_COUNTERS, RULE_COUNTERS};
+use crate::maps::{Tables, ACTIVE, CONFIG, EVENTS, LOG_BUDGET, PACKET_COUNTERS, RULE_COUNTERS};
 use crate::parse::{Packet, Parsed};
 
 #[xdp]
@@ -61,20 +61,70 @@ fn decide_with<T: Tables>(ctx: &XdpContext, pkt: &Packet, slot: u32) -> PacketRe
     }
     let rule = classify::first_match::<T>(pkt, ctx.ingress_ifindex() as u32, config);
     if rule == NO_RULE {
-        return if config.default_action == ACTION_ALLOW {
-            PacketReason::PassDefault
-        } else {
-            PacketReason::DropDefault
-        };
+        if config.default_action == ACTION_ALLOW {
+            return PacketReason::PassDefault;
+        }
+        if config.log_drops != 0 {
+            log_event(
+                ctx,
+                pkt,
+                NO_RULE,
+                LOG_SLOT_DEFAULT_DROP,
+                PacketReason::DropDefault,
+            );
+        }
+        return PacketReason::DropDefault;
     }
     let Some(action) = T::rule_actions().get(rule) else {
         return PacketReason::DropRule;
     };
     count_rule(ctx, action.counter);
-    if action.action == ACTION_ALLOW {
+    let reason = if action.action == ACTION_ALLOW {
         PacketReason::PassRule
     } else {
         PacketReason::DropRule
+    };
+    if action.log != 0 || (config.log_drops != 0 && !reason.is_pass()) {
+        log_event(ctx, pkt, action.counter, action.counter, reason);
+    }
+    reason
+}
+
+/// Emits a packet event unless this slot's budget for the current second
+/// (per CPU) is spent: logging never costs more than a few events per rule.
+#[inline(always)]
+fn log_event(ctx: &XdpContext, pkt: &Packet, counter: u32, slot: u32, reason: PacketReason) {
+    let Some(budget) = LOG_BUDGET.get_ptr_mut(slot) else {
+        return;
+    };
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    // Per-CPU slot: no other CPU writes it.
+    let budget = unsafe { &mut *budget };
+    if now.wrapping_sub(budget.window_start_ns) >= 1_000_000_000 {
+        budget.window_start_ns = now;
+        budget.sent = 0;
+    }
+    if budget.sent >= LOG_EVENTS_PER_SECOND {
+        return;
+    }
+    budget.sent += 1;
+    if let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) {
+        let ev = PacketEvent {
+            ts_ns: now,
+            src: pkt.src,
+            dst: pkt.dst,
+            counter,
+            ifindex: ctx.ingress_ifindex() as u32,
+            bytes: (ctx.data_end() - ctx.data()) as u32,
+            sport: pkt.sport,
+            dport: pkt.dport,
+            proto: pkt.proto,
+            is_v6: pkt.is_v6 as u8,
+            reason: reason as u8,
+            _pad: [0; 5],
+        };
+        entry.write(ev);
+        entry.submit(0);
     }
 }
 

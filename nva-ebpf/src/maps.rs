@@ -8,12 +8,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, RingBuf},
 };
 use nva_common::{
-    ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey, PairMatch, RuleAction, RuleCounters,
-    VerdictKey, CAPACITY_ADDR_TABLE, CAPACITY_JOIN_TABLE, CAPACITY_PREFIXES, ICMP_CLASS_ENTRIES,
-    MAX_RULES, PACKET_REASONS, PORT_CLASS_ENTRIES,
+    ClassMatch, DataPathConfig, L4Key, LogBudget, ManagementKey, PairKey, PairMatch, RuleAction,
+    RuleCounters, VerdictKey, CAPACITY_ADDR_TABLE, CAPACITY_JOIN_TABLE, CAPACITY_PREFIXES,
+    ICMP_CLASS_ENTRIES, MAX_RULES, PACKET_REASONS, PORT_CLASS_ENTRIES,
 };
 
 /// Index (0 or 1) of the slot the program uses.
@@ -27,6 +27,13 @@ pub static CONFIG: Array<DataPathConfig> = Array::with_max_entries(2, 0);
 pub static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 #[map]
 pub static PACKET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PACKET_REASONS, 0);
+/// Sampled packet events for the agent's log.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+/// Per-CPU rate limit of events: one slot per rule counter, one for
+/// default drops.
+#[map]
+pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(MAX_RULES + 1, 0);
 
 /// The rule tables of one slot.
 pub trait Tables {

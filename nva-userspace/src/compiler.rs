@@ -118,6 +118,7 @@ pub struct CompiledRuleSet {
     pub proto_catch_all: [u32; 4],
     pub default_action: u8,
     pub fragments_allow: bool,
+    pub log_drops: bool,
     pub management: Vec<ManagementKey>,
     pub sizes: TableSizes,
 }
@@ -458,6 +459,7 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
             Action::Drop => ACTION_DROP,
         },
         fragments_allow: policy.fragments_allow,
+        log_drops: policy.log_drops,
         ..Default::default()
     };
     out.rule_actions = rules

@@ -628,7 +628,7 @@ impl Ctx<'_> {
         management.retain(|m| seen.insert(*m));
 
         // Used by conntrack (next issue): validated now, not yet in the model.
-        let _log_drops = raw.log_drops.unwrap_or(false);
+        let log_drops = raw.log_drops.unwrap_or(false);
         let _conntrack_max = match &raw.conntrack_max {
             None => DEFAULT_CONNTRACK_MAX,
             Some(v) => self
@@ -659,6 +659,7 @@ impl Ctx<'_> {
             stateful,
             loose_tcp,
             fragments_allow,
+            log_drops,
             management,
         })
     }
@@ -1156,6 +1157,7 @@ log = false                       # emit sampled events for matches
                 stateful: true,
                 loose_tcp: false,
                 fragments_allow: false,
+                log_drops: false,
                 management: vec![
                     ManagementPort {
                         proto: Proto::Tcp,

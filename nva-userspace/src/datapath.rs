@@ -422,7 +422,8 @@ impl DataPath {
             .iter()
             .filter(|(_, empty)| !empty)
             .fold(0, |m, (bit, _)| m | bit),
-            _pad: [0; 7],
+            log_drops: rules.log_drops as u8,
+            _pad: [0; 6],
         };
         config.set(slot, value, 0).map_err(map_err(names::CONFIG))?;
         Ok(())
@@ -512,6 +513,12 @@ impl DataPath {
                 }
             }
         }
+    }
+
+    /// Takes the ring buffer of sampled packet events (once).
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        let map = self.ebpf.take_map(names::EVENTS)?;
+        aya::maps::RingBuf::try_from(map).ok()
     }
 
     /// The kernel id of the loaded program.

@@ -17,6 +17,9 @@ use nva::pin::PinLayout;
     about = "nva: a highly available layer-4 network virtual appliance (XDP firewall)"
 )]
 struct Cli {
+    /// Log format on stderr: text or json (one JSON object per line).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,13 +83,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Agent {
@@ -166,6 +173,9 @@ fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()> {
         let layout = agent.lock().expect("agent lock").layout.clone();
         let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
         tokio::spawn(nva::http::serve(http_listener, shared.clone(), layout));
+        if let Some(events) = agent.lock().expect("agent lock").datapath.take_events() {
+            tokio::spawn(log_events(events, shared.clone()));
+        }
         if let Some(addr) = settings.tcp_probe_listen {
             tokio::spawn(nva::http::tcp_probe(addr, shared.clone(), interval));
         }
@@ -200,6 +210,73 @@ fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()> {
     agent.stop(detach_on_exit);
     runtime.shutdown_background();
     Ok(())
+}
+
+/// Writes the data path's sampled packet events as log lines.
+async fn log_events(events: aya::maps::RingBuf<aya::maps::MapData>, shared: nva::http::Shared) {
+    use nva_common::{PacketEvent, PacketReason};
+    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd
+    // holds it, and as_raw_fd() always returns that same fd.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "packet events unavailable");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<PacketEvent>() {
+                continue;
+            }
+            // SAFETY: the program writes whole PacketEvents (repr(C), Pod).
+            let ev: PacketEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let rule = if ev.counter == nva_common::NO_RULE {
+                "(default)".to_string()
+            } else {
+                let snap = shared.read().expect("snapshot lock");
+                snap.state
+                    .rules
+                    .iter()
+                    .find(|r| r.counter == ev.counter)
+                    .map_or_else(|| format!("counter {}", ev.counter), |r| r.name.clone())
+            };
+            let addr = |b: [u8; 16]| -> std::net::IpAddr {
+                if ev.is_v6 != 0 {
+                    std::net::Ipv6Addr::from(b).into()
+                } else {
+                    std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).into()
+                }
+            };
+            let reason = PacketReason::ALL
+                .iter()
+                .find(|r| **r as u8 == ev.reason)
+                .copied()
+                .unwrap_or(PacketReason::DropRule);
+            tracing::info!(
+                target: "nva::event",
+                rule,
+                verdict = reason.verdict(),
+                reason = reason.name(),
+                proto = ev.proto,
+                src = %addr(ev.src),
+                dst = %addr(ev.dst),
+                sport = ev.sport,
+                dport = ev.dport,
+                ifindex = ev.ifindex,
+                bytes = ev.bytes,
+                "packet"
+            );
+        }
+        guard.clear_ready();
+    }
 }
 
 /// Runs the health checks and publishes a fresh snapshot.

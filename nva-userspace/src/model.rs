@@ -159,6 +159,8 @@ pub struct PolicySettings {
     pub stateful: bool,
     pub loose_tcp: bool,
     pub fragments_allow: bool,
+    /// Emit sampled events of dropped packets.
+    pub log_drops: bool,
     /// Includes the health port (added by the config loader).
     pub management: Vec<ManagementPort>,
 }

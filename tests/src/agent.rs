@@ -42,20 +42,40 @@ impl RunningAgent {
     /// Starts (again) the agent process and waits until it is up.
     pub fn spawn(&mut self, ns: &Netns) {
         let before = self.state().map(|s| s["pid"].as_u64());
-        let mut args = vec![nva_binary().display().to_string(), "agent".into()];
+        let mut args = vec![
+            nva_binary().display().to_string(),
+            "--log-format".into(),
+            "json".into(),
+            "agent".into(),
+        ];
         if self.detach_on_exit {
             args.push("--detach-on-exit".into());
         }
         args.push("--config".into());
         args.push(self.config.display().to_string());
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let child = ns.nsenter(&args).spawn().expect("spawn nva agent");
+        // The agent's log (JSON lines) goes to a file the test can read.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("agent log");
+        let child = ns
+            .nsenter(&args)
+            .stderr(log)
+            .spawn()
+            .expect("spawn nva agent");
         let pid = child.id() as u64;
         self.child = Some(ChildGuard::new(child));
         let up = wait_until(Duration::from_secs(60), || {
             self.state().is_some_and(|s| s["pid"].as_u64() == Some(pid))
         });
         assert!(up, "agent did not come up (state before: {before:?})");
+    }
+
+    /// The agent's log so far (JSON lines).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
     /// The agent's state file, parsed.

@@ -161,3 +161,53 @@ fn metrics_count_the_packets_sent() {
         );
     }
 }
+
+#[test]
+fn logged_rules_and_drops_emit_rate_limited_events() {
+    require_root();
+    let t = Topology::new(217);
+    let config = config()
+        .replace("[policy]\n", "[policy]\nlog_drops = true\n")
+        .replace("dport = [\"7000\"]\n", "dport = [\"7000\"]\nlog = true\n");
+    let agent = RunningAgent::start(&t, &config, true);
+    // 200 datagrams in well under 2 s: far more than the per-second budget.
+    assert_eq!(
+        udp_delivered(&t.client, &t.server, &t.server_v4(), 7000, 200),
+        200
+    );
+    assert_eq!(
+        udp_delivered(&t.client, &t.server, &t.server_v4(), 7002, 20),
+        0
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let events: Vec<serde_json::Value> = agent
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "nva::event")
+        .collect();
+    let of = |rule: &str| {
+        events
+            .iter()
+            .filter(|e| e["fields"]["rule"] == rule)
+            .collect::<Vec<_>>()
+    };
+    let steady = of("steady");
+    if steady.is_empty() {
+        eprintln!("agent log:\n{}", agent.log());
+    }
+    assert!(!steady.is_empty(), "logged rule emits events: {events:?}");
+    // 10 per second per CPU; the send takes at most a few seconds.
+    assert!(
+        steady.len() <= 10 * 2 * 4,
+        "rate limited: {} events",
+        steady.len()
+    );
+    assert!(steady.len() < 200, "sampled, not one per packet");
+    assert_eq!(steady[0]["fields"]["dport"], 7000);
+    assert_eq!(steady[0]["fields"]["verdict"], "pass");
+    assert_eq!(steady[0]["fields"]["src"], t.client_v4());
+    let drops = of("(default)");
+    assert!(!drops.is_empty(), "default drops logged with log_drops");
+    assert_eq!(drops[0]["fields"]["verdict"], "drop");
+}

@@ -22,6 +22,7 @@ fn policy(default: Action, fragments_allow: bool) -> PolicySettings {
         stateful: false,
         loose_tcp: false,
         fragments_allow,
+        log_drops: false,
         management: vec![ManagementPort {
             proto: Proto::Tcp,
             port: 22,

@@ -9,6 +9,7 @@ fn policy() -> PolicySettings {
         stateful: false,
         loose_tcp: false,
         fragments_allow: false,
+        log_drops: false,
         management: vec![ManagementPort {
             proto: Proto::Tcp,
             port: 22,

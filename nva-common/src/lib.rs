@@ -156,6 +156,15 @@ pub struct RuleCounters {
 }
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 16);
 
+/// IPv4 address as a v4-mapped IPv6 address (::ffff:a.b.c.d), the key form
+/// of the local-address map.
+#[inline(always)]
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
 /// Key of the management (failsafe) map: traffic to this destination port and
 /// protocol passes before any rule.
 #[repr(C)]
@@ -345,6 +354,7 @@ pub mod map_names {
     pub const MANAGEMENT: &str = "MANAGEMENT";
     pub const CONFIG: &str = "CONFIG";
     pub const EVENTS: &str = "EVENTS";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const LOG_BUDGET: &str = "LOG_BUDGET";
 }
 

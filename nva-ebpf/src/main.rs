@@ -12,7 +12,9 @@ use nva_common::{
     LOG_EVENTS_PER_SECOND, LOG_SLOT_DEFAULT_DROP, NO_RULE, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::maps::{Tables, ACTIVE, CONFIG, EVENTS, LOG_BUDGET, PACKET_COUNTERS, RULE_COUNTERS};
+use crate::maps::{
+    Tables, ACTIVE, CONFIG, EVENTS, LOCAL_ADDRS, LOG_BUDGET, PACKET_COUNTERS, RULE_COUNTERS,
+};
 use crate::parse::{Packet, Parsed};
 
 #[xdp]
@@ -128,7 +130,9 @@ fn log_event(ctx: &XdpContext, pkt: &Packet, counter: u32, slot: u32, reason: Pa
     }
 }
 
-/// Failsafe: management ports pass before any rule.
+/// Failsafe: management ports of the NVA itself pass before any rule. Only
+/// traffic addressed to one of the NVA's own addresses qualifies: traffic
+/// through the NVA to the same port elsewhere follows the rules.
 #[inline(always)]
 fn is_management<T: Tables>(pkt: &Packet) -> bool {
     if pkt.proto != PROTO_TCP && pkt.proto != PROTO_UDP {
@@ -139,7 +143,15 @@ fn is_management<T: Tables>(pkt: &Packet) -> bool {
         proto: pkt.proto,
         _pad: 0,
     };
-    unsafe { T::management().get(&key) }.is_some()
+    if unsafe { T::management().get(&key) }.is_none() {
+        return false;
+    }
+    let local = if pkt.is_v6 {
+        pkt.dst
+    } else {
+        nva_common::v4_mapped([pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]])
+    };
+    unsafe { LOCAL_ADDRS.get(&local) }.is_some()
 }
 
 #[inline(always)]

@@ -27,6 +27,10 @@ pub static CONFIG: Array<DataPathConfig> = Array::with_max_entries(2, 0);
 pub static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 #[map]
 pub static PACKET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PACKET_REASONS, 0);
+/// The NVA's own addresses (IPv4 as v4-mapped IPv6): management traffic
+/// must be addressed to one of them. Kept current by the agent.
+#[map]
+pub static LOCAL_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
 /// Sampled packet events for the agent's log.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);

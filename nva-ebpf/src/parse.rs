@@ -113,7 +113,8 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, P
     pkt.dst.copy_from_slice(&hdr[24..40]);
     let mut next = hdr[6];
     let mut off = off + IPV6_HDR_LEN;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
+    // One more round than headers: the last one finds the upper layer.
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
         if off > MAX_L4_OFFSET {
             return Err(PacketReason::DropIpv6ExtTooDeep);
         }

@@ -97,21 +97,19 @@ fn ruleset_hash(config: &Config) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// Assigns counter indexes: a name keeps its index; new names take free ones.
-/// Returns (indexes per rule, indexes freed).
-fn assign_counters(previous: &[RuleState], config: &Config) -> (Vec<u32>, Vec<u32>) {
+/// Assigns counter indexes: a name keeps its index; new names take indexes
+/// no rule of the previous set used, so a counter freed by this reload is
+/// reused only by a later one (after it was zeroed). Returns (indexes per
+/// rule, indexes freed, indexes newly taken).
+fn assign_counters(previous: &[RuleState], config: &Config) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let old: HashMap<&str, u32> = previous
         .iter()
         .map(|r| (r.name.as_str(), r.counter))
         .collect();
-    let kept: std::collections::HashSet<u32> = config
-        .rules
-        .iter()
-        .filter_map(|r| old.get(r.name.as_str()).copied())
-        .collect();
-    let mut used = kept.clone();
+    let mut used: std::collections::HashSet<u32> = previous.iter().map(|r| r.counter).collect();
     let mut next_free = 0u32;
-    let counters = config
+    let mut taken = Vec::new();
+    let counters: Vec<u32> = config
         .rules
         .iter()
         .map(|r| match old.get(r.name.as_str()) {
@@ -121,16 +119,18 @@ fn assign_counters(previous: &[RuleState], config: &Config) -> (Vec<u32>, Vec<u3
                     next_free += 1;
                 }
                 used.insert(next_free);
+                taken.push(next_free);
                 next_free
             }
         })
         .collect();
+    let kept: std::collections::HashSet<u32> = counters.iter().copied().collect();
     let freed = previous
         .iter()
         .map(|r| r.counter)
         .filter(|c| !kept.contains(c))
         .collect();
-    (counters, freed)
+    (counters, freed, taken)
 }
 
 pub struct Agent {
@@ -171,9 +171,15 @@ impl Agent {
         };
         let (_, active_cfg) = datapath.active()?;
         let generation = previous.generation.max(active_cfg.generation) + 1;
-        let (counters, freed) = assign_counters(&previous.rules, &config);
+        let (counters, freed, taken) = assign_counters(&previous.rules, &config);
+        datapath.set_local_addrs(&crate::datapath::local_addrs())?;
+        // New rules start from zero (their index may have served a rule
+        // removed by an earlier reload).
+        datapath.reset_counters(&taken)?;
         datapath.install(&compiled, generation, &counters, &ifindex_by_name)?;
-        datapath.reset_counters(&freed)?;
+        if let Err(e) = datapath.reset_counters(&freed) {
+            tracing::warn!(error = %e, "zeroing counters of removed rules");
+        }
         let mut attachments = Vec::new();
         for iface in &config.agent.interfaces {
             let how = datapath.attach(iface, config.agent.xdp_mode, Some(&layout))?;
@@ -243,15 +249,19 @@ impl Agent {
         let started = Instant::now();
         let compiled = compile(&config.rules, &config.policy)?;
         let generation = self.state.generation + 1;
-        let (counters, freed) = assign_counters(&self.state.rules, &config);
+        let (counters, freed, taken) = assign_counters(&self.state.rules, &config);
+        self.datapath.reset_counters(&taken)?;
         self.datapath
             .install(&compiled, generation, &counters, &ifindex_by_name)?;
-        self.datapath.reset_counters(&freed)?;
-        tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?started.elapsed(), "compiled and swapped rule set");
-        self.repair_attachments();
+        // Live from here: record it before anything else can fail.
         self.state.generation = generation;
         self.state.ruleset_hash = ruleset_hash(&config);
         self.state.rules = rule_states(&config, &counters);
+        if let Err(e) = self.datapath.reset_counters(&freed) {
+            tracing::warn!(error = %e, "zeroing counters of removed rules");
+        }
+        tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?started.elapsed(), "compiled and swapped rule set");
+        self.repair_attachments();
         self.compiled = compiled;
         self.config = config;
         Ok(generation)

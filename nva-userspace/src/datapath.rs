@@ -39,16 +39,30 @@ const SLOT_MAPS: [&str; 14] = [
     names::RULE_ACTIONS,
     names::MANAGEMENT,
 ];
-const GLOBAL_MAPS: [&str; 4] = [
+const GLOBAL_MAPS: [&str; 5] = [
     names::ACTIVE,
     names::CONFIG,
     names::RULE_COUNTERS,
     names::PACKET_COUNTERS,
+    names::LOCAL_ADDRS,
 ];
 
-/// After a switch, packets that read the old slot finish within
-/// microseconds (XDP runs to completion); wait this long before clearing it.
-const GRACE: Duration = Duration::from_millis(20);
+/// Extra margin after the RCU grace period below.
+const GRACE: Duration = Duration::from_millis(5);
+
+/// Waits until every XDP program run that may have read the old ACTIVE value
+/// has finished: membarrier(MEMBARRIER_CMD_GLOBAL) waits for an RCU grace
+/// period, and XDP runs inside RCU read-side sections.
+fn wait_for_running_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        // Without it, a generous sleep: XDP runs complete in microseconds.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(GRACE);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataPathError {
@@ -171,6 +185,7 @@ impl DataPath {
         ifindex_of: &dyn Fn(&str) -> Option<u32>,
     ) -> Result<DataPath, DataPathError> {
         let mut dp = DataPath::open(None)?;
+        dp.set_local_addrs(&local_addrs())?;
         let counters: Vec<u32> = (0..rules.rule_actions.len() as u32).collect();
         dp.install(rules, generation, &counters, ifindex_of)?;
         Ok(dp)
@@ -234,8 +249,34 @@ impl DataPath {
         let mut flag: Array<_, u32> =
             Array::try_from(self.map_mut(names::ACTIVE)?).map_err(map_err(names::ACTIVE))?;
         flag.set(0, target, 0).map_err(map_err(names::ACTIVE))?;
-        std::thread::sleep(GRACE);
-        self.clear_slot(active)?;
+        // The new rule set is live from here: what follows is cleanup, and
+        // its failure must not be reported as a failed install.
+        wait_for_running_programs();
+        if let Err(e) = self.clear_slot(active) {
+            tracing::warn!(slot = active, error = %e, "clearing the old slot (done again before its next use)");
+        }
+        Ok(())
+    }
+
+    /// Makes the set of local addresses (for management traffic) `addrs`.
+    pub fn set_local_addrs(&mut self, addrs: &[std::net::IpAddr]) -> Result<(), DataPathError> {
+        let want: std::collections::HashSet<[u8; 16]> = addrs
+            .iter()
+            .map(|a| match a {
+                std::net::IpAddr::V4(v4) => nva_common::v4_mapped(v4.octets()),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            })
+            .collect();
+        let mut map: aya::maps::HashMap<_, [u8; 16], u8> =
+            aya::maps::HashMap::try_from(self.map_mut(names::LOCAL_ADDRS)?)
+                .map_err(map_err(names::LOCAL_ADDRS))?;
+        let have: Vec<[u8; 16]> = map.keys().filter_map(Result::ok).collect();
+        for k in have.iter().filter(|k| !want.contains(*k)) {
+            map.remove(k).map_err(map_err(names::LOCAL_ADDRS))?;
+        }
+        for k in want.iter().filter(|k| !have.contains(k)) {
+            map.insert(k, 1, 0).map_err(map_err(names::LOCAL_ADDRS))?;
+        }
         Ok(())
     }
 
@@ -262,9 +303,14 @@ impl DataPath {
                 let name = slot_name($base, slot);
                 let mut map: LpmTrie<_, [u8; $n], u32> =
                     LpmTrie::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
-                let keys: Vec<Key<[u8; $n]>> = map.keys().filter_map(Result::ok).collect();
+                // A stale prefix would point at a class id that means
+                // something else in the next rule set: errors must surface.
+                let keys = map
+                    .keys()
+                    .collect::<Result<Vec<Key<[u8; $n]>>, _>>()
+                    .map_err(map_err(&name))?;
                 for k in keys {
-                    let _ = map.remove(&k);
+                    map.remove(&k).map_err(map_err(&name))?;
                 }
             }};
         }
@@ -622,6 +668,23 @@ pub fn open_pinned(pins: &PinLayout, name: &str) -> Result<aya::maps::MapData, D
         name: path.display().to_string(),
         source,
     })
+}
+
+/// Every address configured in the current network namespace.
+pub fn local_addrs() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|ifa| ifa.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
 }
 
 /// Resolves interface names in the current network namespace.

@@ -163,13 +163,22 @@ fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()> {
     let http_listener = std::net::TcpListener::bind(settings.health_listen)
         .with_context(|| format!("agent.health_listen = {}", settings.health_listen))?;
     http_listener.set_nonblocking(true)?;
+    // Signal handlers first: the state file written by start() already names
+    // this pid, and an early SIGHUP must queue a reload, not kill the agent.
+    let (mut term, mut hup) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _rt = runtime.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        )
+    };
     let agent = Arc::new(Mutex::new(Agent::start(path, config)?));
     let shared: nva::http::Shared = Arc::new(RwLock::new(Default::default()));
     refresh(&agent, &shared);
     let interval = std::time::Duration::from_millis(settings.health_interval_ms as u64);
     tracing::info!("agent running; SIGHUP reloads, SIGINT/SIGTERM stops");
     runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
         let layout = agent.lock().expect("agent lock").layout.clone();
         let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
         tokio::spawn(nva::http::serve(http_listener, shared.clone(), layout));
@@ -179,8 +188,6 @@ fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()> {
         if let Some(addr) = settings.tcp_probe_listen {
             tokio::spawn(nva::http::tcp_probe(addr, shared.clone(), interval));
         }
-        let mut term = signal(SignalKind::terminate())?;
-        let mut hup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(interval);
         loop {
             tokio::select! {
@@ -281,7 +288,14 @@ async fn log_events(events: aya::maps::RingBuf<aya::maps::MapData>, shared: nva:
 
 /// Runs the health checks and publishes a fresh snapshot.
 fn refresh(agent: &std::sync::Mutex<Agent>, shared: &nva::http::Shared) {
-    let agent = agent.lock().expect("agent lock");
+    let mut agent = agent.lock().expect("agent lock");
+    // Addresses come and go (DHCP, operators): management follows them.
+    if let Err(e) = agent
+        .datapath
+        .set_local_addrs(&nva::datapath::local_addrs())
+    {
+        tracing::warn!(error = %e, "updating local addresses");
+    }
     let health = nva::health::check(&agent);
     let was_healthy = shared.read().expect("snapshot lock").health.healthy;
     if was_healthy != health.healthy {

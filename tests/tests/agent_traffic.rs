@@ -17,7 +17,7 @@ fn config_text(t: &Topology) -> String {
 interfaces = ["{n0}", "{n1}"]
 xdp_mode = "auto"
 forward = "kernel"
-health_listen = "127.0.0.1:9090"
+health_listen = "0.0.0.0:9090"
 bpffs = "{{bpffs}}"
 
 [policy]
@@ -131,6 +131,17 @@ fn agent_enforces_rules_on_real_traffic() {
     assert!(
         tcp_refused(&t.client, &t.server, &t.server_v6(), 8081),
         "v6 tcp/8081 must be dropped"
+    );
+
+    // Management (the health port) passes to the NVA itself despite
+    // default = "drop", but not through it to the same port elsewhere.
+    assert!(
+        nva_tests::traffic::tcp_connects(&t.client, &format!("{}:9090", t.nva_in_v4())),
+        "health port of the NVA reachable"
+    );
+    assert!(
+        tcp_refused(&t.client, &t.server, &t.server_v4(), 9090),
+        "management is no bypass to other hosts"
     );
 
     // Allowed UDP arrives, and the counter equals the datagrams sent.

@@ -130,7 +130,9 @@ fn crafted_frames_get_expected_verdicts_and_reasons() {
     in_private_netns(&[], |_| {
         let rules = fixed_rules();
         let compiled = compile(&rules, &policy(Action::Drop, false)).unwrap();
-        let dp = DataPath::load(&compiled, 1, &|_| None).unwrap();
+        let mut dp = DataPath::load(&compiled, 1, &|_| None).unwrap();
+        // The NVA's own address: management traffic must be addressed to it.
+        dp.set_local_addrs(&["192.0.2.2".parse().unwrap()]).unwrap();
         let cases: Vec<(&str, Vec<u8>, u32, PacketReason)> = vec![
             (
                 "v4 tcp/80",
@@ -534,6 +536,7 @@ fn truncated_frames_are_dropped_at_every_offset() {
 fn real_program_agrees_with_linear_first_match() {
     require_root();
     in_private_netns(&["eth0", "eth1"], |ifindex| {
+        let local = nva::datapath::local_addrs();
         for seed in 1..=6u64 {
             let mut rng = Rng::new(seed * 7919);
             let n = 100 + rng.below(300) as usize;
@@ -558,7 +561,8 @@ fn real_program_agrees_with_linear_first_match() {
                     .as_deref()
                     .filter(|n| ifindex.contains_key(*n))
                     .unwrap_or("lo")];
-                let management = pkt.proto == PROTO_TCP && pkt.dport == 22;
+                let management =
+                    pkt.proto == PROTO_TCP && pkt.dport == 22 && local.contains(&pkt.dst);
                 let want = linear_first_match(&rules, &pkt).map_or(NO_RULE, |i| i as u32);
                 let (action, reason) = run(&dp, &frame_for(&pkt), idx);
                 let want_reason = if management {

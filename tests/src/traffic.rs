@@ -34,6 +34,21 @@ pub fn udp_delivered(from: &Netns, to: &Netns, to_ip: &str, port: u16, n: usize)
     got
 }
 
+fn force_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt with a valid int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &bytes as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
 /// A steady UDP flow (one datagram every `interval`) counted at both ends,
 /// until stopped. Bounded: it stops by itself after `max` datagrams.
 pub struct SteadyFlow {
@@ -56,6 +71,9 @@ impl SteadyFlow {
         let rx = in_netns(to, || UdpSocket::bind(addr).unwrap());
         rx.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
+        // A large receive buffer: a receiver thread starved for a moment on
+        // a busy 2-core machine must not drop what the filter let through.
+        force_rcvbuf(&rx, 32 << 20);
         let tx = in_netns(from, || UdpSocket::bind("0.0.0.0:0").unwrap());
         let sent = Arc::new(AtomicU64::new(0));
         let received = Arc::new(AtomicU64::new(0));

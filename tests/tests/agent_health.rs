@@ -76,7 +76,8 @@ fn health_follows_the_data_path() {
         String::from_utf8_lossy(&out.stderr)
     );
     let took = until_health(&t, 503, Duration::from_secs(2));
-    assert!(took < Duration::from_millis(800), "503 after {took:?}");
+    // One interval to notice, plus HTTP and polling slack on a busy machine.
+    assert!(took < Duration::from_millis(1000), "503 after {took:?}");
     assert!(health(&t).1.contains(&format!("attached:{NVA_IN_IF}")));
     assert!(
         wait_until(Duration::from_secs(1), || !tcp_connects(&t.nva, TCP_PROBE)),

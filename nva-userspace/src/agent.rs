@@ -43,6 +43,22 @@ pub struct RuleState {
     pub counter: u32,
 }
 
+/// Fails when another live agent uses `bpffs`: two agents would fight over
+/// the same maps and links.
+pub fn refuse_if_agent_running(bpffs: &Path) -> anyhow::Result<()> {
+    if let Ok(other) = read_state(bpffs) {
+        let pid = nix::unistd::Pid::from_raw(other.pid as i32);
+        if other.pid != std::process::id() && nix::sys::signal::kill(pid, None).is_ok() {
+            bail!(
+                "another agent (pid {}) runs with agent.bpffs = {}",
+                other.pid,
+                bpffs.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn state_file(bpffs: &Path) -> PathBuf {
     state_dir(bpffs).join("state.json")
 }
@@ -159,6 +175,7 @@ impl Agent {
             }
         }
         let bpffs = config.agent.bpffs.clone();
+        refuse_if_agent_running(&bpffs)?;
         ensure_bpffs(&bpffs)?;
         let layout = PinLayout::new(&bpffs);
         let adopting = layout.maps().exists();

@@ -159,6 +159,7 @@ fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let settings = config.agent.clone();
+    nva::agent::refuse_if_agent_running(&settings.bpffs)?;
     // Bind first: a health port in use is a start-up error, not a silent gap.
     let http_listener = std::net::TcpListener::bind(settings.health_listen)
         .with_context(|| format!("agent.health_listen = {}", settings.health_listen))?;
@@ -363,15 +364,8 @@ fn reload(path: &Path) -> anyhow::Result<()> {
 
 fn detach(path: &Path) -> anyhow::Result<()> {
     let bpffs = bpffs_of(path)?;
-    if let Ok(state) = read_state(&bpffs) {
-        let pid = nix::unistd::Pid::from_raw(state.pid as i32);
-        if state.pid != std::process::id() && nix::sys::signal::kill(pid, None).is_ok() {
-            anyhow::bail!(
-                "the agent (pid {}) is running: stop it first (it holds the links)",
-                state.pid
-            );
-        }
-    }
+    nva::agent::refuse_if_agent_running(&bpffs)
+        .context("stop the agent first (it holds the links)")?;
     let layout = PinLayout::new(&bpffs);
     if !layout.root.exists() {
         println!("nothing pinned under {}", layout.root.display());

@@ -78,14 +78,14 @@ impl RunningAgent {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
+    /// The agent's state directory (as `nva::pin::state_dir` names it).
+    fn state_dir(&self) -> PathBuf {
+        nva::pin::state_dir(std::path::Path::new(&self.bpffs))
+    }
+
     /// The agent's state file, parsed.
     pub fn state(&self) -> Option<serde_json::Value> {
-        let key: String = self
-            .bpffs
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let bytes = std::fs::read(format!("/run/nva/{key}/state.json")).ok()?;
+        let bytes = std::fs::read(self.state_dir().join("state.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -153,12 +153,7 @@ impl Drop for RunningAgent {
             c.stop();
         }
         let _ = std::fs::remove_dir_all(&self.bpffs);
-        let key: String = self
-            .bpffs
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let _ = std::fs::remove_dir_all(format!("/run/nva/{key}"));
+        let _ = std::fs::remove_dir_all(self.state_dir());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -61,6 +61,18 @@ dport = ["{TOGGLED_PORT}"]
     text
 }
 
+/// The steady flow: client -> server udp/STEADY_PORT, one datagram per ms.
+fn steady_flow(t: &Topology) -> SteadyFlow {
+    SteadyFlow::start(
+        &t.client,
+        &t.server,
+        &t.server_v4(),
+        STEADY_PORT,
+        Duration::from_millis(1),
+        1_000_000,
+    )
+}
+
 fn reload(agent: &RunningAgent) -> (bool, String) {
     let out = agent.nva(&["reload"]);
     (
@@ -78,14 +90,7 @@ fn reloads_swap_atomically_without_loss() {
     require_root();
     let t = Topology::new(212);
     let agent = RunningAgent::start(&t, &config(true, 10_000), true);
-    let flow = SteadyFlow::start(
-        &t.client,
-        &t.server,
-        &t.server_v4(),
-        STEADY_PORT,
-        Duration::from_millis(1),
-        1_000_000,
-    );
+    let flow = steady_flow(&t);
     for i in 0..20 {
         let set_a = i % 2 == 1; // starts on A: the first reload goes to B
         agent.write_config(&config(set_a, 10_000));
@@ -155,14 +160,24 @@ fn sigkill_keeps_filtering_and_restart_adopts() {
     let mut agent = RunningAgent::start(&t, &config(false, 100), true);
     let prog_before = t.nva.exec_ok(&["ip", "link", "show", "dev", NVA_IN_IF]);
     assert!(prog_before.contains("prog/xdp"), "{prog_before}");
-    let flow = SteadyFlow::start(
-        &t.client,
-        &t.server,
-        &t.server_v4(),
-        STEADY_PORT,
-        Duration::from_millis(1),
-        1_000_000,
+    // A second agent on the same bpffs is refused, and changes nothing.
+    let second = t
+        .nva
+        .nsenter(&[
+            nva_tests::nva_binary().to_str().unwrap(),
+            "agent",
+            "--config",
+            agent.config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another agent"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
     );
+    let flow = steady_flow(&t);
     std::thread::sleep(Duration::from_millis(300));
     agent.kill9();
     // Filtering continues unchanged without the agent.

@@ -3,13 +3,14 @@
 #![no_main]
 
 mod classify;
+mod conntrack;
 mod maps;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use nva_common::{
-    ManagementKey, PacketEvent, PacketReason, RuleCounters, ACTION_ALLOW, FRAGMENTS_ALLOW,
-    LOG_EVENTS_PER_SECOND, LOG_SLOT_DEFAULT_DROP, NO_RULE, PROTO_TCP, PROTO_UDP,
+    DataPathConfig, ManagementKey, PacketEvent, PacketReason, RuleCounters, ACTION_ALLOW,
+    FRAGMENTS_ALLOW, LOG_EVENTS_PER_SECOND, LOG_SLOT_DEFAULT_DROP, NO_RULE, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::maps::{
@@ -30,7 +31,7 @@ pub fn nva_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decide(ctx: &XdpContext) -> PacketReason {
-    let pkt = match parse::parse(ctx) {
+    let mut pkt = match parse::parse(ctx) {
         Ok(Parsed::Ip(pkt)) => pkt,
         Ok(Parsed::NonIp) => return PacketReason::PassNonIp,
         Err(reason) => return reason,
@@ -38,13 +39,15 @@ fn decide(ctx: &XdpContext) -> PacketReason {
     // One read decides the rule set for this packet: a reload flips ACTIVE
     // only once the other slot is complete.
     match ACTIVE.get(0).copied().unwrap_or(0) {
-        0 => decide_with::<maps::slot0::Slot>(ctx, &pkt, 0),
-        _ => decide_with::<maps::slot1::Slot>(ctx, &pkt, 1),
+        0 => decide_with::<maps::slot0::Slot>(ctx, &mut pkt, 0),
+        _ => decide_with::<maps::slot1::Slot>(ctx, &mut pkt, 1),
     }
 }
 
-#[inline(always)]
-fn decide_with<T: Tables>(ctx: &XdpContext, pkt: &Packet, slot: u32) -> PacketReason {
+// A function of its own (a BPF-to-BPF call) per slot: each gets its own
+// stack frame instead of both slots' locals sharing the 512-byte limit.
+#[inline(never)]
+fn decide_with<T: Tables>(ctx: &XdpContext, pkt: &mut Packet, slot: u32) -> PacketReason {
     let Some(config) = CONFIG.get(slot) else {
         return PacketReason::PassNotReady;
     };
@@ -61,10 +64,31 @@ fn decide_with<T: Tables>(ctx: &XdpContext, pkt: &Packet, slot: u32) -> PacketRe
     if is_management::<T>(pkt) {
         return PacketReason::PassManagement;
     }
-    let rule = classify::first_match::<T>(pkt, ctx.ingress_ifindex() as u32, config);
+    // Conntrack and classification run on every path in the same order, so
+    // the verifier explores the classifier once per slot (see
+    // `ConntrackScratch`).
+    let reason = conntrack::track(ctx, pkt, config);
+    if reason != conntrack::CLASSIFY {
+        return reason;
+    }
+    let ifindex = conntrack::classify_as_origin(ctx, pkt);
+    let (reason, counter) = rule_verdict::<T>(ctx, pkt, ifindex, config);
+    conntrack::after_classify(ctx, reason, counter, config)
+}
+
+/// Classifies a packet: the verdict, and the counter index of the rule that
+/// decided (NO_RULE: the default policy).
+#[inline(always)]
+fn rule_verdict<T: Tables>(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    ifindex: u32,
+    config: &DataPathConfig,
+) -> (PacketReason, u32) {
+    let rule = classify::first_match::<T>(pkt, ifindex, config);
     if rule == NO_RULE {
         if config.default_action == ACTION_ALLOW {
-            return PacketReason::PassDefault;
+            return (PacketReason::PassDefault, NO_RULE);
         }
         if config.log_drops != 0 {
             log_event(
@@ -75,10 +99,10 @@ fn decide_with<T: Tables>(ctx: &XdpContext, pkt: &Packet, slot: u32) -> PacketRe
                 PacketReason::DropDefault,
             );
         }
-        return PacketReason::DropDefault;
+        return (PacketReason::DropDefault, NO_RULE);
     }
     let Some(action) = T::rule_actions().get(rule) else {
-        return PacketReason::DropRule;
+        return (PacketReason::DropRule, NO_RULE);
     };
     count_rule(ctx, action.counter);
     let reason = if action.action == ACTION_ALLOW {
@@ -89,7 +113,7 @@ fn decide_with<T: Tables>(ctx: &XdpContext, pkt: &Packet, slot: u32) -> PacketRe
     if action.log != 0 || (config.log_drops != 0 && !reason.is_pass()) {
         log_event(ctx, pkt, action.counter, action.counter, reason);
     }
-    reason
+    (reason, action.counter)
 }
 
 /// Emits a packet event unless this slot's budget for the current second

@@ -8,12 +8,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use nva_common::{
-    ClassMatch, DataPathConfig, L4Key, LogBudget, ManagementKey, PairKey, PairMatch, RuleAction,
-    RuleCounters, VerdictKey, CAPACITY_ADDR_TABLE, CAPACITY_JOIN_TABLE, CAPACITY_PREFIXES,
-    ICMP_CLASS_ENTRIES, MAX_RULES, PACKET_REASONS, PORT_CLASS_ENTRIES,
+    ClassMatch, ConntrackEntry, ConntrackKey, ConntrackScratch, DataPathConfig, L4Key, LogBudget,
+    ManagementKey, PairKey, PairMatch, RuleAction, RuleCounters, VerdictKey, CAPACITY_ADDR_TABLE,
+    CAPACITY_JOIN_TABLE, CAPACITY_PREFIXES, CT_STATS, ICMP_CLASS_ENTRIES, MAX_RULES,
+    PACKET_REASONS, PORT_CLASS_ENTRIES,
 };
 
 /// Index (0 or 1) of the slot the program uses.
@@ -38,6 +39,19 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// default drops.
 #[map]
 pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(MAX_RULES + 1, 0);
+/// Tracked flows, shared by both slots (a rule change re-checks a flow by
+/// its generation). The agent sizes it from `policy.conntrack_max`; LRU, so
+/// a full table evicts the least recently used flow instead of refusing.
+#[map]
+pub static CONNTRACK: LruHashMap<ConntrackKey, ConntrackEntry> =
+    LruHashMap::with_max_entries(65_536, 0);
+/// `CT_STAT_*` counters.
+#[map]
+pub static CONNTRACK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CT_STATS, 0);
+/// What the conntrack lookup found, for after classification (see
+/// `ConntrackScratch` for why it is not on the stack).
+#[map]
+pub static CONNTRACK_SCRATCH: PerCpuArray<ConntrackScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// The rule tables of one slot.
 pub trait Tables {

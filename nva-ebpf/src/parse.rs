@@ -2,7 +2,7 @@
 //! drop reason of a truncated or malformed header instead of aborting.
 
 use aya_ebpf::programs::XdpContext;
-use nva_common::{PacketReason, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use nva_common::{ConntrackKey, PacketReason, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 const ETH_HDR_LEN: usize = 14;
 const VLAN_HDR_LEN: usize = 4;
@@ -20,6 +20,7 @@ const MAX_IPV6_EXT_HEADERS: usize = 8;
 const MAX_L4_OFFSET: usize = 1024;
 
 /// What the classifier needs from a packet.
+#[derive(Clone, Copy)]
 pub struct Packet {
     pub is_v6: bool,
     /// Addresses; IPv4 uses the first 4 bytes.
@@ -31,6 +32,14 @@ pub struct Packet {
     pub sport: u16,
     pub dport: u16,
     pub icmp_type: u8,
+    /// TCP flags (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
+    pub tcp_flags: u8,
+    /// Identifier of an ICMP echo request or reply.
+    pub icmp_id: u16,
+    /// VLAN ids, outer then inner (0: no tag).
+    pub vlan: [u16; 2],
+    /// Offset of the L4 header (where an ICMP error's quote starts + 8).
+    pub l4_off: u16,
 }
 
 pub enum Parsed {
@@ -56,14 +65,15 @@ fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
 
 /// Ethernet and up to two VLAN tags: returns (ethertype, L3 offset).
 #[inline(always)]
-fn parse_ethernet(ctx: &XdpContext) -> Result<(u16, usize), PacketReason> {
+fn parse_ethernet(ctx: &XdpContext, vlan: &mut [u16; 2]) -> Result<(u16, usize), PacketReason> {
     let mut proto = read_be16(ctx, 12).ok_or(PacketReason::DropMalformedEthernet)?;
     let mut off = ETH_HDR_LEN;
     // Two tags at most (802.1ad outer, 802.1Q inner); a third is refused.
-    for _ in 0..2 {
+    for tag in vlan.iter_mut() {
         if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
             return Ok((proto, off));
         }
+        *tag = read_be16(ctx, off).ok_or(PacketReason::DropMalformedEthernet)? & 0x0fff;
         proto = read_be16(ctx, off + 2).ok_or(PacketReason::DropMalformedEthernet)?;
         off += VLAN_HDR_LEN;
     }
@@ -171,6 +181,7 @@ fn parse_l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Packet
             }
             pkt.sport = u16::from_be_bytes([hdr[0], hdr[1]]);
             pkt.dport = u16::from_be_bytes([hdr[2], hdr[3]]);
+            pkt.tcp_flags = hdr[13];
         }
         PROTO_UDP => {
             let hdr = ptr_at::<[u8; 8]>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
@@ -182,16 +193,94 @@ fn parse_l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Packet
             // Type, code, checksum.
             let hdr = ptr_at::<[u8; 4]>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
             pkt.icmp_type = unsafe { (*hdr)[0] };
+            // Echo identifier (in the rest-of-header word).
+            if let Some(id) = read_be16(ctx, off + 4) {
+                pkt.icmp_id = id;
+            }
         }
         _ => {}
     }
+    pkt.l4_off = off as u16;
     Ok(())
+}
+
+/// True for the ICMP/ICMPv6 errors that quote the packet that caused them:
+/// destination unreachable, packet too big, time exceeded, parameter problem.
+#[inline(always)]
+pub fn is_icmp_error(pkt: &Packet) -> bool {
+    if pkt.is_v6 {
+        pkt.proto == PROTO_ICMPV6 && (1..=4).contains(&pkt.icmp_type)
+    } else {
+        pkt.proto == PROTO_ICMP && matches!(pkt.icmp_type, 3 | 11 | 12)
+    }
+}
+
+/// Fills `key` with the flow quoted by an ICMP error: the IP header after
+/// the 8-byte ICMP header and the first 8 bytes of its L4 header (all an
+/// error must carry). IPv6 extension headers in the quote are not walked.
+/// Writes into `key` (map memory) rather than the stack: stack is scarce.
+#[inline(always)]
+pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) -> bool {
+    let off = pkt.l4_off as usize;
+    if off > MAX_L4_OFFSET {
+        return false;
+    }
+    let off = off + 8;
+    let (proto, inner_l4) = if pkt.is_v6 {
+        let Some(hdr) = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, off) else {
+            return false;
+        };
+        let hdr = unsafe { &*hdr };
+        if hdr[0] >> 4 != 6 {
+            return false;
+        }
+        key.addr_lo.copy_from_slice(&hdr[8..24]);
+        key.addr_hi.copy_from_slice(&hdr[24..40]);
+        (hdr[6], off + IPV6_HDR_LEN)
+    } else {
+        let Some(hdr) = ptr_at::<[u8; IPV4_HDR_LEN]>(ctx, off) else {
+            return false;
+        };
+        let hdr = unsafe { &*hdr };
+        let hdr_len = ((hdr[0] & 0x0f) as usize) * 4;
+        if hdr[0] >> 4 != 4 || hdr_len < IPV4_HDR_LEN {
+            return false;
+        }
+        key.addr_lo = [0; 16];
+        key.addr_hi = [0; 16];
+        key.addr_lo[..4].copy_from_slice(&hdr[12..16]);
+        key.addr_hi[..4].copy_from_slice(&hdr[16..20]);
+        (hdr[9], off + hdr_len)
+    };
+    let Some(l4) = ptr_at::<[u8; 8]>(ctx, inner_l4) else {
+        return false;
+    };
+    let l4 = unsafe { &*l4 };
+    let (sport, dport) = match proto {
+        PROTO_TCP | PROTO_UDP => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+        // A quoted echo request or reply: tracked by its identifier.
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    // The quoted source and destination sit in addr_lo and addr_hi for now;
+    // order them like any key.
+    key.port_lo = sport;
+    key.port_hi = dport;
+    key.normalize(pkt.is_v6, proto, pkt.vlan);
+    true
 }
 
 /// Parses the frame up to the L4 header.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Parsed, PacketReason> {
-    let (ethertype, l3_off) = parse_ethernet(ctx)?;
+    let mut vlan = [0u16; 2];
+    let (ethertype, l3_off) = parse_ethernet(ctx, &mut vlan)?;
     let mut pkt = Packet {
         is_v6: false,
         src: [0; 16],
@@ -201,6 +290,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, PacketReason> {
         sport: 0,
         dport: 0,
         icmp_type: 0,
+        tcp_flags: 0,
+        icmp_id: 0,
+        vlan,
+        l4_off: 0,
     };
     let l4_off = match ethertype {
         ETH_P_IP => parse_ipv4(ctx, l3_off, &mut pkt)?,

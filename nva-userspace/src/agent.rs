@@ -180,7 +180,7 @@ impl Agent {
         let layout = PinLayout::new(&bpffs);
         let adopting = layout.maps().exists();
         layout.create_dirs()?;
-        let mut datapath = DataPath::open(Some(&layout))?;
+        let mut datapath = DataPath::open(Some(&layout), config.policy.conntrack_max)?;
         let previous = if adopting {
             read_state(&bpffs).unwrap_or_default()
         } else {

@@ -119,6 +119,10 @@ pub struct CompiledRuleSet {
     pub default_action: u8,
     pub fragments_allow: bool,
     pub log_drops: bool,
+    pub stateful: bool,
+    pub loose_tcp: bool,
+    /// Conntrack idle timeouts (seconds) by `ConntrackState`.
+    pub timeouts_s: [u32; nva_common::CT_STATES],
     pub management: Vec<ManagementKey>,
     pub sizes: TableSizes,
 }
@@ -460,6 +464,9 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         },
         fragments_allow: policy.fragments_allow,
         log_drops: policy.log_drops,
+        stateful: policy.stateful,
+        loose_tcp: policy.loose_tcp,
+        timeouts_s: policy.timeouts.by_state(),
         ..Default::default()
     };
     out.rule_actions = rules

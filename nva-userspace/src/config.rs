@@ -18,8 +18,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::{
-    Action, AgentSettings, Cidr, Config, ForwardMode, ManagementPort, PolicySettings, PortRange,
-    Proto, Rule, XdpModeSetting,
+    Action, AgentSettings, Cidr, Config, ConntrackTimeouts, ForwardMode, ManagementPort,
+    PolicySettings, PortRange, Proto, Rule, XdpModeSetting,
 };
 
 /// Default `agent.health_listen`.
@@ -30,6 +30,8 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/nva";
 pub const DEFAULT_HEALTH_INTERVAL_MS: u32 = 1000;
 /// Default `policy.conntrack_max`.
 pub const DEFAULT_CONNTRACK_MAX: u32 = 1_048_576;
+/// Longest conntrack timeout (seconds).
+pub const MAX_CONNTRACK_TIMEOUT_S: u32 = 86_400;
 /// Longest rule name (bytes).
 pub const MAX_RULE_NAME_LEN: usize = 63;
 /// Longest interface name (bytes): IFNAMSIZ - 1.
@@ -81,8 +83,7 @@ pub fn parse_config(file_name: &str, text: &str) -> Result<Config, Vec<ConfigErr
 }
 
 /// Like [`parse_config`], but accepts settings that are valid yet not
-/// implemented in this release (`policy.stateful = true`,
-/// `agent.forward = "xdp"`). For tests of code that is ahead of the release.
+/// implemented in this release (`agent.forward = "xdp"`). For tests of code that is ahead of the release.
 pub fn parse_config_allow_unsupported(
     file_name: &str,
     text: &str,
@@ -176,19 +177,18 @@ struct RawPolicy {
     loose_tcp: Option<bool>,
     fragments: Option<Spanned<String>>,
     management: Option<Spanned<OneOrMany>>,
-    // used by conntrack / event logging (next issues): validated, then dropped.
     log_drops: Option<bool>,
     conntrack_max: Option<Spanned<i64>>,
     timeouts: Option<RawTimeouts>,
 }
 
-/// Conntrack timeouts in seconds. Used by conntrack (next issue): validated
-/// here, not yet part of the model.
+/// Conntrack timeouts in seconds.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
     tcp_syn: Option<Spanned<i64>>,
     tcp_established: Option<Spanned<i64>>,
+    tcp_half_closed: Option<Spanned<i64>>,
     tcp_fin: Option<Spanned<i64>>,
     udp: Option<Spanned<i64>>,
     udp_replied: Option<Spanned<i64>>,
@@ -564,18 +564,7 @@ impl Ctx<'_> {
             Some(v) => self.action("policy.default", v),
         };
 
-        let stateful = match &raw.stateful {
-            None => false,
-            Some(v) => {
-                if *v.get_ref() && !self.allow_unsupported {
-                    self.err(
-                        v.span(),
-                        "policy.stateful = true is not supported yet (connection tracking lands in a later release)",
-                    );
-                }
-                *v.get_ref()
-            }
-        };
+        let stateful = raw.stateful.as_ref().is_some_and(|v| *v.get_ref());
         let loose_tcp = raw.loose_tcp.unwrap_or(false);
 
         let fragments_allow = match &raw.fragments {
@@ -627,26 +616,47 @@ impl Ctx<'_> {
         let mut seen = HashSet::new();
         management.retain(|m| seen.insert(*m));
 
-        // Used by conntrack (next issue): validated now, not yet in the model.
         let log_drops = raw.log_drops.unwrap_or(false);
-        let _conntrack_max = match &raw.conntrack_max {
+        let conntrack_max = match &raw.conntrack_max {
             None => DEFAULT_CONNTRACK_MAX,
             Some(v) => self
                 .positive_u32("policy.conntrack_max", v)
                 .unwrap_or(DEFAULT_CONNTRACK_MAX),
         };
+        let mut timeouts = ConntrackTimeouts::default();
         if let Some(t) = &raw.timeouts {
             let all = [
-                ("tcp_syn", &t.tcp_syn),
-                ("tcp_established", &t.tcp_established),
-                ("tcp_fin", &t.tcp_fin),
-                ("udp", &t.udp),
-                ("udp_replied", &t.udp_replied),
-                ("icmp", &t.icmp),
+                ("tcp_syn", &t.tcp_syn, &mut timeouts.tcp_syn),
+                (
+                    "tcp_established",
+                    &t.tcp_established,
+                    &mut timeouts.tcp_established,
+                ),
+                (
+                    "tcp_half_closed",
+                    &t.tcp_half_closed,
+                    &mut timeouts.tcp_half_closed,
+                ),
+                ("tcp_fin", &t.tcp_fin, &mut timeouts.tcp_fin),
+                ("udp", &t.udp, &mut timeouts.udp),
+                ("udp_replied", &t.udp_replied, &mut timeouts.udp_replied),
+                ("icmp", &t.icmp, &mut timeouts.icmp),
             ];
-            for (key, v) in all {
+            for (key, v, out) in all {
                 if let Some(v) = v {
-                    self.positive_u32(&format!("policy.timeouts.{key}"), v);
+                    // A day at most: longer idle flows are better re-opened.
+                    if let Some(n) = self.positive_u32(&format!("policy.timeouts.{key}"), v) {
+                        if n > MAX_CONNTRACK_TIMEOUT_S {
+                            self.err(
+                                v.span(),
+                                format!(
+                                    "policy.timeouts.{key} = {n} is out of range (1 to {MAX_CONNTRACK_TIMEOUT_S} seconds)"
+                                ),
+                            );
+                        } else {
+                            *out = n;
+                        }
+                    }
                 }
             }
         }
@@ -661,6 +671,8 @@ impl Ctx<'_> {
             fragments_allow,
             log_drops,
             management,
+            conntrack_max,
+            timeouts,
         })
     }
 
@@ -1168,6 +1180,8 @@ log = false                       # emit sampled events for matches
                         port: 9090,
                     },
                 ],
+                conntrack_max: DEFAULT_CONNTRACK_MAX,
+                timeouts: ConntrackTimeouts::default(),
             },
             rules: vec![Rule {
                 name: "web-in".into(),
@@ -1203,16 +1217,8 @@ log = false                       # emit sampled events for matches
         };
         assert_eq!(c, expected);
 
-        // Without the escape hatch, stateful = true is refused, at its value.
-        let e: Vec<String> = parse_config("f.toml", &text)
-            .unwrap_err()
-            .iter()
-            .map(|e| e.to_string())
-            .collect();
-        assert_eq!(
-            e,
-            ["f.toml:10:12: policy.stateful = true is not supported yet (connection tracking lands in a later release)"]
-        );
+        // Nothing in it needs the escape hatch (which is for forward = "xdp").
+        assert_eq!(parse_config("f.toml", &text).unwrap(), expected);
     }
 
     #[test]
@@ -1258,6 +1264,14 @@ log = false                       # emit sampled events for matches
         );
         assert!(c.policy.fragments_allow);
         assert_eq!(c.policy.default, Action::Allow);
+        assert_eq!(c.policy.conntrack_max, 1000);
+        assert_eq!(
+            c.policy.timeouts,
+            ConntrackTimeouts {
+                tcp_established: 3600,
+                ..ConntrackTimeouts::default()
+            }
+        );
         let m = |proto, port| ManagementPort { proto, port };
         assert_eq!(
             c.policy.management,
@@ -1483,6 +1497,12 @@ log = false                       # emit sampled events for matches
                 "f.toml:7:11: policy.timeouts.tcp_syn = -1 is out of range (1 to 4294967295)",
             ]
         );
+        assert_eq!(
+            errs(&format!(
+                "{agent}[policy]\ndefault = \"drop\"\n[policy.timeouts]\nudp = 86401\n"
+            )),
+            ["f.toml:6:7: policy.timeouts.udp = 86401 is out of range (1 to 86400 seconds)"]
+        );
     }
 
     #[test]
@@ -1528,11 +1548,10 @@ log = false                       # emit sampled events for matches
                     [[rules]]\nname = \"a\"\naction = \"allow\"\ndport = [\"80\"]\n\
                     [[rules]]\nname = \"b\"\naction = \"allow\"\nsrc = [\"10.0.0.1/8\"]\n";
         let e = errs(text);
-        assert_eq!(e.len(), 4, "{e:#?}");
+        assert_eq!(e.len(), 3, "{e:#?}");
         assert!(e[0].starts_with("f.toml:3:11: agent.forward"));
-        assert!(e[1].starts_with("f.toml:6:12: policy.stateful"));
-        assert!(e[2].starts_with("f.toml:10:9: sport/dport"));
-        assert!(e[3].starts_with("f.toml:14:8: 10.0.0.1/8 has host bits set"));
+        assert!(e[1].starts_with("f.toml:10:9: sport/dport"));
+        assert!(e[2].starts_with("f.toml:14:8: 10.0.0.1/8 has host bits set"));
     }
 
     #[test]

@@ -39,13 +39,18 @@ const SLOT_MAPS: [&str; 14] = [
     names::RULE_ACTIONS,
     names::MANAGEMENT,
 ];
-const GLOBAL_MAPS: [&str; 5] = [
+const GLOBAL_MAPS: [&str; 7] = [
     names::ACTIVE,
     names::CONFIG,
     names::RULE_COUNTERS,
     names::PACKET_COUNTERS,
     names::LOCAL_ADDRS,
+    names::CONNTRACK,
+    names::CONNTRACK_STATS,
 ];
+
+/// Conntrack table size of [`DataPath::load`] (tests and one-shot tools).
+pub const UNPINNED_CONNTRACK_MAX: u32 = 65_536;
 
 /// Extra margin after the RCU grace period below.
 const GRACE: Duration = Duration::from_millis(5);
@@ -139,11 +144,26 @@ pub enum Attachment {
 
 impl DataPath {
     /// Loads the program. With `pins`, maps are reused from (or created and
-    /// pinned under) the pin layout, so they outlive this process.
-    pub fn open(pins: Option<&PinLayout>) -> Result<DataPath, DataPathError> {
+    /// pinned under) the pin layout, so they outlive this process. A new
+    /// conntrack table gets `conntrack_max` entries; a pinned one keeps its
+    /// size (and its flows).
+    pub fn open(pins: Option<&PinLayout>, conntrack_max: u32) -> Result<DataPath, DataPathError> {
         // Maps created now start zeroed, which the array shadows can assume.
         let fresh = pins.is_none_or(|p| !p.map(names::ACTIVE).exists());
+        if let Some(p) = pins {
+            let path = p.map(names::CONNTRACK);
+            if let Ok(info) = aya::maps::MapInfo::from_pin(&path) {
+                if info.max_entries() != conntrack_max {
+                    tracing::warn!(
+                        pinned = info.max_entries(),
+                        configured = conntrack_max,
+                        "policy.conntrack_max differs from the pinned conntrack table, which keeps its size and flows; `nva detach` and a restart apply the new size"
+                    );
+                }
+            }
+        }
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::CONNTRACK, conntrack_max);
         let all: Vec<String> = GLOBAL_MAPS
             .iter()
             .map(|n| n.to_string())
@@ -184,7 +204,7 @@ impl DataPath {
         generation: u64,
         ifindex_of: &dyn Fn(&str) -> Option<u32>,
     ) -> Result<DataPath, DataPathError> {
-        let mut dp = DataPath::open(None)?;
+        let mut dp = DataPath::open(None, UNPINNED_CONNTRACK_MAX)?;
         dp.set_local_addrs(&local_addrs())?;
         let counters: Vec<u32> = (0..rules.rule_actions.len() as u32).collect();
         dp.install(rules, generation, &counters, ifindex_of)?;
@@ -469,7 +489,10 @@ impl DataPath {
             .filter(|(_, empty)| !empty)
             .fold(0, |m, (bit, _)| m | bit),
             log_drops: rules.log_drops as u8,
-            _pad: [0; 6],
+            stateful: rules.stateful as u8,
+            loose_tcp: rules.loose_tcp as u8,
+            _pad: [0; 4],
+            timeouts_s: rules.timeouts_s,
         };
         config.set(slot, value, 0).map_err(map_err(names::CONFIG))?;
         Ok(())

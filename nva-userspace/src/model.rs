@@ -163,6 +163,62 @@ pub struct PolicySettings {
     pub log_drops: bool,
     /// Includes the health port (added by the config loader).
     pub management: Vec<ManagementPort>,
+    /// Size of the conntrack table (entries); fixed when the agent creates
+    /// the table.
+    pub conntrack_max: u32,
+    pub timeouts: ConntrackTimeouts,
+}
+
+/// Idle timeouts of tracked flows, in seconds (`[policy.timeouts]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackTimeouts {
+    /// SYN_SENT, SYN_RECV.
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    /// FIN_WAIT, CLOSE_WAIT: one side closed, the other may still send.
+    pub tcp_half_closed: u32,
+    /// CLOSING (both sides closed), CLOSED (reset).
+    pub tcp_fin: u32,
+    /// UDP and other protocols, no reply yet.
+    pub udp: u32,
+    /// UDP and other protocols, replied to.
+    pub udp_replied: u32,
+    /// ICMP echo.
+    pub icmp: u32,
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        ConntrackTimeouts {
+            tcp_syn: 60,
+            tcp_established: 7200,
+            tcp_half_closed: 120,
+            tcp_fin: 10,
+            udp: 30,
+            udp_replied: 180,
+            icmp: 30,
+        }
+    }
+}
+
+impl ConntrackTimeouts {
+    /// The data path's table: seconds by `ConntrackState`.
+    pub fn by_state(&self) -> [u32; nva_common::CT_STATES] {
+        use nva_common::ConntrackState as S;
+        let mut t = [0u32; nva_common::CT_STATES];
+        for s in S::ALL {
+            t[s as usize] = match s {
+                S::TcpSynSent | S::TcpSynRecv => self.tcp_syn,
+                S::TcpEstablished => self.tcp_established,
+                S::TcpFinWait | S::TcpCloseWait => self.tcp_half_closed,
+                S::TcpClosing | S::TcpClosed => self.tcp_fin,
+                S::UdpUnreplied => self.udp,
+                S::UdpReplied => self.udp_replied,
+                S::IcmpEcho => self.icmp,
+            };
+        }
+        t
+    }
 }
 
 /// A whole validated config file.

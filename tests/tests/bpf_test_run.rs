@@ -27,6 +27,8 @@ fn policy(default: Action, fragments_allow: bool) -> PolicySettings {
             proto: Proto::Tcp,
             port: 22,
         }],
+        conntrack_max: 65_536,
+        timeouts: Default::default(),
     }
 }
 

@@ -14,6 +14,8 @@ fn policy() -> PolicySettings {
             proto: Proto::Tcp,
             port: 22,
         }],
+        conntrack_max: 65_536,
+        timeouts: Default::default(),
     }
 }
 

@@ -1,0 +1,385 @@
+//! Connection tracking: one LRU hash of flows keyed so that both directions
+//! find the same entry. A packet of a live flow costs one lookup; a new flow
+//! is classified and, if allowed, tracked. Entries remember the rule-set
+//! generation that admitted them, so a rule change re-checks each flow on its
+//! next packet.
+
+use aya_ebpf::programs::XdpContext;
+use nva_common::{
+    ConntrackEntry, ConntrackScratch, ConntrackState, DataPathConfig, PacketReason, CT_FLOW_NEW,
+    CT_FLOW_RECHECK, CT_STAT_CREATED, CT_STAT_REPLACED, CT_STAT_REVOKED, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, PROTO_UDP,
+};
+
+use crate::maps::{CONNTRACK, CONNTRACK_SCRATCH, CONNTRACK_STATS};
+
+/// What [`track`] returns when the packet must be classified (it is never
+/// one of its verdicts); the details are in the scratch.
+pub const CLASSIFY: PacketReason = PacketReason::PassRule;
+use crate::parse::{self, Packet};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// Results of the TCP state machine besides a next state.
+const TCP_INVALID: u8 = 0xff;
+/// A SYN on the tuple of a closed connection: a new connection.
+const TCP_REOPEN: u8 = 0xfe;
+/// "Do not track": classify the packet, pass or drop, remember nothing.
+const UNTRACKED: u8 = 0;
+
+const SYN_SENT: u8 = ConntrackState::TcpSynSent as u8;
+const SYN_RECV: u8 = ConntrackState::TcpSynRecv as u8;
+const ESTABLISHED: u8 = ConntrackState::TcpEstablished as u8;
+const FIN_WAIT: u8 = ConntrackState::TcpFinWait as u8;
+const CLOSE_WAIT: u8 = ConntrackState::TcpCloseWait as u8;
+const CLOSING: u8 = ConntrackState::TcpClosing as u8;
+const CLOSED: u8 = ConntrackState::TcpClosed as u8;
+const UDP_UNREPLIED: u8 = ConntrackState::UdpUnreplied as u8;
+const UDP_REPLIED: u8 = ConntrackState::UdpReplied as u8;
+const ICMP_ECHO: u8 = ConntrackState::IcmpEcho as u8;
+
+/// Flag combinations no TCP segment may carry.
+#[inline(always)]
+fn tcp_flags_valid(flags: u8) -> bool {
+    let syn = flags & TCP_SYN != 0;
+    if syn && flags & (TCP_FIN | TCP_RST) != 0 {
+        return false;
+    }
+    if flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK) == 0 {
+        return false;
+    }
+    // FIN is always sent with ACK; FIN alone (or with PSH/URG) is a scan.
+    !(flags & TCP_FIN != 0 && flags & TCP_ACK == 0)
+}
+
+/// The TCP state after a segment with `flags` from the originator (or the
+/// responder), or TCP_INVALID / TCP_REOPEN.
+#[inline(always)]
+fn tcp_next(state: u8, from_origin: bool, flags: u8) -> u8 {
+    let syn = flags & TCP_SYN != 0;
+    let ack = flags & TCP_ACK != 0;
+    let fin = flags & TCP_FIN != 0;
+    if flags & TCP_RST != 0 {
+        return CLOSED;
+    }
+    let half_closed = if from_origin { FIN_WAIT } else { CLOSE_WAIT };
+    match state {
+        SYN_SENT => {
+            if syn && !ack {
+                // Retransmission, or a simultaneous open from the responder.
+                if from_origin {
+                    SYN_SENT
+                } else {
+                    SYN_RECV
+                }
+            } else if syn && !from_origin {
+                SYN_RECV
+            } else {
+                // Nothing but SYN-ACK can answer a SYN.
+                TCP_INVALID
+            }
+        }
+        SYN_RECV => {
+            if syn {
+                SYN_RECV
+            } else if fin {
+                half_closed
+            } else if from_origin {
+                ESTABLISHED
+            } else {
+                SYN_RECV
+            }
+        }
+        ESTABLISHED => {
+            if syn {
+                // A retransmitted SYN-ACK (our ACK was lost) is harmless.
+                if ack && !from_origin {
+                    ESTABLISHED
+                } else {
+                    TCP_INVALID
+                }
+            } else if fin {
+                half_closed
+            } else {
+                ESTABLISHED
+            }
+        }
+        FIN_WAIT => {
+            if syn {
+                TCP_INVALID
+            } else if fin && !from_origin {
+                CLOSING
+            } else {
+                FIN_WAIT
+            }
+        }
+        CLOSE_WAIT => {
+            if syn {
+                TCP_INVALID
+            } else if fin && from_origin {
+                CLOSING
+            } else {
+                CLOSE_WAIT
+            }
+        }
+        CLOSING | CLOSED => {
+            if syn && !ack {
+                TCP_REOPEN
+            } else if syn {
+                TCP_INVALID
+            } else {
+                state
+            }
+        }
+        _ => TCP_INVALID,
+    }
+}
+
+/// True when the entry has been idle longer than its state's timeout.
+#[inline(always)]
+fn expired(entry: &ConntrackEntry, config: &DataPathConfig, now: u64) -> bool {
+    let timeout_s = config
+        .timeouts_s
+        .get(entry.state as usize)
+        .copied()
+        .unwrap_or(0) as u64;
+    // Another CPU may have stored a later time than our `now`.
+    now.saturating_sub(entry.last_seen_ns) > timeout_s * 1_000_000_000
+}
+
+/// Looks the packet's flow up and runs its state machine. Returns its
+/// verdict, or [`CLASSIFY`] with the details in the per-CPU scratch. A
+/// function of its own: its stack frame is not live while the classifier
+/// runs.
+#[inline(never)]
+pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketReason {
+    let Some(flow) = CONNTRACK_SCRATCH.get_ptr_mut(0) else {
+        return PacketReason::PassNotReady;
+    };
+    let flow = unsafe { &mut *flow };
+    flow.kind = CT_FLOW_NEW;
+    flow.state = UNTRACKED;
+    if config.stateful == 0 {
+        return CLASSIFY;
+    }
+    flow.now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    flow.replaced = 0;
+    let mut new_state = UDP_UNREPLIED;
+    let (sport, dport) = match pkt.proto {
+        PROTO_TCP => {
+            if !tcp_flags_valid(pkt.tcp_flags) {
+                return PacketReason::DropTcpFlags;
+            }
+            new_state = if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                SYN_SENT
+            } else if config.loose_tcp != 0 {
+                // Mid-stream: pick the connection up (a RST only passes).
+                if pkt.tcp_flags & TCP_RST == 0 {
+                    ESTABLISHED
+                } else {
+                    UNTRACKED
+                }
+            } else {
+                TCP_INVALID
+            };
+            (pkt.sport, pkt.dport)
+        }
+        PROTO_UDP => (pkt.sport, pkt.dport),
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            if parse::is_icmp_error(pkt) {
+                if related(ctx, pkt, config, flow) {
+                    return PacketReason::PassRelated;
+                }
+                return CLASSIFY;
+            }
+            let (request, reply) = if pkt.is_v6 {
+                (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
+            } else {
+                (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
+            };
+            flow.origin_icmp_type = request;
+            if pkt.icmp_type == request {
+                new_state = ICMP_ECHO;
+            } else if pkt.icmp_type == reply {
+                // An unsolicited reply is classified, never tracked.
+                new_state = UNTRACKED;
+            } else {
+                return CLASSIFY;
+            }
+            (pkt.icmp_id, pkt.icmp_id)
+        }
+        // Other protocols: one flow per address pair and protocol.
+        _ => (0, 0),
+    };
+    let src_is_lo = flow.key.set_from_packet(
+        pkt.is_v6, pkt.proto, pkt.vlan, &pkt.src, sport, &pkt.dst, dport,
+    );
+    flow.src_is_lo = src_is_lo as u8;
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
+        let e = unsafe { &mut *entry };
+        if expired(e, config, flow.now) {
+            flow.replaced = 1;
+        } else {
+            let from_origin = src_is_lo == (e.origin_is_lo != 0);
+            let next = match pkt.proto {
+                PROTO_TCP => tcp_next(e.state, from_origin, pkt.tcp_flags),
+                PROTO_ICMP | PROTO_ICMPV6 => e.state,
+                _ if !from_origin => UDP_REPLIED,
+                _ => e.state,
+            };
+            if next == TCP_INVALID {
+                return PacketReason::DropTcpState;
+            }
+            if next == TCP_REOPEN {
+                flow.state = SYN_SENT;
+                flow.replaced = 1;
+                return CLASSIFY;
+            }
+            if e.generation != config.generation {
+                flow.kind = CT_FLOW_RECHECK;
+                flow.state = next;
+                flow.src_is_lo = from_origin as u8;
+                flow.origin_ifindex = e.origin_ifindex;
+                return CLASSIFY;
+            }
+            refresh(e, next, from_origin, packet_len(ctx), flow.now);
+            return PacketReason::PassEstablished;
+        }
+    }
+    if new_state == TCP_INVALID {
+        return PacketReason::DropTcpNotTracked;
+    }
+    flow.state = new_state;
+    CLASSIFY
+}
+
+/// Prepares `pkt` for classification and returns the ingress interface to
+/// classify it as. A re-check classifies the originator's packet: a reply is
+/// turned around in place. Everything it writes comes from the scratch map,
+/// which the verifier does not track, so every path reaches the classifier
+/// in the same verifier state.
+#[inline(never)]
+pub fn classify_as_origin(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let Some(flow) = CONNTRACK_SCRATCH.get(0) else {
+        return ingress;
+    };
+    if flow.kind != CT_FLOW_RECHECK {
+        return ingress;
+    }
+    if flow.src_is_lo == 0 {
+        core::mem::swap(&mut pkt.src, &mut pkt.dst);
+        core::mem::swap(&mut pkt.sport, &mut pkt.dport);
+        pkt.icmp_type = flow.origin_icmp_type;
+    }
+    flow.origin_ifindex
+}
+
+/// An ICMP error passes as related when the flow it quotes is tracked.
+#[inline(always)]
+fn related(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    config: &DataPathConfig,
+    flow: &mut ConntrackScratch,
+) -> bool {
+    if !parse::icmp_quote_key(ctx, pkt, &mut flow.key) {
+        return false;
+    }
+    match unsafe { CONNTRACK.get(&flow.key) } {
+        Some(entry) => !expired(entry, config, flow.now),
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn packet_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}
+
+/// Records a packet of a live flow. Counters may lose an update when both
+/// directions run on two CPUs at once; they are statistics, not policy.
+#[inline(always)]
+fn refresh(e: &mut ConntrackEntry, state: u8, from_origin: bool, len: u64, now: u64) {
+    e.state = state;
+    e.last_seen_ns = now;
+    let dir = if from_origin { 0 } else { 1 };
+    e.packets[dir] += 1;
+    e.bytes[dir] += len;
+}
+
+#[inline(always)]
+fn count(stat: u32) {
+    if let Some(c) = CONNTRACK_STATS.get_ptr_mut(stat) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Completes the conntrack step once the rules have spoken (`reason`, and
+/// `counter`, the counter index of the deciding rule or NO_RULE). Without
+/// `policy.stateful`, the scratch says "do not track" and this returns
+/// `reason`.
+#[inline(never)]
+pub fn after_classify(
+    ctx: &XdpContext,
+    reason: PacketReason,
+    counter: u32,
+    config: &DataPathConfig,
+) -> PacketReason {
+    let Some(flow) = CONNTRACK_SCRATCH.get_ptr_mut(0) else {
+        return reason;
+    };
+    let flow: &mut ConntrackScratch = unsafe { &mut *flow };
+    if flow.kind == CT_FLOW_RECHECK {
+        if !reason.is_pass() {
+            if CONNTRACK.remove(&flow.key).is_ok() {
+                count(CT_STAT_REVOKED);
+            }
+            return PacketReason::DropRevoked;
+        }
+        // Looked up again rather than carried across the classifier.
+        if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
+            let e = unsafe { &mut *entry };
+            e.generation = config.generation;
+            e.rule_counter = counter;
+            refresh(
+                e,
+                flow.state,
+                flow.src_is_lo != 0,
+                packet_len(ctx),
+                flow.now,
+            );
+        }
+        return PacketReason::PassEstablished;
+    }
+    if flow.state != UNTRACKED && reason.is_pass() {
+        let len = packet_len(ctx);
+        let e = &mut flow.new_entry;
+        e.created_ns = flow.now;
+        e.last_seen_ns = flow.now;
+        e.generation = config.generation;
+        e.packets = [1, 0];
+        e.bytes = [len, 0];
+        e.rule_counter = counter;
+        e.origin_ifindex = ctx.ingress_ifindex() as u32;
+        e.state = flow.state;
+        e.origin_is_lo = flow.src_is_lo;
+        e._pad = [0; 6];
+        if CONNTRACK.insert(&flow.key, &flow.new_entry, 0).is_ok() {
+            count(CT_STAT_CREATED);
+            if flow.replaced != 0 {
+                count(CT_STAT_REPLACED);
+            }
+        }
+    }
+    reason
+}

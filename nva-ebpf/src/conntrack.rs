@@ -229,6 +229,14 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
             flow.replaced = 1;
         } else {
             let from_origin = src_is_lo == (e.origin_is_lo != 0);
+            // Echo requests belong to the originator, replies to the
+            // responder: the other way round is another exchange, which
+            // the rules decide without disturbing this one.
+            if (pkt.proto == PROTO_ICMP || pkt.proto == PROTO_ICMPV6)
+                && (new_state == ICMP_ECHO) != from_origin
+            {
+                return CLASSIFY;
+            }
             let next = match pkt.proto {
                 PROTO_TCP => tcp_next(e.state, from_origin, pkt.tcp_flags),
                 PROTO_ICMP | PROTO_ICMPV6 => e.state,

@@ -1,4 +1,5 @@
-//! Batched map writes and drains (BPF_MAP_UPDATE_BATCH,
+//! Batched map reads, writes, deletes and drains (BPF_MAP_LOOKUP_BATCH,
+//! BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH,
 //! BPF_MAP_LOOKUP_AND_DELETE_BATCH), which aya 0.14 does not wrap: a rule
 //! set of 10,000 random rules has hundreds of thousands of table entries, and
 //! one syscall per entry would make reloads take many seconds.
@@ -6,8 +7,10 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries per syscall.
 const CHUNK: usize = 16_384;
 
@@ -69,13 +72,58 @@ pub fn update<K: Copy, V: Copy>(map: BorrowedFd<'_>, entries: &[(K, V)]) -> io::
 
 /// Deletes every entry of a hash map; returns how many were deleted.
 pub fn drain<K: Copy + Default, V: Copy + Default>(map: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut total = 0;
+    walk::<K, V>(map, BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut |chunk| {
+        total += chunk.len()
+    })?;
+    Ok(total)
+}
+
+/// Reads every entry of a hash map, a chunk at a time (entries changed
+/// meanwhile may be seen in either version, as with any map walk).
+pub fn for_each<K: Copy + Default, V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    f: &mut dyn FnMut(&[(K, V)]),
+) -> io::Result<()> {
+    walk::<K, V>(map, BPF_MAP_LOOKUP_BATCH, f)
+}
+
+/// Deletes `keys`; returns how many existed.
+pub fn delete<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+    let mut deleted = 0;
+    for chunk in keys.chunks(CHUNK) {
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(()) => deleted += attr.count as usize,
+            // A key that is gone already (expired, evicted) stops the batch:
+            // count what was done and go on one by one past it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                deleted += attr.count as usize;
+                let rest = &chunk[(attr.count as usize + 1).min(chunk.len())..];
+                deleted += delete(map, rest)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+fn walk<K: Copy + Default, V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    cmd: libc::c_long,
+    f: &mut dyn FnMut(&[(K, V)]),
+) -> io::Result<()> {
     let mut keys = vec![K::default(); CHUNK];
     let mut values = vec![V::default(); CHUNK];
     // The batch token of a hash map is a bucket index (u32); keep room.
     let mut token_in = 0u64;
     let mut token_out = 0u64;
     let mut first = true;
-    let mut total = 0;
     loop {
         let mut attr = BatchAttr {
             in_batch: if first {
@@ -90,11 +138,17 @@ pub fn drain<K: Copy + Default, V: Copy + Default>(map: BorrowedFd<'_>) -> io::R
             map_fd: map.as_raw_fd() as u32,
             ..Default::default()
         };
-        let result = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr);
-        total += attr.count as usize;
+        let result = bpf(cmd, &mut attr);
+        let n = attr.count as usize;
+        let chunk: Vec<(K, V)> = keys[..n]
+            .iter()
+            .copied()
+            .zip(values[..n].iter().copied())
+            .collect();
+        f(&chunk);
         match result {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Err(e) => return Err(e),
         }
         token_in = token_out;

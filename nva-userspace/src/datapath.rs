@@ -642,6 +642,22 @@ impl DataPath {
         Ok(())
     }
 
+    /// The conntrack table of this program (its own handles on the maps).
+    pub fn conntrack(&self) -> Result<crate::conntrack::Table, DataPathError> {
+        let reopen = |name: &str| -> Result<MapData, DataPathError> {
+            let data = match self.map(name)? {
+                aya::maps::Map::LruHashMap(d) | aya::maps::Map::PerCpuArray(d) => d,
+                _ => return Err(DataPathError::Missing(name.to_string())),
+            };
+            let id = data.info().map_err(map_err(name))?.id();
+            MapData::from_id(id).map_err(map_err(name))
+        };
+        Ok(crate::conntrack::Table::from_maps(
+            reopen(names::CONNTRACK)?,
+            reopen(names::CONNTRACK_STATS)?,
+        ))
+    }
+
     /// Packet counters by reason, summed over CPUs.
     pub fn packet_counters(&self) -> Result<Vec<u64>, DataPathError> {
         read_packet_counters(

@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub health: HealthReport,
     pub state: AgentState,
     pub status: serde_json::Value,
+    /// From the last conntrack sweep.
+    pub conntrack: crate::conntrack::Summary,
 }
 
 pub type Shared = Arc<RwLock<Snapshot>>;
@@ -151,8 +153,32 @@ pub fn metrics(snap: &Snapshot, layout: &PinLayout) -> anyhow::Result<String> {
             c.bytes
         );
     }
-    // Connection tracking is not in the data path yet: no entries.
-    out.push_str("# HELP nva_conntrack_entries Tracked connections.\n# TYPE nva_conntrack_entries gauge\nnva_conntrack_entries 0\n");
+    let ct = &snap.conntrack;
+    let _ = writeln!(
+        out,
+        "# HELP nva_conntrack_entries Tracked connections (at the last sweep).\n# TYPE nva_conntrack_entries gauge\nnva_conntrack_entries {}",
+        ct.entries
+    );
+    let _ = writeln!(
+        out,
+        "# HELP nva_conntrack_created_total Flows the data path started tracking.\n# TYPE nva_conntrack_created_total counter\nnva_conntrack_created_total {}",
+        ct.created
+    );
+    let _ = writeln!(
+        out,
+        "# HELP nva_conntrack_evictions_total Flows evicted because the table was full (policy.conntrack_max).\n# TYPE nva_conntrack_evictions_total counter\nnva_conntrack_evictions_total {}",
+        ct.evictions
+    );
+    let _ = writeln!(
+        out,
+        "# HELP nva_conntrack_revoked_total Flows dropped because a new rule set no longer allows them.\n# TYPE nva_conntrack_revoked_total counter\nnva_conntrack_revoked_total {}",
+        ct.revoked
+    );
+    let _ = writeln!(
+        out,
+        "# HELP nva_conntrack_expired_total Expired flows removed by the agent's sweeps.\n# TYPE nva_conntrack_expired_total counter\nnva_conntrack_expired_total {}",
+        ct.expired_removed
+    );
     let _ = writeln!(
         out,
         "# HELP nva_ruleset_generation Generation of the active rule set.\n# TYPE nva_ruleset_generation gauge\nnva_ruleset_generation {}",

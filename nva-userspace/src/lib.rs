@@ -2,6 +2,7 @@ pub mod agent;
 pub mod batch;
 pub mod compiler;
 pub mod config;
+pub mod conntrack;
 pub mod datapath;
 pub mod health;
 pub mod http;

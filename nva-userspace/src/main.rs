@@ -1,4 +1,5 @@
-//! The `nva` command line: agent, check, rules.
+//! The `nva` command line: agent, check, reload, status, rules, conntrack,
+//! detach.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +71,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Inspect or clear the connection-tracking table (policy.stateful),
+    /// read from the maps pinned under agent.bpffs: works while the agent
+    /// is down too.
+    Conntrack {
+        #[command(subcommand)]
+        action: ConntrackCommand,
+    },
     /// Print each rule of the running data path with its packet and byte
     /// counters (read from the maps pinned under agent.bpffs).
     Rules {
@@ -79,6 +87,31 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConntrackCommand {
+    /// One line per tracked flow: protocol, originator -> responder, state,
+    /// age, time to expiry, admitting rule, packets/bytes each way.
+    /// Expired flows not yet swept are left out.
+    List {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print JSON (an array of flows).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the number of live (unexpired) flows.
+    Count {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Remove every tracked flow. Established TCP connections are then
+    /// dropped unless policy.loose_tcp is set (or they start over).
+    Flush {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }
 
@@ -104,6 +137,7 @@ fn main() -> ExitCode {
         Command::Status { config, json } => status(&config, json),
         Command::Detach { config } => detach(&config),
         Command::Rules { config, json } => rules(&config, json),
+        Command::Conntrack { action } => conntrack(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,10 +216,15 @@ fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()> {
     runtime.block_on(async {
         let layout = agent.lock().expect("agent lock").layout.clone();
         let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
-        tokio::spawn(nva::http::serve(http_listener, shared.clone(), layout));
+        tokio::spawn(nva::http::serve(
+            http_listener,
+            shared.clone(),
+            layout.clone(),
+        ));
         if let Some(events) = agent.lock().expect("agent lock").datapath.take_events() {
             tokio::spawn(log_events(events, shared.clone()));
         }
+        tokio::spawn(sweep_conntrack(layout.clone(), shared.clone()));
         if let Some(addr) = settings.tcp_probe_listen {
             tokio::spawn(nva::http::tcp_probe(addr, shared.clone(), interval));
         }
@@ -311,13 +350,40 @@ fn refresh(agent: &std::sync::Mutex<Agent>, shared: &nva::http::Shared) {
             tracing::error!(failing = ?failing, "data path unhealthy");
         }
     }
-    let status = agent.status();
+    let mut status = agent.status();
+    let conntrack = shared.read().expect("snapshot lock").conntrack;
+    status["conntrack_entries"] = conntrack.entries.into();
     let _ = nva::agent::write_status(&agent.config.agent.bpffs, &status, &health);
     *shared.write().expect("snapshot lock") = nva::http::Snapshot {
         health,
         state: agent.state.clone(),
         status,
+        conntrack,
     };
+}
+
+/// Sweeps expired conntrack entries in the background, on its own map
+/// handles: neither the data path nor the agent waits for it.
+async fn sweep_conntrack(layout: PinLayout, shared: nva::http::Shared) {
+    let mut summary = nva::conntrack::Summary::default();
+    loop {
+        let l = layout.clone();
+        let prev = summary;
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || nva::conntrack::sweep_once(&l, &prev)).await {
+            Ok(Ok(next)) => {
+                if next.expired_removed > summary.expired_removed {
+                    tracing::debug!(removed = next.expired_removed - summary.expired_removed, entries = next.entries, elapsed = ?started.elapsed(), "conntrack sweep");
+                }
+                summary = next;
+                shared.write().expect("snapshot lock").conntrack = summary;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "conntrack sweep"),
+            Err(e) => tracing::warn!(error = %e, "conntrack sweep task"),
+        }
+        let timeouts = nva::conntrack::active_timeouts(&layout).unwrap_or_default();
+        tokio::time::sleep(nva::conntrack::sweep_interval(&timeouts)).await;
+    }
 }
 
 /// `agent.bpffs` of a config file, read leniently: `nva reload` must reach
@@ -464,6 +530,90 @@ fn rules(path: &Path, json: bool) -> anyhow::Result<()> {
                 "{:<32} {:<6} {:>14} {:>16}",
                 r.name, r.action, c.packets, c.bytes
             );
+        }
+    }
+    Ok(())
+}
+
+fn conntrack(action: ConntrackCommand) -> anyhow::Result<()> {
+    use nva::conntrack::{active_timeouts, now_ns, remaining_ns, view, Table};
+    let path = match &action {
+        ConntrackCommand::List { config, .. }
+        | ConntrackCommand::Count { config }
+        | ConntrackCommand::Flush { config } => config,
+    };
+    let bpffs = bpffs_of(path)?;
+    let layout = PinLayout::new(&bpffs);
+    let mut table = Table::open(&layout).with_context(|| {
+        format!(
+            "no data path pinned under {} (is the agent configured with agent.bpffs = {:?}?)",
+            layout.root.display(),
+            bpffs.display().to_string()
+        )
+    })?;
+    let timeouts = active_timeouts(&layout)?;
+    match action {
+        ConntrackCommand::Flush { .. } => {
+            let n = table.flush()?;
+            println!("flushed {n} flows");
+        }
+        ConntrackCommand::Count { .. } => {
+            let now = now_ns();
+            let live = table
+                .entries()?
+                .iter()
+                .filter(|(_, e)| remaining_ns(e, &timeouts, now) > 0)
+                .count();
+            println!("{live}");
+        }
+        ConntrackCommand::List { json, .. } => {
+            let state = read_state(&bpffs).unwrap_or_default();
+            let name = |counter: u32| {
+                state
+                    .rules
+                    .iter()
+                    .find(|r| r.counter == counter)
+                    .map(|r| r.name.clone())
+            };
+            let now = now_ns();
+            let mut flows: Vec<_> = table
+                .entries()?
+                .iter()
+                .filter(|(_, e)| remaining_ns(e, &timeouts, now) > 0)
+                .map(|(k, e)| view(k, e, &timeouts, now, &name))
+                .collect();
+            flows.sort_by(|a, b| a.age_s.total_cmp(&b.age_s).reverse());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+                return Ok(());
+            }
+            println!(
+                "{:<12} {:<45} {:<45} {:<11} {:>9} {:>9} {:<20} {:>21} {:>21}",
+                "PROTO",
+                "ORIGINATOR",
+                "RESPONDER",
+                "STATE",
+                "AGE",
+                "EXPIRES",
+                "RULE",
+                "PACKETS/BYTES ORIG",
+                "PACKETS/BYTES REPLY"
+            );
+            for f in &flows {
+                println!(
+                    "{:<12} {:<45} {:<45} {:<11} {:>8.1}s {:>8.1}s {:<20} {:>21} {:>21}",
+                    f.proto,
+                    f.src,
+                    f.dst,
+                    f.state,
+                    f.age_s,
+                    f.expires_in_s,
+                    f.rule,
+                    format!("{}/{}", f.packets_orig, f.bytes_orig),
+                    format!("{}/{}", f.packets_reply, f.bytes_reply)
+                );
+            }
+            eprintln!("{} flows", flows.len());
         }
     }
     Ok(())

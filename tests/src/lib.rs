@@ -408,6 +408,7 @@ pub fn nva_binary() -> PathBuf {
 }
 
 pub mod frames;
+pub mod test_run;
 
 /// Runs `f` on a fresh thread that has its own, new network namespace
 /// holding veth interfaces with the given names (peers are named NAME+"p").

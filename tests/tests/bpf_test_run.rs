@@ -10,11 +10,8 @@ use nva::model::{Action, ManagementPort, PolicySettings, PortRange, Proto, Rule}
 use nva::rulegen::{Rng, RuleGen};
 use nva_common::{PacketReason, NO_RULE, PROTO_TCP};
 use nva_tests::frames::*;
+use nva_tests::test_run::{run, XDP_DROP, XDP_PASS};
 use nva_tests::{in_private_netns, require_root};
-
-const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 fn policy(default: Action, fragments_allow: bool) -> PolicySettings {
     PolicySettings {
@@ -30,37 +27,6 @@ fn policy(default: Action, fragments_allow: bool) -> PolicySettings {
         conntrack_max: 65_536,
         timeouts: Default::default(),
     }
-}
-
-/// Runs one frame; returns the XDP action and the one reason counter that
-/// moved.
-fn run(dp: &DataPath, frame: &[u8], ifindex: u32) -> (u32, PacketReason) {
-    let before = dp.packet_counters().unwrap();
-    let action = dp.test_run(frame, ifindex).expect("test run");
-    assert_ne!(action, XDP_ABORTED, "XDP_ABORTED for frame {frame:02x?}");
-    let after = dp.packet_counters().unwrap();
-    let moved: Vec<PacketReason> = PacketReason::ALL
-        .iter()
-        .copied()
-        .filter(|r| after[*r as usize] != before[*r as usize])
-        .collect();
-    assert_eq!(
-        moved.len(),
-        1,
-        "exactly one reason counter moves, got {moved:?}"
-    );
-    assert_eq!(after[moved[0] as usize], before[moved[0] as usize] + 1);
-    let expected_action = if moved[0].is_pass() {
-        XDP_PASS
-    } else {
-        XDP_DROP
-    };
-    assert_eq!(
-        action, expected_action,
-        "action agrees with reason {:?}",
-        moved[0]
-    );
-    (action, moved[0])
 }
 
 fn tcp_rule(name: &str, dst: &[&str], dport: u16) -> Rule {

@@ -1,0 +1,368 @@
+//! The conntrack table seen from userspace: listing, counting, flushing, the
+//! background sweep of expired flows, and the statistics (evictions are
+//! derived, the kernel does not count them). Everything works on the pinned
+//! maps, so it also works while the agent is down.
+
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+use nva_common::{
+    map_names as names, ConntrackEntry, ConntrackKey, ConntrackState, CT_STATS, CT_STAT_CREATED,
+    CT_STAT_REPLACED, CT_STAT_REVOKED, CT_STAT_USER_REMOVED, NO_RULE,
+};
+use serde::Serialize;
+
+use crate::datapath::{open_pinned, DataPathError};
+use crate::pin::PinLayout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    #[error(transparent)]
+    DataPath(#[from] DataPathError),
+    #[error("conntrack table: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("conntrack statistics: {0}")]
+    Map(#[from] aya::maps::MapError),
+}
+
+/// The kernel's clock of the entries (`bpf_ktime_get_coarse_ns`).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Nanoseconds until the entry expires (0: expired), under `timeouts_s`
+/// (seconds by state, as in `DataPathConfig`).
+pub fn remaining_ns(entry: &ConntrackEntry, timeouts_s: &[u32], now: u64) -> u64 {
+    let timeout = timeouts_s.get(entry.state as usize).copied().unwrap_or(0) as u64 * 1_000_000_000;
+    let idle = now.saturating_sub(entry.last_seen_ns);
+    timeout.saturating_sub(idle)
+}
+
+/// The conntrack maps of an agent's pin layout.
+pub struct Table {
+    flows: Map,
+    stats: Map,
+}
+
+impl Table {
+    pub fn open(layout: &PinLayout) -> Result<Table, ConntrackError> {
+        Ok(Table {
+            flows: Map::LruHashMap(open_pinned(layout, names::CONNTRACK)?),
+            stats: Map::PerCpuArray(open_pinned(layout, names::CONNTRACK_STATS)?),
+        })
+    }
+
+    /// The table of a loaded program (unpinned data paths: tests, tools).
+    pub fn from_maps(flows: MapData, stats: MapData) -> Table {
+        Table {
+            flows: Map::LruHashMap(flows),
+            stats: Map::PerCpuArray(stats),
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        match &self.flows {
+            Map::LruHashMap(d) => d.fd().as_fd(),
+            _ => unreachable!("opened as an LRU hash"),
+        }
+    }
+
+    /// Every entry (a snapshot taken a chunk at a time).
+    pub fn entries(&self) -> Result<Vec<(ConntrackKey, ConntrackEntry)>, ConntrackError> {
+        let mut out = Vec::new();
+        crate::batch::for_each::<ConntrackKey, ConntrackEntry>(self.fd(), &mut |chunk| {
+            out.extend_from_slice(chunk)
+        })?;
+        Ok(out)
+    }
+
+    /// Number of entries present (expired ones included until swept).
+    pub fn count(&self) -> Result<usize, ConntrackError> {
+        let mut n = 0;
+        crate::batch::for_each::<ConntrackKey, ConntrackEntry>(self.fd(), &mut |chunk| {
+            n += chunk.len()
+        })?;
+        Ok(n)
+    }
+
+    /// Removes every entry; returns how many there were. Tracked TCP
+    /// connections then need `policy.loose_tcp` (or a new handshake).
+    pub fn flush(&mut self) -> Result<usize, ConntrackError> {
+        let n = crate::batch::drain::<ConntrackKey, ConntrackEntry>(self.fd())?;
+        self.add_user_removed(n as u64)?;
+        Ok(n)
+    }
+
+    /// Removes the entries that have expired under `timeouts_s`. Each
+    /// candidate is read again just before its removal, so a flow that saw
+    /// a packet meanwhile stays. Returns (entries left, entries removed).
+    pub fn sweep(&mut self, timeouts_s: &[u32]) -> Result<(usize, usize), ConntrackError> {
+        let now = now_ns();
+        let mut expired = Vec::new();
+        let mut total = 0;
+        crate::batch::for_each::<ConntrackKey, ConntrackEntry>(self.fd(), &mut |chunk| {
+            total += chunk.len();
+            expired.extend(
+                chunk
+                    .iter()
+                    .filter(|(_, e)| remaining_ns(e, timeouts_s, now) == 0)
+                    .map(|(k, _)| *k),
+            );
+        })?;
+        let map: aya::maps::HashMap<&MapData, ConntrackKey, ConntrackEntry> =
+            aya::maps::HashMap::try_from(&self.flows)?;
+        let now = now_ns();
+        let still_expired: Vec<ConntrackKey> = expired
+            .into_iter()
+            .filter(|k| match map.get(k, 0) {
+                Ok(e) => remaining_ns(&e, timeouts_s, now) == 0,
+                Err(_) => false,
+            })
+            .collect();
+        let removed = crate::batch::delete(self.fd(), &still_expired)?;
+        self.add_user_removed(removed as u64)?;
+        Ok((total.saturating_sub(removed), removed))
+    }
+
+    /// The program's counters, summed over CPUs, indexed by `CT_STAT_*`.
+    pub fn stats(&self) -> Result<[u64; CT_STATS as usize], ConntrackError> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&self.stats)?;
+        let mut out = [0u64; CT_STATS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Flows evicted by the LRU because the table was full: every flow
+    /// created and not replaced, revoked, removed or still present.
+    pub fn evictions(&self, present: usize) -> Result<u64, ConntrackError> {
+        let s = self.stats()?;
+        Ok(s[CT_STAT_CREATED as usize]
+            .saturating_sub(s[CT_STAT_REPLACED as usize])
+            .saturating_sub(s[CT_STAT_REVOKED as usize])
+            .saturating_sub(s[CT_STAT_USER_REMOVED as usize])
+            .saturating_sub(present as u64))
+    }
+
+    /// Counts userspace removals (on CPU 0's slot; the program never writes
+    /// this index).
+    fn add_user_removed(&mut self, n: u64) -> Result<(), ConntrackError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let mut map: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(&mut self.stats)?;
+        let mut values: Vec<u64> = map.get(&CT_STAT_USER_REMOVED, 0)?.iter().copied().collect();
+        values[0] += n;
+        map.set(CT_STAT_USER_REMOVED, PerCpuValues::try_from(values)?, 0)?;
+        Ok(())
+    }
+}
+
+/// The timeouts of the active rule set (seconds by state), from the pinned
+/// maps; all zero when none is installed.
+pub fn active_timeouts(layout: &PinLayout) -> Result<[u32; CT_STATES_LEN], ConntrackError> {
+    let active = Map::Array(open_pinned(layout, names::ACTIVE)?);
+    let active: aya::maps::Array<&MapData, u32> = aya::maps::Array::try_from(&active)?;
+    let slot = active.get(&0, 0)? & 1;
+    let config = Map::Array(open_pinned(layout, names::CONFIG)?);
+    let config: aya::maps::Array<&MapData, nva_common::DataPathConfig> =
+        aya::maps::Array::try_from(&config)?;
+    Ok(config.get(&slot, 0)?.timeouts_s)
+}
+
+const CT_STATES_LEN: usize = nva_common::CT_STATES;
+
+/// What the agent publishes about the table after each sweep.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Summary {
+    pub entries: u64,
+    pub created: u64,
+    pub evictions: u64,
+    pub revoked: u64,
+    /// Expired entries removed by the sweeps of this agent.
+    pub expired_removed: u64,
+}
+
+/// How often the agent sweeps: often enough that short timeouts free their
+/// entries promptly, at most every 10 s (a sweep reads the whole table).
+pub fn sweep_interval(timeouts_s: &[u32]) -> std::time::Duration {
+    let shortest = timeouts_s
+        .iter()
+        .copied()
+        .filter(|t| *t > 0)
+        .min()
+        .unwrap_or(10);
+    std::time::Duration::from_secs((shortest as u64 / 2).clamp(1, 10))
+}
+
+/// One sweep: removes expired entries and returns the new summary.
+pub fn sweep_once(layout: &PinLayout, previous: &Summary) -> Result<Summary, ConntrackError> {
+    let timeouts = active_timeouts(layout)?;
+    let mut table = Table::open(layout)?;
+    let (left, removed) = table.sweep(&timeouts)?;
+    let stats = table.stats()?;
+    Ok(Summary {
+        entries: left as u64,
+        created: stats[CT_STAT_CREATED as usize],
+        evictions: table.evictions(left)?,
+        revoked: stats[CT_STAT_REVOKED as usize],
+        expired_removed: previous.expired_removed + removed as u64,
+    })
+}
+
+/// One flow as `nva conntrack list` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FlowView {
+    pub proto: String,
+    /// The originator.
+    pub src: String,
+    /// The responder.
+    pub dst: String,
+    pub state: String,
+    pub age_s: f64,
+    pub expires_in_s: f64,
+    /// Name of the rule that admitted the flow ("(default)" for the default
+    /// policy, "?" for a rule no longer in the rule set).
+    pub rule: String,
+    pub packets_orig: u64,
+    pub bytes_orig: u64,
+    pub packets_reply: u64,
+    pub bytes_reply: u64,
+    pub vlan: [u16; 2],
+}
+
+fn addr(bytes: &[u8; 16], family: u8) -> IpAddr {
+    if family == 4 {
+        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    } else {
+        IpAddr::from(*bytes)
+    }
+}
+
+fn endpoint(a: IpAddr, port: u16, proto: u8) -> String {
+    match (proto, a) {
+        (6 | 17, IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+        (6 | 17, IpAddr::V4(v4)) => format!("{v4}:{port}"),
+        _ => a.to_string(),
+    }
+}
+
+fn proto_name(proto: u8) -> String {
+    match proto {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Describes an entry; `rule_name` maps a counter index to a rule name.
+pub fn view(
+    key: &ConntrackKey,
+    e: &ConntrackEntry,
+    timeouts_s: &[u32],
+    now: u64,
+    rule_name: &dyn Fn(u32) -> Option<String>,
+) -> FlowView {
+    let lo = endpoint(addr(&key.addr_lo, key.family), key.port_lo, key.proto);
+    let hi = endpoint(addr(&key.addr_hi, key.family), key.port_hi, key.proto);
+    let (src, dst) = if e.origin_is_lo != 0 {
+        (lo, hi)
+    } else {
+        (hi, lo)
+    };
+    let proto = match (key.proto, key.port_lo) {
+        (1 | 58, id) => format!("{} id={id}", proto_name(key.proto)),
+        _ => proto_name(key.proto),
+    };
+    FlowView {
+        proto,
+        src,
+        dst,
+        state: ConntrackState::from_u8(e.state)
+            .map(|s| s.name().to_string())
+            .unwrap_or_else(|| format!("state{}", e.state)),
+        age_s: now.saturating_sub(e.created_ns) as f64 / 1e9,
+        expires_in_s: remaining_ns(e, timeouts_s, now) as f64 / 1e9,
+        rule: if e.rule_counter == NO_RULE {
+            "(default)".into()
+        } else {
+            rule_name(e.rule_counter).unwrap_or_else(|| "?".into())
+        },
+        packets_orig: e.packets[0],
+        bytes_orig: e.bytes[0],
+        packets_reply: e.packets[1],
+        bytes_reply: e.bytes[1],
+        vlan: key.vlan,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> (ConntrackKey, bool) {
+        let mut k = ConntrackKey::default();
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s[..4].copy_from_slice(&src);
+        d[..4].copy_from_slice(&dst);
+        let lo = k.set_from_packet(false, 6, [0, 0], &s, sport, &d, dport);
+        (k, lo)
+    }
+
+    #[test]
+    fn both_directions_share_a_key() {
+        let (a, a_lo) = key_of([10, 0, 0, 2], 40000, [10, 0, 0, 1], 80);
+        let (b, b_lo) = key_of([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000);
+        assert_eq!(a, b);
+        assert_ne!(a_lo, b_lo);
+        // Same addresses, ports decide.
+        let (c, c_lo) = key_of([10, 0, 0, 1], 2, [10, 0, 0, 1], 1);
+        assert!(!c_lo);
+        assert_eq!((c.port_lo, c.port_hi), (1, 2));
+        // normalize() agrees with set_from_packet().
+        let mut d = ConntrackKey::default();
+        d.addr_lo[..4].copy_from_slice(&[10, 0, 0, 2]);
+        d.addr_hi[..4].copy_from_slice(&[10, 0, 0, 1]);
+        d.port_lo = 40000;
+        d.port_hi = 80;
+        d.normalize(false, 6, [0, 0]);
+        assert_eq!(d, a);
+    }
+
+    #[test]
+    fn view_shows_originator_first_and_expiry() {
+        let (k, src_is_lo) = key_of([10, 0, 0, 2], 40000, [10, 0, 0, 1], 80);
+        let mut timeouts = [0u32; nva_common::CT_STATES];
+        timeouts[ConntrackState::TcpEstablished as usize] = 100;
+        let e = ConntrackEntry {
+            created_ns: 1_000_000_000,
+            last_seen_ns: 5_000_000_000,
+            state: ConntrackState::TcpEstablished as u8,
+            origin_is_lo: src_is_lo as u8,
+            rule_counter: 3,
+            packets: [4, 5],
+            ..Default::default()
+        };
+        let v = view(&k, &e, &timeouts, 15_000_000_000, &|i| {
+            Some(format!("r{i}"))
+        });
+        assert_eq!(v.src, "10.0.0.2:40000");
+        assert_eq!(v.dst, "10.0.0.1:80");
+        assert_eq!(v.state, "ESTABLISHED");
+        assert_eq!(v.rule, "r3");
+        assert_eq!(v.age_s, 14.0);
+        assert_eq!(v.expires_in_s, 90.0);
+        assert_eq!(remaining_ns(&e, &timeouts, 200_000_000_000), 0);
+    }
+}

@@ -81,7 +81,10 @@ pub struct L4Key {
     pub a_class: u32,
     pub b_class: u32,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Padding as u8 + u16, not [u8; 3]: odd-sized zeroing becomes a byte
+    // loop (a memset call) in the data path.
+    pub _pad8: u8,
+    pub _pad16: u16,
 }
 const _: () = assert!(core::mem::size_of::<L4Key>() == 16);
 
@@ -258,7 +261,8 @@ pub struct PacketEvent {
     pub is_v6: u8,
     /// [`PacketReason`] as u8.
     pub reason: u8,
-    pub _pad: [u8; 5],
+    pub _pad8: u8,
+    pub _pad32: u32,
 }
 const _: () = assert!(core::mem::size_of::<PacketEvent>() == 64);
 
@@ -488,7 +492,7 @@ pub struct ConntrackKey {
     pub proto: u8,
     /// 4 or 6.
     pub family: u8,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<ConntrackKey>() == 44);
 
@@ -540,7 +544,7 @@ impl ConntrackKey {
         self.vlan = vlan;
         self.proto = proto;
         self.family = if is_v6 { 6 } else { 4 };
-        self._pad = [0; 2];
+        self._pad = 0;
         src_is_lo
     }
 
@@ -555,7 +559,7 @@ impl ConntrackKey {
         self.vlan = vlan;
         self.proto = proto;
         self.family = if is_v6 { 6 } else { 4 };
-        self._pad = [0; 2];
+        self._pad = 0;
     }
 }
 
@@ -581,7 +585,8 @@ pub struct ConntrackEntry {
     pub state: u8,
     /// 1 when the originator is the key's `lo` endpoint.
     pub origin_is_lo: u8,
-    pub _pad: [u8; 6],
+    pub _pad16: u16,
+    pub _pad32: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConntrackEntry>() == 72);
 
@@ -610,7 +615,11 @@ pub struct ConntrackScratch {
     pub replaced: u8,
     /// Re-check of an ICMP echo flow: the type the originator sent.
     pub origin_icmp_type: u8,
-    pub _pad: [u8; 3],
+    /// `CT_PENDING_*`: a drop decided before the management failsafe had
+    /// its say (the conntrack lookup comes first, so that a tracked flow's
+    /// packet costs one lookup).
+    pub pending_drop: u8,
+    pub _pad: [u8; 2],
     /// The entry of a new flow is built here, not on the stack.
     pub new_entry: ConntrackEntry,
 }
@@ -621,6 +630,11 @@ pub const CT_FLOW_NEW: u8 = 1;
 /// A flow admitted by an earlier rule set: classify the originator's tuple;
 /// allow keeps it, drop revokes it.
 pub const CT_FLOW_RECHECK: u8 = 2;
+
+/// [`ConntrackScratch::pending_drop`] values.
+pub const CT_PENDING_NONE: u8 = 0;
+pub const CT_PENDING_TCP_FLAGS: u8 = 1;
+pub const CT_PENDING_TCP_NOT_TRACKED: u8 = 2;
 
 /// Conntrack statistics (per-CPU array indices). Evictions are not reported
 /// by the kernel; userspace derives them: created - replaced - removed -
@@ -636,6 +650,8 @@ pub const CT_STATS: u32 = 4;
 
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "nva_xdp";
+/// The benchmark baseline in the same object: parses, then passes.
+pub const XDP_PARSE_PASS_PROGRAM: &str = "nva_parse_pass";
 
 #[cfg(feature = "user")]
 mod pod {

@@ -92,7 +92,8 @@ fn l4_matches<T: Tables>(pkt: &Packet, ifindex: u32, patterns: u8, out: &mut L4M
                     a_class: if use_a { a } else { ANY_CLASS },
                     b_class: if use_b { b } else { ANY_CLASS },
                     proto,
-                    _pad: [0; 3],
+                    _pad8: 0,
+                    _pad16: 0,
                 };
                 if let Some(m) = unsafe { T::l4().get(&key) } {
                     out.classes[$p] = m.class;

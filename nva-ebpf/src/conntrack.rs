@@ -7,8 +7,9 @@
 use aya_ebpf::programs::XdpContext;
 use nva_common::{
     ConntrackEntry, ConntrackScratch, ConntrackState, DataPathConfig, PacketReason, CT_FLOW_NEW,
-    CT_FLOW_RECHECK, CT_STAT_CREATED, CT_STAT_REPLACED, CT_STAT_REVOKED, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP, PROTO_UDP,
+    CT_FLOW_RECHECK, CT_PENDING_NONE, CT_PENDING_TCP_FLAGS, CT_PENDING_TCP_NOT_TRACKED,
+    CT_STAT_CREATED, CT_STAT_REPLACED, CT_STAT_REVOKED, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::maps::{CONNTRACK, CONNTRACK_SCRATCH, CONNTRACK_STATS};
@@ -155,8 +156,9 @@ fn expired(entry: &ConntrackEntry, config: &DataPathConfig, now: u64) -> bool {
     now.saturating_sub(entry.last_seen_ns) > timeout_s * 1_000_000_000
 }
 
-/// Looks the packet's flow up and runs its state machine. Returns its
-/// verdict, or [`CLASSIFY`] with the details in the per-CPU scratch. A
+/// Looks the packet's flow up and runs its state machine. Returns the
+/// verdict of a tracked flow, or [`CLASSIFY`] with the details in the
+/// per-CPU scratch (including a drop that waits for the management check). A
 /// function of its own: its stack frame is not live while the classifier
 /// runs.
 #[inline(never)]
@@ -172,11 +174,13 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
     }
     flow.now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
     flow.replaced = 0;
+    flow.pending_drop = CT_PENDING_NONE;
     let mut new_state = UDP_UNREPLIED;
     let (sport, dport) = match pkt.proto {
         PROTO_TCP => {
             if !tcp_flags_valid(pkt.tcp_flags) {
-                return PacketReason::DropTcpFlags;
+                flow.pending_drop = CT_PENDING_TCP_FLAGS;
+                return CLASSIFY;
             }
             new_state = if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
                 SYN_SENT
@@ -263,10 +267,22 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
         }
     }
     if new_state == TCP_INVALID {
-        return PacketReason::DropTcpNotTracked;
+        flow.pending_drop = CT_PENDING_TCP_NOT_TRACKED;
+        return CLASSIFY;
     }
     flow.state = new_state;
     CLASSIFY
+}
+
+/// A drop `track` decided, due once the management failsafe has passed
+/// what it passes.
+#[inline(always)]
+pub fn pending_drop() -> Option<PacketReason> {
+    match CONNTRACK_SCRATCH.get(0)?.pending_drop {
+        CT_PENDING_TCP_FLAGS => Some(PacketReason::DropTcpFlags),
+        CT_PENDING_TCP_NOT_TRACKED => Some(PacketReason::DropTcpNotTracked),
+        _ => None,
+    }
 }
 
 /// Prepares `pkt` for classification and returns the ingress interface to
@@ -381,7 +397,8 @@ pub fn after_classify(
         e.origin_ifindex = ctx.ingress_ifindex() as u32;
         e.state = flow.state;
         e.origin_is_lo = flow.src_is_lo;
-        e._pad = [0; 6];
+        e._pad16 = 0;
+        e._pad32 = 0;
         if CONNTRACK.insert(&flow.key, &flow.new_entry, 0).is_ok() {
             count(CT_STAT_CREATED);
             if flow.replaced != 0 {

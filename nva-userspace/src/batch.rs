@@ -79,11 +79,14 @@ pub fn drain<K: Copy + Default, V: Copy + Default>(map: BorrowedFd<'_>) -> io::R
     Ok(total)
 }
 
+/// Called with each chunk of entries a walk reads.
+pub type EntryVisitor<'a, K, V> = dyn FnMut(&[(K, V)]) + 'a;
+
 /// Reads every entry of a hash map, a chunk at a time (entries changed
 /// meanwhile may be seen in either version, as with any map walk).
 pub fn for_each<K: Copy + Default, V: Copy + Default>(
     map: BorrowedFd<'_>,
-    f: &mut dyn FnMut(&[(K, V)]),
+    f: &mut EntryVisitor<'_, K, V>,
 ) -> io::Result<()> {
     walk::<K, V>(map, BPF_MAP_LOOKUP_BATCH, f)
 }
@@ -116,7 +119,7 @@ pub fn delete<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
 fn walk<K: Copy + Default, V: Copy + Default>(
     map: BorrowedFd<'_>,
     cmd: libc::c_long,
-    f: &mut dyn FnMut(&[(K, V)]),
+    f: &mut EntryVisitor<'_, K, V>,
 ) -> io::Result<()> {
     let mut keys = vec![K::default(); CHUNK];
     let mut values = vec![V::default(); CHUNK];

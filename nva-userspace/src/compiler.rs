@@ -688,7 +688,8 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
                             a_class: a,
                             b_class: b,
                             proto,
-                            _pad: [0; 3],
+                            _pad8: 0,
+                            _pad16: 0,
                         };
                         let e = l4_acc.entry(key).or_insert((Vec::new(), NO_RULE));
                         if e.1 != NO_RULE {
@@ -913,7 +914,8 @@ impl LookupModel<'_> {
                         a_class: if use_a { a } else { ANY_CLASS },
                         b_class: if use_b { b } else { ANY_CLASS },
                         proto,
-                        _pad: [0; 3],
+                        _pad8: 0,
+                        _pad16: 0,
                     })
                     .copied()
             })

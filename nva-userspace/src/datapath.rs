@@ -595,6 +595,12 @@ impl DataPath {
         Ok(self.program()?.info()?.id())
     }
 
+    /// Instructions the verifier processed to accept the program (its
+    /// limit is 1,000,000): the margin left for the program to grow.
+    pub fn verified_insns(&self) -> Result<Option<u32>, DataPathError> {
+        Ok(self.program()?.info()?.verified_instruction_count())
+    }
+
     /// Runs one frame through the loaded program (BPF_PROG_TEST_RUN) and
     /// returns its XDP action. `ingress_ifindex` 0 means the default device.
     pub fn test_run(&self, frame: &[u8], ingress_ifindex: u32) -> Result<u32, DataPathError> {
@@ -609,6 +615,12 @@ impl DataPath {
         }
         let result = self.program()?.test_run(opts)?;
         Ok(result.return_value)
+    }
+
+    /// Runs `frame` `repeat` times in the kernel; returns the action and
+    /// the mean time per run as the kernel measured it.
+    pub fn time_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), DataPathError> {
+        timed_run(self.program()?, frame, repeat)
     }
 
     /// Counters 0..n, summed over CPUs.
@@ -665,6 +677,44 @@ impl DataPath {
                 .try_into()
                 .map_err(map_err(names::PACKET_COUNTERS))?,
         )
+    }
+}
+
+fn timed_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration), DataPathError> {
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.repeat = repeat;
+    let result = prog.test_run(opts)?;
+    Ok((result.return_value, result.duration))
+}
+
+/// The benchmark baseline: a program that parses the same headers as the
+/// data path and passes (`nva_parse_pass`, in the same object).
+pub struct ParsePassBaseline {
+    ebpf: Ebpf,
+}
+
+impl ParsePassBaseline {
+    pub fn load() -> Result<ParsePassBaseline, DataPathError> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::CONNTRACK, 1);
+        let mut ebpf = loader.load(XDP_OBJECT)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(nva_common::XDP_PARSE_PASS_PROGRAM)
+            .ok_or_else(|| DataPathError::Missing(nva_common::XDP_PARSE_PASS_PROGRAM.into()))?
+            .try_into()?;
+        prog.load()?;
+        Ok(ParsePassBaseline { ebpf })
+    }
+
+    /// Like [`DataPath::time_run`].
+    pub fn time_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), DataPathError> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(nva_common::XDP_PARSE_PASS_PROGRAM)
+            .ok_or_else(|| DataPathError::Missing(nva_common::XDP_PARSE_PASS_PROGRAM.into()))?
+            .try_into()?;
+        timed_run(prog, frame, repeat)
     }
 }
 

@@ -169,6 +169,23 @@ pub struct PolicySettings {
     pub timeouts: ConntrackTimeouts,
 }
 
+impl PolicySettings {
+    /// `default` and every other setting at its default (stateless, no
+    /// management ports): for tools and tests that build policies in code.
+    pub fn with_default(default: Action) -> PolicySettings {
+        PolicySettings {
+            default,
+            stateful: false,
+            loose_tcp: false,
+            fragments_allow: false,
+            log_drops: false,
+            management: Vec::new(),
+            conntrack_max: crate::config::DEFAULT_CONNTRACK_MAX,
+            timeouts: ConntrackTimeouts::default(),
+        }
+    }
+}
+
 /// Idle timeouts of tracked flows, in seconds (`[policy.timeouts]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConntrackTimeouts {

@@ -15,17 +15,12 @@ use nva_tests::{in_private_netns, require_root};
 
 fn policy(default: Action, fragments_allow: bool) -> PolicySettings {
     PolicySettings {
-        default,
-        stateful: false,
-        loose_tcp: false,
         fragments_allow,
-        log_drops: false,
         management: vec![ManagementPort {
             proto: Proto::Tcp,
             port: 22,
         }],
-        conntrack_max: 65_536,
-        timeouts: Default::default(),
+        ..PolicySettings::with_default(default)
     }
 }
 

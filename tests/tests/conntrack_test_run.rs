@@ -35,14 +35,10 @@ fn v6(a: &str) -> Ipv6Addr {
 
 fn policy(loose_tcp: bool, timeouts: ConntrackTimeouts) -> PolicySettings {
     PolicySettings {
-        default: Action::Drop,
         stateful: true,
         loose_tcp,
-        fragments_allow: false,
-        log_drops: false,
-        management: vec![],
-        conntrack_max: 65_536,
         timeouts,
+        ..PolicySettings::with_default(Action::Drop)
     }
 }
 

@@ -61,10 +61,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (not implemented yet).
+    /// Setup, build (release), then run the benchmarks (needs root); the
+    /// report goes to target/bench/report.md (and .json, plots).
     Bench {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
+        /// Small sizes and few repeats (what `test` runs so the harness
+        /// cannot rot); the figures of a quick run mean little.
+        #[arg(long)]
+        quick: bool,
     },
     /// The HA lab (not implemented yet).
     Lab {
@@ -91,10 +94,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Build { release } => build(release),
         Cmd::Test { args } => test(&args),
         Cmd::Run { args } => run(&args),
-        Cmd::Bench { .. } => {
-            eprintln!("xtask bench: not implemented yet (see issue: benchmarks)");
-            Ok(ExitCode::from(2))
-        }
+        Cmd::Bench { quick } => bench(quick),
         Cmd::Lab { .. } => {
             eprintln!("xtask lab: not implemented yet (see issue: lab)");
             Ok(ExitCode::from(2))
@@ -162,6 +162,37 @@ fn test(extra: &[String]) -> Result<ExitCode> {
         "--test-threads=1",
     ]);
     cmd.args(extra);
+    let code = status_code(&mut cmd)?;
+    if code != ExitCode::SUCCESS || !extra.is_empty() {
+        return Ok(code);
+    }
+    // The quick benchmark, from the debug build just made: it checks that
+    // the harness still produces its report, not the figures.
+    let report = target_dir().join("bench-quick");
+    let code = status_code(
+        Command::new(target_dir().join("debug").join("nva-bench"))
+            .arg("--quick")
+            .arg("--out")
+            .arg(&report),
+    )?;
+    if code == ExitCode::SUCCESS && !report.join("report.md").is_file() {
+        bail!("the quick benchmark wrote no report");
+    }
+    Ok(code)
+}
+
+fn bench(quick: bool) -> Result<ExitCode> {
+    require_root("bench")?;
+    setup()?;
+    let code = status_code(cargo().args(["build", "--release", "-p", "nva-bench"]))?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let mut cmd = Command::new(target_dir().join("release").join("nva-bench"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd.arg("--out").arg(target_dir().join("bench"));
     status_code(&mut cmd)
 }
 

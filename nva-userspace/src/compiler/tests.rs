@@ -5,17 +5,11 @@ use proptest::prelude::*;
 
 fn policy() -> PolicySettings {
     PolicySettings {
-        default: Action::Drop,
-        stateful: false,
-        loose_tcp: false,
-        fragments_allow: false,
-        log_drops: false,
         management: vec![ManagementPort {
             proto: Proto::Tcp,
             port: 22,
         }],
-        conntrack_max: 65_536,
-        timeouts: Default::default(),
+        ..PolicySettings::with_default(Action::Drop)
     }
 }
 

@@ -595,6 +595,39 @@ impl DataPath {
         Ok(self.program()?.info()?.id())
     }
 
+    /// Kernel memory of each map (`memlock` of its fdinfo: for hash maps
+    /// without preallocation, what the entries present use).
+    pub fn map_memory(&self) -> Vec<(String, u64)> {
+        use aya::maps::Map;
+        use std::os::fd::{AsFd, AsRawFd};
+        let mut out: Vec<(String, u64)> = self
+            .ebpf
+            .maps()
+            .filter_map(|(name, map)| {
+                let data = match map {
+                    Map::HashMap(d)
+                    | Map::Array(d)
+                    | Map::LpmTrie(d)
+                    | Map::PerCpuArray(d)
+                    | Map::LruHashMap(d)
+                    | Map::RingBuf(d) => d,
+                    _ => return None,
+                };
+                let fd = data.fd().as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                let bytes = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("memlock:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((name.to_string(), bytes))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Instructions the verifier processed to accept the program (its
     /// limit is 1,000,000): the margin left for the program to grow.
     pub fn verified_insns(&self) -> Result<Option<u32>, DataPathError> {

@@ -132,7 +132,7 @@ fn parse(file_name: &str, text: &str, allow_unsupported: bool) -> Result<Config,
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
@@ -1002,7 +1002,7 @@ fn check_iface_name(name: &str) -> Result<(), String> {
 }
 
 /// Parses "10.0.0.0/8", "2001:db8::/32" or a bare address (a host prefix).
-fn parse_cidr(s: &str) -> Result<Cidr, String> {
+pub(crate) fn parse_cidr(s: &str) -> Result<Cidr, String> {
     let t = s.trim();
     let (addr_s, len_s) = match t.split_once('/') {
         Some((a, l)) => (a, Some(l)),

@@ -4,6 +4,7 @@ pub mod compiler;
 pub mod config;
 pub mod conntrack;
 pub mod datapath;
+pub mod failover;
 pub mod health;
 pub mod http;
 pub mod model;

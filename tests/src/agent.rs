@@ -21,7 +21,18 @@ impl RunningAgent {
     /// Writes `config_text` (with `{bpffs}` replaced) and starts the agent in
     /// the topology's nva namespace; waits until it reports its rule set.
     pub fn start(t: &Topology, config_text: &str, detach_on_exit: bool) -> RunningAgent {
-        let tag = format!("{}-{}", std::process::id(), t.id);
+        RunningAgent::start_in(&t.nva, &t.id.to_string(), config_text, detach_on_exit)
+    }
+
+    /// Like [`RunningAgent::start`], in namespace `ns`; `tag` tells its
+    /// files apart from other agents'.
+    pub fn start_in(
+        ns: &Netns,
+        tag: &str,
+        config_text: &str,
+        detach_on_exit: bool,
+    ) -> RunningAgent {
+        let tag = format!("{}-{tag}", std::process::id());
         let dir = std::env::temp_dir().join(format!("nva-agent-test-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
         let bpffs = format!("/sys/fs/bpf/nva-test-{tag}");
@@ -31,11 +42,11 @@ impl RunningAgent {
             child: None,
             config,
             bpffs,
-            nsenter_ns: t.nva.name.clone(),
+            nsenter_ns: ns.name.clone(),
             detach_on_exit,
             dir,
         };
-        agent.spawn(&t.nva);
+        agent.spawn(ns);
         agent
     }
 

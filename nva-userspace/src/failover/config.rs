@@ -1,0 +1,644 @@
+//! The failover daemon's config file (DESIGN.md, "Failover config file"):
+//! parsed and validated with FILE:LINE:COL errors, like the agent's.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{line_col, parse_cidr, ConfigError};
+use crate::model::Cidr;
+
+pub const DEFAULT_ELECTION_PATH: &str = "/nva/failover";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9190";
+/// Routing table id of the main table.
+pub const MAIN_TABLE: u32 = 254;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailoverConfig {
+    pub daemon: DaemonSettings,
+    pub probe: ProbeSettings,
+    pub switch: SwitchSettings,
+    /// In order of preference.
+    pub nvas: Vec<NvaSettings>,
+    pub linux_routes: Vec<LinuxRoute>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonSettings {
+    pub id: String,
+    /// ZooKeeper connect string; None: standalone (a single daemon).
+    pub zookeeper: Option<String>,
+    pub election_path: String,
+    pub metrics_listen: SocketAddr,
+    /// ZooKeeper session timeout: how long a daemon cut off from the
+    /// ensemble may be believed alive by the others.
+    pub session_timeout_ms: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeSettings {
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    /// Consecutive failures that declare an NVA down.
+    pub fall: u32,
+    /// Consecutive successes that declare it up.
+    pub rise: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Linux,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwitchSettings {
+    pub provider: Provider,
+    pub min_dwell_s: u32,
+    pub preempt: bool,
+    pub max_failovers_per_hour: u32,
+}
+
+/// How an NVA's health is probed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProbeTarget {
+    /// HTTP GET; healthy on status 200.
+    Http { addr: SocketAddr, path: String },
+    /// TCP connect; healthy when it is accepted.
+    Tcp(SocketAddr),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NvaSettings {
+    pub name: String,
+    pub probe: ProbeTarget,
+    pub internal_ip: IpAddr,
+    pub external_ip: Option<IpAddr>,
+}
+
+/// Which address of the active NVA a route points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    InternalIp,
+    ExternalIp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinuxRoute {
+    /// Network namespace holding the route ("" = the daemon's own).
+    pub netns: String,
+    pub table: u32,
+    pub prefix: Cidr,
+    pub via: Via,
+}
+
+impl NvaSettings {
+    /// The next hop for `via`.
+    pub fn next_hop(&self, via: Via) -> Option<IpAddr> {
+        match via {
+            Via::InternalIp => Some(self.internal_ip),
+            Via::ExternalIp => self.external_ip,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    daemon: Spanned<RawDaemon>,
+    #[serde(default)]
+    probe: Option<RawProbe>,
+    switch: Option<RawSwitch>,
+    #[serde(default)]
+    nvas: Vec<Spanned<RawNva>>,
+    linux: Option<RawLinux>,
+    azure: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    id: Option<Spanned<String>>,
+    zookeeper: Option<Spanned<String>>,
+    election_path: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
+    session_timeout_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    interval_ms: Option<Spanned<i64>>,
+    timeout_ms: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    rise: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSwitch {
+    provider: Option<Spanned<String>>,
+    min_dwell_s: Option<Spanned<i64>>,
+    preempt: Option<bool>,
+    max_failovers_per_hour: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNva {
+    name: Spanned<String>,
+    health_url: Option<Spanned<String>>,
+    tcp_probe: Option<Spanned<String>>,
+    internal_ip: Spanned<String>,
+    external_ip: Option<Spanned<String>>,
+    nic_id: Option<String>,
+    ip_config: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLinux {
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(default)]
+    netns: String,
+    table: Option<Spanned<i64>>,
+    prefix: Spanned<String>,
+    via: Spanned<String>,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    fn number(
+        &mut self,
+        key: &str,
+        v: &Option<Spanned<i64>>,
+        default: u32,
+        min: u32,
+        max: u32,
+    ) -> u32 {
+        let Some(v) = v else { return default };
+        match u32::try_from(*v.get_ref()) {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                self.err(
+                    v.span(),
+                    format!("{key} = {} is out of range ({min} to {max})", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    fn ip(&mut self, key: &str, v: &Spanned<String>) -> Option<IpAddr> {
+        match v.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    v.span(),
+                    format!("{key} = {:?} is not an IP address", v.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, v: &Spanned<String>) -> Option<SocketAddr> {
+        match v.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    v.span(),
+                    format!(
+                        "{key} = {:?} is not an address with a port (like \"10.0.0.1:9090\")",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Parses "http://HOST:PORT/PATH" (HOST an IP address: probes must not
+/// depend on DNS).
+fn parse_health_url(url: &str) -> Result<(SocketAddr, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("health_url {url:?} must start with http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let addr = authority
+        .parse::<SocketAddr>()
+        .or_else(|_| format!("{authority}:80").parse::<SocketAddr>())
+        .map_err(|_| {
+            format!("health_url {url:?}: {authority:?} is not an IP address with an optional port")
+        })?;
+    Ok((addr, path))
+}
+
+pub fn load_failover_config(path: &Path) -> Result<FailoverConfig, Vec<ConfigError>> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_failover_config(&file, &text),
+        Err(e) => Err(vec![ConfigError {
+            file,
+            line: 0,
+            col: 0,
+            message: format!("cannot read: {e}"),
+        }]),
+    }
+}
+
+pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, Vec<ConfigError>> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+        vec![ConfigError {
+            file: file.to_string(),
+            line,
+            col,
+            message: e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
+        }]
+    })?;
+    let mut cx = Ctx {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let d = raw.daemon.get_ref();
+    let id = match &d.id {
+        Some(v) if !v.get_ref().trim().is_empty() => v.get_ref().clone(),
+        Some(v) => {
+            cx.err(v.span(), "daemon.id must not be empty");
+            String::new()
+        }
+        None => {
+            cx.err(
+                raw.daemon.span(),
+                "daemon.id is required (unique per daemon)",
+            );
+            String::new()
+        }
+    };
+    let zookeeper = d.zookeeper.as_ref().and_then(|z| {
+        let ok = z.get_ref().split(',').all(|h| {
+            h.trim()
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        });
+        if !ok || z.get_ref().trim().is_empty() {
+            cx.err(
+                z.span(),
+                format!(
+                    "daemon.zookeeper = {:?} must list host:port pairs separated by commas",
+                    z.get_ref()
+                ),
+            );
+        }
+        Some(z.get_ref().clone())
+    });
+    let election_path = match &d.election_path {
+        Some(p) if p.get_ref().starts_with('/') && !p.get_ref().ends_with('/') => {
+            p.get_ref().clone()
+        }
+        Some(p) => {
+            cx.err(p.span(), format!("daemon.election_path = {:?} must be an absolute ZooKeeper path without a trailing /", p.get_ref()));
+            DEFAULT_ELECTION_PATH.into()
+        }
+        None => DEFAULT_ELECTION_PATH.into(),
+    };
+    let metrics_listen = match &d.metrics_listen {
+        Some(v) => cx.socket_addr("daemon.metrics_listen", v),
+        None => DEFAULT_METRICS_LISTEN.parse().ok(),
+    };
+    let session_timeout_ms = cx.number(
+        "daemon.session_timeout_ms",
+        &d.session_timeout_ms,
+        2000,
+        400,
+        60_000,
+    );
+
+    let p = raw.probe.as_ref();
+    let none = None;
+    let interval_ms = cx.number(
+        "probe.interval_ms",
+        p.map_or(&none, |p| &p.interval_ms),
+        1000,
+        10,
+        600_000,
+    );
+    let timeout_ms = cx.number(
+        "probe.timeout_ms",
+        p.map_or(&none, |p| &p.timeout_ms),
+        interval_ms.saturating_mul(4) / 5,
+        1,
+        600_000,
+    );
+    if let Some(t) = p.and_then(|p| p.timeout_ms.as_ref()) {
+        if timeout_ms > interval_ms {
+            cx.err(t.span(), format!("probe.timeout_ms = {timeout_ms} is longer than probe.interval_ms = {interval_ms}"));
+        }
+    }
+    let fall = cx.number("probe.fall", p.map_or(&none, |p| &p.fall), 3, 1, 100);
+    let rise = cx.number("probe.rise", p.map_or(&none, |p| &p.rise), 2, 1, 100);
+
+    let s = raw.switch.as_ref();
+    let provider = match s.and_then(|s| s.provider.as_ref()) {
+        None => Provider::Linux,
+        Some(v) => {
+            match v.get_ref().as_str() {
+                "linux" => Provider::Linux,
+                "azure" => {
+                    cx.err(v.span(), "switch.provider = \"azure\" is not supported yet (the Azure provider lands in a later release)");
+                    Provider::Linux
+                }
+                other => {
+                    cx.err(v.span(), format!("switch.provider = {other:?} is not valid; expected \"linux\" or \"azure\""));
+                    Provider::Linux
+                }
+            }
+        }
+    };
+    let min_dwell_s = cx.number(
+        "switch.min_dwell_s",
+        s.map_or(&none, |s| &s.min_dwell_s),
+        30,
+        0,
+        86_400,
+    );
+    let max_failovers_per_hour = cx.number(
+        "switch.max_failovers_per_hour",
+        s.map_or(&none, |s| &s.max_failovers_per_hour),
+        6,
+        1,
+        3600,
+    );
+    let preempt = s.and_then(|s| s.preempt).unwrap_or(false);
+    if let Some(a) = &raw.azure {
+        if provider == Provider::Linux {
+            // Validated with the Azure provider; accepted and unused until then.
+            let _ = a;
+        }
+    }
+
+    let mut nvas = Vec::new();
+    for n in &raw.nvas {
+        let r = n.get_ref();
+        let name = r.name.get_ref().clone();
+        if name.is_empty() || nvas.iter().any(|x: &NvaSettings| x.name == name) {
+            cx.err(
+                r.name.span(),
+                format!("nvas: name {name:?} must be non-empty and unique"),
+            );
+        }
+        let probe = match (&r.health_url, &r.tcp_probe) {
+            (Some(u), None) => match parse_health_url(u.get_ref()) {
+                Ok((addr, path)) => Some(ProbeTarget::Http { addr, path }),
+                Err(m) => {
+                    cx.err(u.span(), m);
+                    None
+                }
+            },
+            (None, Some(t)) => cx.socket_addr("tcp_probe", t).map(ProbeTarget::Tcp),
+            _ => {
+                cx.err(
+                    n.span(),
+                    format!("nva {name:?}: set exactly one of health_url and tcp_probe"),
+                );
+                None
+            }
+        };
+        let internal_ip = cx.ip("internal_ip", &r.internal_ip);
+        let external_ip = r.external_ip.as_ref().and_then(|e| cx.ip("external_ip", e));
+        let _ = (&r.nic_id, &r.ip_config);
+        if let (Some(probe), Some(internal_ip)) = (probe, internal_ip) {
+            nvas.push(NvaSettings {
+                name,
+                probe,
+                internal_ip,
+                external_ip,
+            });
+        }
+    }
+    if raw.nvas.len() < 2 {
+        cx.err(
+            0..0,
+            "at least two [[nvas]] are needed: an active one and a standby",
+        );
+    }
+
+    let mut linux_routes = Vec::new();
+    for r in raw.linux.iter().flat_map(|l| &l.routes) {
+        let table = cx.number("linux.routes.table", &r.table, MAIN_TABLE, 1, u32::MAX - 1);
+        let prefix = match parse_cidr(r.prefix.get_ref()) {
+            Ok(c) => Some(c),
+            Err(m) => {
+                cx.err(r.prefix.span(), m);
+                None
+            }
+        };
+        let via = match r.via.get_ref().as_str() {
+            "internal_ip" => Some(Via::InternalIp),
+            "external_ip" => Some(Via::ExternalIp),
+            other => {
+                cx.err(
+                    r.via.span(),
+                    format!(
+                        "via = {other:?} is not valid; expected \"internal_ip\" or \"external_ip\""
+                    ),
+                );
+                None
+            }
+        };
+        if via == Some(Via::ExternalIp) {
+            if let Some(n) = raw.nvas.iter().find(|n| n.get_ref().external_ip.is_none()) {
+                cx.err(
+                    r.via.span(),
+                    format!(
+                        "via = \"external_ip\" but nva {:?} has no external_ip",
+                        n.get_ref().name.get_ref()
+                    ),
+                );
+            }
+        }
+        if let (Some(prefix), Some(via)) = (prefix, via) {
+            linux_routes.push(LinuxRoute {
+                netns: r.netns.clone(),
+                table,
+                prefix,
+                via,
+            });
+        }
+    }
+    if provider == Provider::Linux && linux_routes.is_empty() && cx.errors.is_empty() {
+        cx.err(
+            0..0,
+            "switch.provider = \"linux\" needs at least one [[linux.routes]]",
+        );
+    }
+
+    if !cx.errors.is_empty() {
+        let mut e = cx.errors;
+        e.sort_by_key(|e| (e.line, e.col));
+        return Err(e);
+    }
+    Ok(FailoverConfig {
+        daemon: DaemonSettings {
+            id,
+            zookeeper,
+            election_path,
+            metrics_listen: metrics_listen.expect("validated"),
+            session_timeout_ms,
+        },
+        probe: ProbeSettings {
+            interval_ms,
+            timeout_ms,
+            fall,
+            rise,
+        },
+        switch: SwitchSettings {
+            provider,
+            min_dwell_s,
+            preempt,
+            max_failovers_per_hour,
+        },
+        nvas,
+        linux_routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[daemon]
+id = "fo-1"
+zookeeper = "10.99.0.1:2181,10.99.0.2:2181,10.99.0.3:2181"
+election_path = "/nva/failover"
+metrics_listen = "127.0.0.1:9190"
+
+[probe]
+interval_ms = 100
+timeout_ms = 80
+fall = 3
+rise = 2
+
+[switch]
+provider = "linux"
+min_dwell_s = 30
+preempt = false
+max_failovers_per_hour = 6
+
+[[nvas]]
+name = "nva-a"
+health_url = "http://10.99.1.11:9090/health"
+internal_ip = "10.20.0.11"
+external_ip = "10.10.0.11"
+
+[[nvas]]
+name = "nva-b"
+tcp_probe = "10.99.1.12:9091"
+internal_ip = "10.20.0.12"
+external_ip = "10.10.0.12"
+
+[[linux.routes]]
+netns = "fabric"
+table = 200
+prefix = "198.51.100.0/24"
+via = "internal_ip"
+
+[[linux.routes]]
+netns = "fabric"
+table = 100
+prefix = "10.30.0.0/24"
+via = "external_ip"
+"#;
+
+    #[test]
+    fn design_example_parses() {
+        let c = parse_failover_config("f.toml", EXAMPLE).unwrap();
+        assert_eq!(c.daemon.id, "fo-1");
+        assert_eq!(c.probe.interval_ms, 100);
+        assert_eq!(c.nvas.len(), 2);
+        assert_eq!(
+            c.nvas[0].probe,
+            ProbeTarget::Http {
+                addr: "10.99.1.11:9090".parse().unwrap(),
+                path: "/health".into()
+            }
+        );
+        assert_eq!(
+            c.nvas[1].probe,
+            ProbeTarget::Tcp("10.99.1.12:9091".parse().unwrap())
+        );
+        assert_eq!(c.linux_routes[1].via, Via::ExternalIp);
+        assert_eq!(c.linux_routes[1].table, 100);
+    }
+
+    #[test]
+    fn errors_have_positions() {
+        let bad = EXAMPLE
+            .replace("fall = 3", "fall = 0")
+            .replace(
+                "prefix = \"198.51.100.0/24\"",
+                "prefix = \"198.51.100.1/24\"",
+            )
+            .replace("provider = \"linux\"", "provider = \"gcp\"");
+        let e: Vec<String> = parse_failover_config("f.toml", &bad)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(
+            e[0].starts_with("f.toml:11:8: probe.fall = 0 is out of range"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("f.toml:15:12: switch.provider = \"gcp\""),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("f.toml:35:10: 198.51.100.1/24 has host bits set"),
+            "{e:?}"
+        );
+        let e = parse_failover_config("f.toml", "[daemon]\nid = \"x\"\ncolour = 1\n").unwrap_err();
+        assert!(
+            e[0].to_string()
+                .starts_with("f.toml:3:1: unknown field `colour`"),
+            "{e:?}"
+        );
+    }
+}

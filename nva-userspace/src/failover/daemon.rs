@@ -1,0 +1,468 @@
+//! The failover daemon's loop: probe every NVA, and, on the leader only,
+//! carry out operator requests, decide, switch (checking leadership right
+//! before each action) and reconcile the world with the desired state.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::config::FailoverConfig;
+use super::coord::{Coordinator, Request, SharedState, ZkCoordinator};
+use super::decide::{decide, Decision, Situation};
+use super::linux;
+use super::probe::{probe, Health, HealthTracker};
+
+/// What /status and /metrics serve.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub id: String,
+    pub leader: bool,
+    pub active: Option<String>,
+    pub frozen: bool,
+    pub nvas: Vec<NvaStatus>,
+    #[serde(skip)]
+    pub metrics: Metrics,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NvaStatus {
+    pub name: String,
+    pub healthy: bool,
+    pub health: Health,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub probe_latency_s: Vec<f64>,
+    pub probe_failures: Vec<u64>,
+    pub switches: u64,
+    pub repairs: u64,
+    /// Last switch: seconds from decision to state written, and to routes
+    /// applied.
+    pub phase_state_s: f64,
+    pub phase_routes_s: f64,
+    /// Seconds from the probe failure that declared the active NVA down to
+    /// the routes pointing at the new one.
+    pub detect_to_switch_s: f64,
+}
+
+pub type SharedStatus = Arc<RwLock<Status>>;
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub struct Daemon {
+    config: FailoverConfig,
+    trackers: Vec<HealthTracker>,
+    coord: Coordinator,
+    status: SharedStatus,
+    last_message: String,
+    /// When the active NVA was declared down (for detect-to-switch).
+    down_since: Option<Instant>,
+    was_leader: bool,
+    last_reconcile: Option<Instant>,
+}
+
+impl Daemon {
+    pub async fn new(config: FailoverConfig, status: SharedStatus) -> anyhow::Result<Daemon> {
+        let coord = match &config.daemon.zookeeper {
+            None => Coordinator::Standalone {
+                state: SharedState::default(),
+            },
+            Some(zk) => Coordinator::ZooKeeper(
+                ZkCoordinator::join(
+                    zk,
+                    &config.daemon.election_path,
+                    &config.daemon.id,
+                    Duration::from_millis(config.daemon.session_timeout_ms as u64),
+                )
+                .await?,
+            ),
+        };
+        let trackers = config
+            .nvas
+            .iter()
+            .map(|_| HealthTracker::new(config.probe.fall, config.probe.rise))
+            .collect();
+        {
+            let mut s = status.write().expect("status lock");
+            s.id = config.daemon.id.clone();
+            s.metrics.probe_latency_s = vec![0.0; config.nvas.len()];
+            s.metrics.probe_failures = vec![0; config.nvas.len()];
+        }
+        Ok(Daemon {
+            config,
+            trackers,
+            coord,
+            status,
+            last_message: String::new(),
+            down_since: None,
+            was_leader: false,
+            last_reconcile: None,
+        })
+    }
+
+    /// Runs until the process is stopped.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.config.probe.interval_ms as u64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.probe_all().await;
+            if let Err(e) = self.lead().await {
+                self.say_once(&format!("leader step failed: {e:#}"), true);
+            }
+        }
+    }
+
+    async fn probe_all(&mut self) {
+        let timeout = Duration::from_millis(self.config.probe.timeout_ms as u64);
+        let results =
+            futures::future::join_all(self.config.nvas.iter().map(|n| probe(&n.probe, timeout)))
+                .await;
+        let mut status = self.status.write().expect("status lock");
+        for (i, r) in results.iter().enumerate() {
+            let name = &self.config.nvas[i].name;
+            match r {
+                Ok(latency) => status.metrics.probe_latency_s[i] = latency.as_secs_f64(),
+                Err(_) => status.metrics.probe_failures[i] += 1,
+            }
+            if let Some(h) = self.trackers[i].record(r.is_ok()) {
+                match r {
+                    Ok(_) => tracing::info!(nva = %name, health = ?h, "NVA health changed"),
+                    Err(e) => {
+                        tracing::warn!(nva = %name, health = ?h, error = %e, "NVA health changed")
+                    }
+                }
+            }
+        }
+        status.nvas = self
+            .config
+            .nvas
+            .iter()
+            .zip(&self.trackers)
+            .map(|(n, t)| NvaStatus {
+                name: n.name.clone(),
+                healthy: t.health == Health::Up,
+                health: t.health,
+            })
+            .collect();
+    }
+
+    /// Logs `message` when it differs from the last one (decisions repeat
+    /// every interval; the log shows each change once).
+    fn say_once(&mut self, message: &str, error: bool) {
+        if message != self.last_message {
+            if error {
+                tracing::error!(decision = message, "failover");
+            } else {
+                tracing::info!(decision = message, "failover");
+            }
+            self.last_message = message.to_string();
+        }
+    }
+
+    /// Whether this daemon leads, asked of the ensemble now (fencing).
+    async fn leading(&mut self) -> anyhow::Result<bool> {
+        match &mut self.coord {
+            Coordinator::Standalone { .. } => Ok(true),
+            Coordinator::ZooKeeper(zk) => {
+                if zk.expired() {
+                    tracing::error!("ZooKeeper session expired; joining the election again");
+                    let c = &self.config.daemon;
+                    *zk = ZkCoordinator::join(
+                        c.zookeeper.as_deref().unwrap_or_default(),
+                        &c.election_path,
+                        &c.id,
+                        Duration::from_millis(c.session_timeout_ms as u64),
+                    )
+                    .await?;
+                }
+                if !zk.connected() {
+                    return Ok(false);
+                }
+                Ok(zk.leader().await?.is_some_and(|(_, me)| me))
+            }
+        }
+    }
+
+    async fn read_state(&mut self) -> anyhow::Result<SharedState> {
+        Ok(match &mut self.coord {
+            Coordinator::Standalone { state } => state.clone(),
+            Coordinator::ZooKeeper(zk) => zk.read_state().await?,
+        })
+    }
+
+    async fn write_state(&mut self, state: &SharedState) -> anyhow::Result<()> {
+        match &mut self.coord {
+            Coordinator::Standalone { state: s } => *s = state.clone(),
+            Coordinator::ZooKeeper(zk) => zk.write_state(state).await?,
+        }
+        Ok(())
+    }
+
+    async fn lead(&mut self) -> anyhow::Result<()> {
+        let leader = self.leading().await?;
+        if leader != self.was_leader {
+            tracing::info!(leader, id = %self.config.daemon.id, "leadership changed");
+            self.was_leader = leader;
+            self.last_reconcile = None;
+        }
+        self.status.write().expect("status lock").leader = leader;
+        if !leader {
+            return Ok(());
+        }
+        let mut state = self.read_state().await?;
+        if let Coordinator::ZooKeeper(zk) = &self.coord {
+            if let Some(req) = zk.take_request().await? {
+                tracing::info!(request = ?req, "operator request");
+                match req {
+                    Request::Freeze => state.frozen = true,
+                    Request::Unfreeze => state.frozen = false,
+                    Request::Promote(name) => {
+                        if let Some(i) = self.config.nvas.iter().position(|n| n.name == name) {
+                            if self.trackers[i].health == Health::Down {
+                                self.say_once(&format!("promote {name} refused: it is down"), true);
+                            } else {
+                                return self.switch(state, i, "promoted by an operator").await;
+                            }
+                        } else {
+                            self.say_once(&format!("promote {name:?} refused: no such NVA"), true);
+                        }
+                    }
+                }
+                self.write_state(&state).await?;
+            }
+        }
+        let now = unix_now();
+        state.switches.retain(|t| now - t < 3600.0);
+        let active = state
+            .active
+            .as_ref()
+            .and_then(|a| self.config.nvas.iter().position(|n| &n.name == a));
+        // The world first: a new leader (or a restarted one) adopts what the
+        // routes say when nothing was decided yet.
+        if active.is_none() && state.active.is_none() {
+            if let Ok(Some(i)) = self.world() {
+                tracing::info!(nva = %self.config.nvas[i].name, "adopting the NVA the routes point at");
+                state.active = Some(self.config.nvas[i].name.clone());
+                self.write_state(&state).await?;
+                return Ok(());
+            }
+        }
+        if let Some(a) = active {
+            if self.trackers[a].health == Health::Down {
+                self.down_since.get_or_insert_with(Instant::now);
+            } else {
+                self.down_since = None;
+            }
+        }
+        let health: Vec<Health> = self.trackers.iter().map(|t| t.health).collect();
+        let decision = decide(&Situation {
+            health: &health,
+            active,
+            frozen: state.frozen,
+            now_s: now,
+            last_switch_s: state.switches.last().copied(),
+            switches_last_hour: state.switches.len() as u32,
+            min_dwell_s: self.config.switch.min_dwell_s,
+            preempt: self.config.switch.preempt,
+            max_failovers_per_hour: self.config.switch.max_failovers_per_hour,
+        });
+        {
+            let mut s = self.status.write().expect("status lock");
+            s.active = state.active.clone();
+            s.frozen = state.frozen;
+        }
+        match decision {
+            Decision::Switch { to, reason } => self.switch(state, to, &reason).await,
+            Decision::Alert { reason } => {
+                self.say_once(&reason, true);
+                self.reconcile(active).await
+            }
+            Decision::Keep { reason } => {
+                self.say_once(&reason, false);
+                self.reconcile(active).await
+            }
+        }
+    }
+
+    /// Which NVA the routes point at now.
+    fn world(&self) -> anyhow::Result<Option<usize>> {
+        Ok(linux::active_nva(
+            &self.config.linux_routes,
+            &self.config.nvas,
+        )?)
+    }
+
+    /// Repairs a world that does not match the desired state (a partial
+    /// switch, a restart mid-switch, a manual edit), at most once a second.
+    async fn reconcile(&mut self, active: Option<usize>) -> anyhow::Result<()> {
+        let Some(a) = active else { return Ok(()) };
+        if self
+            .last_reconcile
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        self.last_reconcile = Some(Instant::now());
+        if self.world()? == Some(a) {
+            return Ok(());
+        }
+        tracing::warn!(nva = %self.config.nvas[a].name, "routes do not match the desired state; repairing");
+        self.apply_routes(a).await?;
+        self.status.write().expect("status lock").metrics.repairs += 1;
+        Ok(())
+    }
+
+    /// Points the routes at NVA `to`, one route at a time, checking the
+    /// leadership right before each.
+    async fn apply_routes(&mut self, to: usize) -> anyhow::Result<()> {
+        for route in self.config.linux_routes.clone() {
+            if !self.leading().await? {
+                return Err(super::coord::CoordError::Fenced.into());
+            }
+            let nva = self.config.nvas[to].clone();
+            tokio::task::spawn_blocking(move || linux::apply(std::slice::from_ref(&route), &nva))
+                .await??;
+        }
+        Ok(())
+    }
+
+    async fn switch(
+        &mut self,
+        mut state: SharedState,
+        to: usize,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let name = self.config.nvas[to].name.clone();
+        let from = state.active.clone();
+        if !self.leading().await? {
+            return Err(super::coord::CoordError::Fenced.into());
+        }
+        // Desired state first: a leader that dies now leaves the decision for
+        // the next one to complete.
+        state.active = Some(name.clone());
+        state.switches.push(unix_now());
+        self.write_state(&state).await?;
+        let state_s = started.elapsed().as_secs_f64();
+        self.apply_routes(to).await?;
+        let routes_s = started.elapsed().as_secs_f64();
+        let detect = self.down_since.take().map(|t| t.elapsed().as_secs_f64());
+        tracing::warn!(
+            from = from.as_deref().unwrap_or("(none)"),
+            to = %name,
+            reason,
+            state_s,
+            routes_s,
+            "switched the active NVA"
+        );
+        self.last_message = format!("switched to {name}");
+        self.last_reconcile = Some(Instant::now());
+        let mut s = self.status.write().expect("status lock");
+        s.active = Some(name);
+        s.metrics.switches += 1;
+        s.metrics.phase_state_s = state_s;
+        s.metrics.phase_routes_s = routes_s - state_s;
+        if let Some(d) = detect {
+            s.metrics.detect_to_switch_s = d;
+        }
+        Ok(())
+    }
+}
+
+/// Prometheus text of the daemon's metrics.
+pub fn metrics_text(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP nva_failover_leader 1 when this daemon leads.\n# TYPE nva_failover_leader gauge\nnva_failover_leader {}", s.leader as u8);
+    out.push_str("# HELP nva_failover_nva_healthy 1 when probes say the NVA is up.\n# TYPE nva_failover_nva_healthy gauge\n");
+    for n in &s.nvas {
+        let _ = writeln!(
+            out,
+            "nva_failover_nva_healthy{{nva=\"{}\"}} {}",
+            n.name, n.healthy as u8
+        );
+    }
+    out.push_str("# HELP nva_failover_nva_active 1 for the NVA that should be active.\n# TYPE nva_failover_nva_active gauge\n");
+    for n in &s.nvas {
+        let _ = writeln!(
+            out,
+            "nva_failover_nva_active{{nva=\"{}\"}} {}",
+            n.name,
+            (s.active.as_deref() == Some(n.name.as_str())) as u8
+        );
+    }
+    out.push_str("# HELP nva_failover_probe_latency_seconds Latency of the last successful probe.\n# TYPE nva_failover_probe_latency_seconds gauge\n");
+    for (n, l) in s.nvas.iter().zip(&s.metrics.probe_latency_s) {
+        let _ = writeln!(
+            out,
+            "nva_failover_probe_latency_seconds{{nva=\"{}\"}} {l}",
+            n.name
+        );
+    }
+    out.push_str("# HELP nva_failover_probe_failures_total Failed probes.\n# TYPE nva_failover_probe_failures_total counter\n");
+    for (n, f) in s.nvas.iter().zip(&s.metrics.probe_failures) {
+        let _ = writeln!(
+            out,
+            "nva_failover_probe_failures_total{{nva=\"{}\"}} {f}",
+            n.name
+        );
+    }
+    let m = &s.metrics;
+    let _ = writeln!(out, "# HELP nva_failover_switches_total Switches this daemon made.\n# TYPE nva_failover_switches_total counter\nnva_failover_switches_total {}", m.switches);
+    let _ = writeln!(out, "# HELP nva_failover_repairs_total Times the routes were repaired to match the desired state.\n# TYPE nva_failover_repairs_total counter\nnva_failover_repairs_total {}", m.repairs);
+    let _ = writeln!(out, "# HELP nva_failover_switch_phase_seconds Duration of each phase of the last switch.\n# TYPE nva_failover_switch_phase_seconds gauge\nnva_failover_switch_phase_seconds{{phase=\"state\"}} {}\nnva_failover_switch_phase_seconds{{phase=\"routes\"}} {}", m.phase_state_s, m.phase_routes_s);
+    let _ = writeln!(out, "# HELP nva_failover_detect_to_switch_seconds From the active NVA declared down to the routes switched (last switch).\n# TYPE nva_failover_detect_to_switch_seconds gauge\nnva_failover_detect_to_switch_seconds {}", m.detect_to_switch_s);
+    out
+}
+
+/// Serves /status (JSON) and /metrics.
+pub async fn serve(listener: tokio::net::TcpListener, status: SharedStatus) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let status = status.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let snapshot = status.read().expect("status lock").clone();
+            let (code, ctype, body) = match path {
+                "/status" => (
+                    "200 OK",
+                    "application/json",
+                    serde_json::to_string(&snapshot).unwrap_or_default(),
+                ),
+                "/metrics" => (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    metrics_text(&snapshot),
+                ),
+                _ => (
+                    "404 Not Found",
+                    "text/plain",
+                    "not found: try /status or /metrics\n".into(),
+                ),
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -454,7 +454,12 @@ pub fn in_private_netns<T: Send + 'static>(
 /// Runs `f` on a thread that has joined the network namespace `ns`; sockets
 /// created there belong to that namespace and can be used from anywhere.
 pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/var/run/netns/{}", ns.name);
+    in_netns_named(&ns.name, f)
+}
+
+/// Like [`in_netns`], for a namespace known by name.
+pub fn in_netns_named<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{name}");
     std::thread::scope(|s| {
         s.spawn(|| {
             use std::os::fd::AsRawFd;
@@ -481,4 +486,6 @@ impl Netns {
     }
 }
 pub mod agent;
+pub mod lab;
 pub mod traffic;
+pub mod zookeeper;

@@ -315,7 +315,19 @@ impl Daemon {
         if self.world()? == Some(a) {
             return Ok(());
         }
-        tracing::warn!(nva = %self.config.nvas[a].name, "routes do not match the desired state; repairing");
+        let found: Vec<String> = linux::current(&self.config.linux_routes)?
+            .iter()
+            .zip(&self.config.linux_routes)
+            .map(|(gw, r)| {
+                format!(
+                    "{} table {} via {}",
+                    r.prefix,
+                    r.table,
+                    gw.map_or("(none)".into(), |g| g.to_string())
+                )
+            })
+            .collect();
+        tracing::warn!(nva = %self.config.nvas[a].name, ?found, "routes do not match the desired state; repairing");
         self.apply_routes(a).await?;
         self.status.write().expect("status lock").metrics.repairs += 1;
         Ok(())
@@ -350,7 +362,11 @@ impl Daemon {
         // Desired state first: a leader that dies now leaves the decision for
         // the next one to complete.
         state.active = Some(name.clone());
-        state.switches.push(unix_now());
+        // The first activation is no failover: it starts no dwell time and
+        // counts against no limit.
+        if from.is_some() {
+            state.switches.push(unix_now());
+        }
         self.write_state(&state).await?;
         let state_s = started.elapsed().as_secs_f64();
         self.apply_routes(to).await?;
@@ -368,7 +384,9 @@ impl Daemon {
         self.last_reconcile = Some(Instant::now());
         let mut s = self.status.write().expect("status lock");
         s.active = Some(name);
-        s.metrics.switches += 1;
+        if from.is_some() {
+            s.metrics.switches += 1;
+        }
         s.metrics.phase_state_s = state_s;
         s.metrics.phase_routes_s = routes_s - state_s;
         if let Some(d) = detect {
@@ -417,7 +435,7 @@ pub fn metrics_text(s: &Status) -> String {
         );
     }
     let m = &s.metrics;
-    let _ = writeln!(out, "# HELP nva_failover_switches_total Switches this daemon made.\n# TYPE nva_failover_switches_total counter\nnva_failover_switches_total {}", m.switches);
+    let _ = writeln!(out, "# HELP nva_failover_switches_total Failovers this daemon made (the first activation is not one).\n# TYPE nva_failover_switches_total counter\nnva_failover_switches_total {}", m.switches);
     let _ = writeln!(out, "# HELP nva_failover_repairs_total Times the routes were repaired to match the desired state.\n# TYPE nva_failover_repairs_total counter\nnva_failover_repairs_total {}", m.repairs);
     let _ = writeln!(out, "# HELP nva_failover_switch_phase_seconds Duration of each phase of the last switch.\n# TYPE nva_failover_switch_phase_seconds gauge\nnva_failover_switch_phase_seconds{{phase=\"state\"}} {}\nnva_failover_switch_phase_seconds{{phase=\"routes\"}} {}", m.phase_state_s, m.phase_routes_s);
     let _ = writeln!(out, "# HELP nva_failover_detect_to_switch_seconds From the active NVA declared down to the routes switched (last switch).\n# TYPE nva_failover_detect_to_switch_seconds gauge\nnva_failover_detect_to_switch_seconds {}", m.detect_to_switch_s);
@@ -432,12 +450,16 @@ pub async fn serve(listener: tokio::net::TcpListener, status: SharedStatus) {
         };
         let status = status.clone();
         tokio::spawn(async move {
+            // Read the whole request head (it may come in several segments).
             let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
+            let mut n = 0;
+            while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf[n..])).await
+                {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(got)) => n += got,
+                }
+            }
             let head = String::from_utf8_lossy(&buf[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let snapshot = status.read().expect("status lock").clone();
@@ -464,5 +486,36 @@ pub async fn serve(listener: tokio::net::TcpListener, status: SharedStatus) {
             );
             let _ = stream.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_name_every_nva() {
+        let s = Status {
+            id: "fo-1".into(),
+            leader: true,
+            active: Some("nva-a".into()),
+            frozen: false,
+            nvas: vec![NvaStatus {
+                name: "nva-a".into(),
+                healthy: true,
+                health: Health::Up,
+            }],
+            metrics: Metrics {
+                probe_latency_s: vec![0.001],
+                probe_failures: vec![2],
+                switches: 1,
+                ..Default::default()
+            },
+        };
+        let text = metrics_text(&s);
+        assert!(text.contains("nva_failover_leader 1\n"), "{text}");
+        assert!(text.contains("nva_failover_nva_active{nva=\"nva-a\"} 1\n"));
+        assert!(text.contains("nva_failover_probe_failures_total{nva=\"nva-a\"} 2\n"));
+        assert!(text.contains("nva_failover_switches_total 1\n"));
     }
 }

@@ -67,17 +67,14 @@ fn in_netns<T: Send + 'static>(
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
-fn route_message(route: &LinuxRoute, gateway: Option<IpAddr>) -> Result<RouteMessage, LinuxError> {
-    let mut b = RouteMessageBuilder::<IpAddr>::new()
+fn route_message(route: &LinuxRoute, gateway: IpAddr) -> Result<RouteMessage, LinuxError> {
+    Ok(RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(route.prefix.addr, route.prefix.len)
         .map_err(|e| LinuxError::Netlink(e.to_string()))?
-        .table_id(route.table);
-    if let Some(gw) = gateway {
-        b = b
-            .gateway(gw)
-            .map_err(|e| LinuxError::Netlink(e.to_string()))?;
-    }
-    Ok(b.build())
+        .table_id(route.table)
+        .gateway(gateway)
+        .map_err(|e| LinuxError::Netlink(e.to_string()))?
+        .build())
 }
 
 /// Points every route at `nva` (add or replace).
@@ -89,7 +86,7 @@ pub fn apply(routes: &[LinuxRoute], nva: &NvaSettings) -> Result<(), LinuxError>
                 prefix: route.prefix.to_string(),
                 nva: nva.name.clone(),
             })?;
-        let msg = route_message(route, Some(gw))?;
+        let msg = route_message(route, gw)?;
         in_netns(&route.netns, move |handle| {
             Box::pin(async move {
                 handle
@@ -110,7 +107,16 @@ pub fn current(routes: &[LinuxRoute]) -> Result<Vec<Option<IpAddr>>, LinuxError>
     routes
         .iter()
         .map(|route| {
-            let query = route_message(route, None)?;
+            // No destination in the query: with one, the kernel answers a
+            // route lookup (like `ip route get`) instead of listing routes.
+            let query = match route.prefix.addr {
+                IpAddr::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .table_id(route.table)
+                    .build(),
+                IpAddr::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .table_id(route.table)
+                    .build(),
+            };
             let want = route.clone();
             in_netns(&route.netns, move |handle| {
                 Box::pin(async move {

@@ -1,0 +1,273 @@
+//! The failover daemon in the lab: real agents, real ZooKeeper, real routes
+//! in the fabric namespace, and a client whose requests must keep being
+//! answered.
+
+use std::time::{Duration, Instant};
+
+use nva_tests::lab::{FailoverDaemon, Lab, RequestStream, Service};
+use nva_tests::zookeeper::Ensemble;
+use nva_tests::{require_root, wait_until};
+
+/// Waits until the routes point at NVA `i` (and returns how long it took).
+fn wait_routed(lab: &Lab, i: usize, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    wait_until(within, || lab.routed_to() == Some(i)).then(|| started.elapsed())
+}
+
+fn switches(d: &FailoverDaemon) -> u64 {
+    d.metric("nva_failover_switches_total").unwrap_or(-1.0) as u64
+}
+
+/// Kills, detaches, takes down: each kind of failure of the active NVA moves
+/// traffic to the other one, with exactly one switch, and requests resume.
+#[test]
+fn failover_for_each_failure_kind() {
+    require_root();
+    let lab = Lab::new("k");
+    let zk = Ensemble::start(&lab.mgmt, "k");
+    let mut agents = lab.start_agents("k");
+    let _service = Service::start(&lab);
+    let cfg = lab.failover_config("fo-1", Some(&zk.connect_string()), 9190, 1);
+    let d1 = FailoverDaemon::start(&lab, "k-fo-1", &cfg, 9190);
+    let cfg = lab.failover_config("fo-2", Some(&zk.connect_string()), 9191, 1);
+    let d2 = FailoverDaemon::start(&lab, "k-fo-2", &cfg, 9191);
+    assert!(
+        wait_routed(&lab, 0, Duration::from_secs(20)).is_some(),
+        "nva-a activated: {}",
+        d1.log_text()
+    );
+    let leader = if d1.is_leader() { &d1 } else { &d2 };
+    assert!(!(d1.is_leader() && d2.is_leader()), "one leader");
+    let requests = RequestStream::start(&lab, Duration::from_millis(20));
+    assert!(
+        wait_until(Duration::from_secs(10), || requests.answered() > 10),
+        "requests answered through nva-a"
+    );
+
+    let mut outages = Vec::new();
+    let kinds = [
+        "agent killed (SIGKILL)",
+        "XDP program detached",
+        "link down",
+    ];
+    let mut active = 0;
+    for (k, kind) in kinds.iter().enumerate() {
+        // The dwell time (1 s) since the last switch has passed.
+        std::thread::sleep(Duration::from_millis(1500));
+        let before = switches(leader);
+        let failed_at = Instant::now();
+        match k {
+            0 => agents[active].kill9(),
+            1 => {
+                let link = format!("{}/v1/links/ext0", agents[active].bpffs);
+                let out = std::process::Command::new("bpftool")
+                    .args(["link", "detach", "pinned", &link])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "bpftool: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            _ => {
+                lab.nvas[active].ip(&["link", "set", "dev", "ext0", "down"]);
+            }
+        }
+        let other = 1 - active;
+        let took = wait_routed(&lab, other, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{kind}: traffic did not move: {}", leader.log_text()));
+        assert!(
+            wait_until(Duration::from_secs(5), || requests
+                .answered_since(failed_at + took)
+                > 5),
+            "{kind}: requests resumed through {}",
+            ["nva-a", "nva-b"][other]
+        );
+        let outage = requests.longest_gap_since(failed_at);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(switches(leader), before + 1, "{kind}: exactly one switch");
+        eprintln!("{kind}: routes switched after {took:?}, longest gap between answers {outage:?}");
+        outages.push((kind, took, outage));
+        // Repair the failed NVA for the next round (no automatic failback).
+        match k {
+            0 => agents[active].spawn(&lab.nvas[active]),
+            1 => {
+                let out = agents[active].nva(&["reload"]);
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            _ => {
+                lab.nvas[active].ip(&["link", "set", "dev", "ext0", "up"]);
+            }
+        }
+        active = other;
+    }
+    let sent = requests.stop();
+    eprintln!("outages (interval_ms = 100, fall = 3, session timeout 2000 ms): {outages:?}; {sent} requests sent");
+    for (kind, _, outage) in &outages {
+        assert!(
+            *outage < Duration::from_secs(5),
+            "{kind}: outage {outage:?}"
+        );
+    }
+}
+
+/// Killing the leader elects the other daemon without a spurious switch;
+/// a switch left half done (desired state written, routes not yet) is
+/// completed by the new leader.
+#[test]
+fn leader_failure_elects_the_other_and_completes_a_half_done_switch() {
+    require_root();
+    let lab = Lab::new("l");
+    let zk = Ensemble::start(&lab.mgmt, "l");
+    let _agents = lab.start_agents("l");
+    let mut d1 = FailoverDaemon::start(
+        &lab,
+        "l-fo-1",
+        &lab.failover_config("fo-1", Some(&zk.connect_string()), 9190, 1),
+        9190,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let d2 = FailoverDaemon::start(
+        &lab,
+        "l-fo-2",
+        &lab.failover_config("fo-2", Some(&zk.connect_string()), 9191, 1),
+        9191,
+    );
+    assert!(wait_routed(&lab, 0, Duration::from_secs(20)).is_some());
+    assert!(
+        wait_until(Duration::from_secs(5), || d1.is_leader()),
+        "the first daemon leads"
+    );
+    assert!(!d2.is_leader());
+
+    let killed = Instant::now();
+    d1.kill9();
+    assert!(
+        wait_until(Duration::from_secs(8), || d2.is_leader()),
+        "fo-2 leads after the session timeout: {}",
+        d2.log_text()
+    );
+    let elected_after = killed.elapsed();
+    eprintln!("new leader after {elected_after:?} (session timeout 2000 ms)");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lab.routed_to(), Some(0), "no spurious switch");
+    assert_eq!(switches(&d2), 0);
+
+    // Leave a half-done switch: the desired state says nva-b, the routes
+    // still say nva-a (as if a leader died between the two phases).
+    let zk_connect = zk.connect_string();
+    let mgmt = lab.mgmt.name.clone();
+    nva_tests::in_netns_named(&mgmt, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use nva::failover::coord::{SharedState, ZkCoordinator};
+            let mut c =
+                ZkCoordinator::join(&zk_connect, "/nva/lab", "test", Duration::from_secs(2))
+                    .await
+                    .unwrap();
+            let mut state: SharedState = c.read_state().await.unwrap();
+            state.active = Some("nva-b".into());
+            c.write_state(&state).await.unwrap();
+        })
+    });
+    assert!(
+        wait_routed(&lab, 1, Duration::from_secs(5)).is_some(),
+        "the leader completes the switch: {}",
+        d2.log_text()
+    );
+    assert!(d2.metric("nva_failover_repairs_total").unwrap() >= 1.0);
+}
+
+/// A leader cut off from ZooKeeper (two of three nodes stopped) stops
+/// acting: the active NVA failing meanwhile causes no switch. With the
+/// quorum back, it leads again and switches.
+#[test]
+fn leader_without_quorum_does_not_switch() {
+    require_root();
+    let lab = Lab::new("f");
+    let mut zk = Ensemble::start(&lab.mgmt, "f");
+    let _agents = lab.start_agents("f");
+    let d = FailoverDaemon::start(
+        &lab,
+        "f-fo-1",
+        &lab.failover_config("fo-1", Some(&zk.connect_string()), 9190, 1),
+        9190,
+    );
+    assert!(wait_routed(&lab, 0, Duration::from_secs(20)).is_some());
+    assert!(d.is_leader());
+    zk.kill_node(1);
+    zk.kill_node(2);
+    assert!(
+        wait_until(Duration::from_secs(10), || !d.is_leader()),
+        "the daemon stops leading without a quorum"
+    );
+    lab.nvas[0].ip(&["link", "set", "dev", "ext0", "down"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.routed_to(), Some(0), "no switch without the ensemble");
+    assert_eq!(switches(&d), 0, "no failover");
+    zk.start_node(1);
+    zk.start_node(2);
+    assert!(
+        wait_routed(&lab, 1, Duration::from_secs(40)).is_some(),
+        "with the quorum back, the failover happens: {}",
+        d.log_text()
+    );
+}
+
+/// A flapping NVA causes at most one switch within min_dwell_s; both NVAs
+/// down causes none.
+#[test]
+fn flapping_and_both_down_cause_no_extra_switch() {
+    require_root();
+    let lab = Lab::new("a");
+    let _agents = lab.start_agents("a");
+    let d = FailoverDaemon::start(
+        &lab,
+        "a-fo-1",
+        &lab.failover_config("fo-1", None, 9190, 30),
+        9190,
+    );
+    assert!(
+        wait_routed(&lab, 0, Duration::from_secs(20)).is_some(),
+        "{}",
+        d.log_text()
+    );
+    // nva-a flaps: down 1 s, up 1 s, three times; nva-b fails in between.
+    for round in 0..3 {
+        lab.nvas[0].ip(&["link", "set", "dev", "ext0", "down"]);
+        std::thread::sleep(Duration::from_millis(1000));
+        if round == 0 {
+            assert_eq!(lab.routed_to(), Some(1), "the first failure switches");
+        }
+        lab.nvas[0].ip(&["link", "set", "dev", "ext0", "up"]);
+        lab.nvas[1].ip(&["link", "set", "dev", "ext0", "down"]);
+        std::thread::sleep(Duration::from_millis(1000));
+        lab.nvas[1].ip(&["link", "set", "dev", "ext0", "up"]);
+    }
+    assert_eq!(
+        switches(&d),
+        1,
+        "one switch within min_dwell_s: {}",
+        d.metrics_text()
+    );
+    assert_eq!(lab.routed_to(), Some(1));
+    // Both down: no switch, a loud alert.
+    lab.nvas[0].ip(&["link", "set", "dev", "ext0", "down"]);
+    lab.nvas[1].ip(&["link", "set", "dev", "ext0", "down"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        switches(&d),
+        1,
+        "no switch with both NVAs down: {}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains("no healthy standby"), "alerted");
+}

@@ -486,6 +486,7 @@ impl Netns {
     }
 }
 pub mod agent;
+pub mod arm;
 pub mod lab;
 pub mod traffic;
 pub mod zookeeper;

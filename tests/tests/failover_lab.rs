@@ -271,3 +271,68 @@ fn flapping_and_both_down_cause_no_extra_switch() {
     );
     assert!(d.log_text().contains("no healthy standby"), "alerted");
 }
+
+/// `nva failover promote|freeze|unfreeze|status` reach the leader through
+/// ZooKeeper.
+#[test]
+fn operator_commands_go_through_the_leader() {
+    require_root();
+    let lab = Lab::new("o");
+    let zk = Ensemble::start(&lab.mgmt, "o");
+    let _agents = lab.start_agents("o");
+    let d = FailoverDaemon::start(
+        &lab,
+        "o-fo-1",
+        &lab.failover_config("fo-1", Some(&zk.connect_string()), 9190, 0),
+        9190,
+    );
+    assert!(wait_routed(&lab, 0, Duration::from_secs(20)).is_some());
+    let nva = |args: &[&str]| {
+        let mut full = vec![
+            nva_tests::nva_binary().display().to_string(),
+            "failover".into(),
+        ];
+        full.extend(args.iter().map(|s| s.to_string()));
+        full.push("--config".into());
+        full.push(d.config.display().to_string());
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        lab.mgmt.nsenter(&full).output().unwrap()
+    };
+    let out = nva(&["promote", "nva-b"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_routed(&lab, 1, Duration::from_secs(5)).is_some(),
+        "promoted: {}",
+        d.log_text()
+    );
+    let out = nva(&["promote", "nva-x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no NVA named \"nva-x\""));
+
+    assert!(nva(&["freeze"]).status.success());
+    assert!(wait_until(Duration::from_secs(3), || d
+        .status()
+        .is_some_and(|s| s["frozen"] == true)));
+    lab.nvas[1].ip(&["link", "set", "dev", "ext0", "down"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lab.routed_to(), Some(1), "frozen: no switch");
+    let out = nva(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["leader"], "fo-1");
+    assert_eq!(status["active"], "nva-b");
+    assert_eq!(status["frozen"], true);
+    assert!(nva(&["unfreeze"]).status.success());
+    assert!(
+        wait_routed(&lab, 0, Duration::from_secs(5)).is_some(),
+        "unfrozen: the failover happens"
+    );
+}

@@ -55,7 +55,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, build, then run `nva` with the given arguments (needs root).
+    /// Setup, build, then bring up the HA lab (no arguments), or run `nva`
+    /// with the given arguments (needs root).
     Run {
         /// Arguments for `nva`, e.g. `-- agent --config FILE`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -69,9 +70,10 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
-    /// The HA lab (not implemented yet).
+    /// The HA lab: `up` (what `run` without arguments does) or `down`
+    /// (remove what a killed lab left behind).
     Lab {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
@@ -95,10 +97,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Test { args } => test(&args),
         Cmd::Run { args } => run(&args),
         Cmd::Bench { quick } => bench(quick),
-        Cmd::Lab { .. } => {
-            eprintln!("xtask lab: not implemented yet (see issue: lab)");
-            Ok(ExitCode::from(2))
-        }
+        Cmd::Lab { args } => lab(&args),
     }
 }
 
@@ -203,16 +202,30 @@ fn run(args: &[String]) -> Result<ExitCode> {
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
-    let nva = target_dir().join("debug").join("nva");
     if args.is_empty() {
-        println!(
-            "xtask run: no arguments given. The HA lab (client, fabric, two NVAs, \
-             backend, failover daemons) comes with a later issue; for now pass \
-             arguments to nva, e.g.\n    cargo xtask run -- agent --config scripts/example.toml\n"
-        );
-        return status_code(Command::new(&nva).arg("--help"));
+        // The HA lab: namespaces, two agents, ZooKeeper, two failover
+        // daemons, traffic, shown live; Ctrl-C tears it down.
+        return status_code(Command::new(target_dir().join("debug").join("nva-lab")).arg("up"));
     }
-    status_code(Command::new(&nva).args(args))
+    status_code(Command::new(target_dir().join("debug").join("nva")).args(args))
+}
+
+fn lab(args: &[String]) -> Result<ExitCode> {
+    require_root("lab")?;
+    match args.first().map(String::as_str) {
+        Some("down") => {
+            let lab = target_dir().join("debug").join("nva-lab");
+            if !lab.is_file() {
+                let code = build(false)?;
+                if code != ExitCode::SUCCESS {
+                    return Ok(code);
+                }
+            }
+            status_code(Command::new(lab).arg("down"))
+        }
+        Some("up") | None => run(&[]),
+        Some(other) => bail!("unknown lab command {other:?}; expected `up` or `down`"),
+    }
 }
 
 // ---------------------------------------------------------------- setup steps

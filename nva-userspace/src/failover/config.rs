@@ -24,6 +24,38 @@ pub struct FailoverConfig {
     /// In order of preference.
     pub nvas: Vec<NvaSettings>,
     pub linux_routes: Vec<LinuxRoute>,
+    /// With `switch.provider = "azure"`.
+    pub azure: Option<AzureSettings>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AzureSettings {
+    pub route_tables: Vec<RouteTableSettings>,
+    pub public_ip_id: String,
+    pub arm_endpoint: String,
+    pub token: TokenSource,
+    /// Poll interval of long-running operations without Retry-After.
+    pub poll_interval_ms: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteTableSettings {
+    pub id: String,
+    /// Names of the routes that follow the active NVA.
+    pub routes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenSource {
+    /// The VM's managed identity, from the instance metadata service.
+    ManagedIdentity { endpoint: String },
+    /// A service principal's client secret (read from a file).
+    ServicePrincipal {
+        authority: String,
+        tenant_id: String,
+        client_id: String,
+        secret_file: std::path::PathBuf,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +83,7 @@ pub struct ProbeSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Provider {
     Linux,
+    Azure,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +109,10 @@ pub struct NvaSettings {
     pub probe: ProbeTarget,
     pub internal_ip: IpAddr,
     pub external_ip: Option<IpAddr>,
+    /// Azure: the NIC that holds the public IP when this NVA is active,
+    /// and its IP configuration.
+    pub nic_id: Option<String>,
+    pub ip_config: Option<String>,
 }
 
 /// Which address of the active NVA a route points at.
@@ -114,7 +151,30 @@ struct RawFile {
     #[serde(default)]
     nvas: Vec<Spanned<RawNva>>,
     linux: Option<RawLinux>,
-    azure: Option<Spanned<toml::Value>>,
+    azure: Option<Spanned<RawAzure>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAzure {
+    #[serde(default)]
+    route_tables: Vec<RawRouteTable>,
+    public_ip_id: Option<Spanned<String>>,
+    arm_endpoint: Option<String>,
+    token: Option<Spanned<String>>,
+    imds_endpoint: Option<String>,
+    authority: Option<String>,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    secret_file: Option<String>,
+    poll_interval_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouteTable {
+    id: String,
+    routes: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +321,81 @@ fn parse_health_url(url: &str) -> Result<(SocketAddr, String), String> {
     Ok((addr, path))
 }
 
+fn azure_settings(cx: &mut Ctx, a: &Spanned<RawAzure>) -> Option<AzureSettings> {
+    let r = a.get_ref();
+    let token = match r.token.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
+        None | Some(("managed-identity", _)) => Some(TokenSource::ManagedIdentity {
+            endpoint: r
+                .imds_endpoint
+                .clone()
+                .unwrap_or_else(|| "http://169.254.169.254".into()),
+        }),
+        Some(("service-principal", span)) => match (&r.tenant_id, &r.client_id, &r.secret_file) {
+            (Some(t), Some(c), Some(f)) => Some(TokenSource::ServicePrincipal {
+                authority: r
+                    .authority
+                    .clone()
+                    .unwrap_or_else(|| "https://login.microsoftonline.com".into()),
+                tenant_id: t.clone(),
+                client_id: c.clone(),
+                secret_file: f.into(),
+            }),
+            _ => {
+                cx.err(
+                    span,
+                    "azure.token = \"service-principal\" needs tenant_id, client_id and secret_file",
+                );
+                None
+            }
+        },
+        Some((other, span)) => {
+            cx.err(
+                span,
+                format!("azure.token = {other:?} is not valid; expected \"managed-identity\" or \"service-principal\""),
+            );
+            None
+        }
+    };
+    let public_ip_id = match &r.public_ip_id {
+        Some(p) if p.get_ref().starts_with("/subscriptions/") => Some(p.get_ref().clone()),
+        Some(p) => {
+            cx.err(
+                p.span(),
+                "azure.public_ip_id must be an ARM resource id (/subscriptions/...)",
+            );
+            None
+        }
+        None => {
+            cx.err(a.span(), "azure.public_ip_id is required");
+            None
+        }
+    };
+    let poll_interval_ms = cx.number(
+        "azure.poll_interval_ms",
+        &r.poll_interval_ms,
+        1000,
+        10,
+        60_000,
+    );
+    Some(AzureSettings {
+        route_tables: r
+            .route_tables
+            .iter()
+            .map(|t| RouteTableSettings {
+                id: t.id.clone(),
+                routes: t.routes.clone(),
+            })
+            .collect(),
+        public_ip_id: public_ip_id?,
+        arm_endpoint: r
+            .arm_endpoint
+            .clone()
+            .unwrap_or_else(|| "https://management.azure.com".into()),
+        token: token?,
+        poll_interval_ms,
+    })
+}
+
 pub fn load_failover_config(path: &Path) -> Result<FailoverConfig, Vec<ConfigError>> {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
@@ -310,7 +445,7 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
             String::new()
         }
     };
-    let zookeeper = d.zookeeper.as_ref().and_then(|z| {
+    let zookeeper = d.zookeeper.as_ref().map(|z| {
         let ok = z.get_ref().split(',').all(|h| {
             h.trim()
                 .rsplit_once(':')
@@ -325,7 +460,7 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
                 ),
             );
         }
-        Some(z.get_ref().clone())
+        z.get_ref().clone()
     });
     let election_path = match &d.election_path {
         Some(p) if p.get_ref().starts_with('/') && !p.get_ref().ends_with('/') => {
@@ -379,10 +514,7 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
         Some(v) => {
             match v.get_ref().as_str() {
                 "linux" => Provider::Linux,
-                "azure" => {
-                    cx.err(v.span(), "switch.provider = \"azure\" is not supported yet (the Azure provider lands in a later release)");
-                    Provider::Linux
-                }
+                "azure" => Provider::Azure,
                 other => {
                     cx.err(v.span(), format!("switch.provider = {other:?} is not valid; expected \"linux\" or \"azure\""));
                     Provider::Linux
@@ -405,12 +537,14 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
         3600,
     );
     let preempt = s.and_then(|s| s.preempt).unwrap_or(false);
-    if let Some(a) = &raw.azure {
-        if provider == Provider::Linux {
-            // Validated with the Azure provider; accepted and unused until then.
-            let _ = a;
+    let azure = match (&raw.azure, provider) {
+        (Some(a), _) => azure_settings(&mut cx, a),
+        (None, Provider::Azure) => {
+            cx.err(0..0, "switch.provider = \"azure\" needs an [azure] table");
+            None
         }
-    }
+        (None, Provider::Linux) => None,
+    };
 
     let mut nvas = Vec::new();
     for n in &raw.nvas {
@@ -441,13 +575,20 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
         };
         let internal_ip = cx.ip("internal_ip", &r.internal_ip);
         let external_ip = r.external_ip.as_ref().and_then(|e| cx.ip("external_ip", e));
-        let _ = (&r.nic_id, &r.ip_config);
+        if provider == Provider::Azure && (r.nic_id.is_none() || r.ip_config.is_none()) {
+            cx.err(
+                n.span(),
+                format!("nva {name:?}: switch.provider = \"azure\" needs nic_id and ip_config"),
+            );
+        }
         if let (Some(probe), Some(internal_ip)) = (probe, internal_ip) {
             nvas.push(NvaSettings {
                 name,
                 probe,
                 internal_ip,
                 external_ip,
+                nic_id: r.nic_id.clone(),
+                ip_config: r.ip_config.clone(),
             });
         }
     }
@@ -535,6 +676,7 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
         },
         nvas,
         linux_routes,
+        azure,
     })
 }
 
@@ -605,6 +747,56 @@ via = "external_ip"
         );
         assert_eq!(c.linux_routes[1].via, Via::ExternalIp);
         assert_eq!(c.linux_routes[1].table, 100);
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let c = parse_failover_config(
+            "failover-example.toml",
+            include_str!("../../../scripts/failover-example.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.nvas.len(), 2);
+        assert_eq!(c.linux_routes.len(), 2);
+    }
+
+    #[test]
+    fn azure_settings() {
+        let text = EXAMPLE
+            .replace("provider = \"linux\"", "provider = \"azure\"")
+            .replace(
+                "external_ip = \"10.10.0.11\"",
+                "external_ip = \"10.10.0.11\"\nnic_id = \"/subscriptions/s/networkInterfaces/a\"\nip_config = \"ipconfig1\"",
+            )
+            + "\n[azure]\nroute_tables = [{ id = \"/subscriptions/s/routeTables/rt\", routes = [\"default\"] }]\npublic_ip_id = \"/subscriptions/s/publicIPAddresses/pip\"\n";
+        // nva-b lacks nic_id: refused with its position.
+        let e = parse_failover_config("f.toml", &text).unwrap_err();
+        assert!(
+            e[0].to_string()
+                .contains("nva \"nva-b\": switch.provider = \"azure\" needs nic_id and ip_config"),
+            "{e:?}"
+        );
+        let text = text.replace(
+            "external_ip = \"10.10.0.12\"",
+            "external_ip = \"10.10.0.12\"\nnic_id = \"/subscriptions/s/networkInterfaces/b\"\nip_config = \"ipconfig1\"",
+        );
+        let c = parse_failover_config("f.toml", &text).unwrap();
+        let a = c.azure.unwrap();
+        assert_eq!(a.arm_endpoint, "https://management.azure.com");
+        assert_eq!(
+            a.token,
+            TokenSource::ManagedIdentity {
+                endpoint: "http://169.254.169.254".into()
+            }
+        );
+        assert_eq!(a.route_tables[0].routes, ["default"]);
+        let bad = text.replace("[azure]\n", "[azure]\ntoken = \"password\"\n");
+        let e = parse_failover_config("f.toml", &bad).unwrap_err();
+        assert!(
+            e[0].message
+                .contains("azure.token = \"password\" is not valid"),
+            "{e:?}"
+        );
     }
 
     #[test]

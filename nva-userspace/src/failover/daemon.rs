@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::config::FailoverConfig;
+use super::azure::AzureClient;
+use super::config::{FailoverConfig, Provider};
 use super::coord::{Coordinator, Request, SharedState, ZkCoordinator};
 use super::decide::{decide, Decision, Situation};
 use super::linux;
@@ -66,6 +67,7 @@ pub struct Daemon {
     down_since: Option<Instant>,
     was_leader: bool,
     last_reconcile: Option<Instant>,
+    azure: Option<AzureClient>,
 }
 
 impl Daemon {
@@ -95,7 +97,12 @@ impl Daemon {
             s.metrics.probe_latency_s = vec![0.0; config.nvas.len()];
             s.metrics.probe_failures = vec![0; config.nvas.len()];
         }
+        let azure = match (&config.switch.provider, &config.azure) {
+            (Provider::Azure, Some(a)) => Some(AzureClient::new(a.clone())?),
+            _ => None,
+        };
         Ok(Daemon {
+            azure,
             config,
             trackers,
             coord,
@@ -249,7 +256,7 @@ impl Daemon {
         // The world first: a new leader (or a restarted one) adopts what the
         // routes say when nothing was decided yet.
         if active.is_none() && state.active.is_none() {
-            if let Ok(Some(i)) = self.world() {
+            if let Ok(Some(i)) = self.world().await {
                 tracing::info!(nva = %self.config.nvas[i].name, "adopting the NVA the routes point at");
                 state.active = Some(self.config.nvas[i].name.clone());
                 self.write_state(&state).await?;
@@ -293,26 +300,38 @@ impl Daemon {
         }
     }
 
-    /// Which NVA the routes point at now.
-    fn world(&self) -> anyhow::Result<Option<usize>> {
-        Ok(linux::active_nva(
-            &self.config.linux_routes,
-            &self.config.nvas,
-        )?)
+    /// Which NVA the routes (and, in Azure, the public IP) point at now.
+    async fn world(&self) -> anyhow::Result<Option<usize>> {
+        match &self.azure {
+            Some(az) => Ok(az.active_nva(&self.config.nvas).await?),
+            None => Ok(linux::active_nva(
+                &self.config.linux_routes,
+                &self.config.nvas,
+            )?),
+        }
     }
 
     /// Repairs a world that does not match the desired state (a partial
-    /// switch, a restart mid-switch, a manual edit), at most once a second.
+    /// switch, a restart mid-switch, a manual edit): every second for
+    /// routes, every 30 s in Azure (ARM reads are rate-limited).
     async fn reconcile(&mut self, active: Option<usize>) -> anyhow::Result<()> {
         let Some(a) = active else { return Ok(()) };
-        if self
-            .last_reconcile
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
+        let every = if self.azure.is_some() {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(1)
+        };
+        if self.last_reconcile.is_some_and(|t| t.elapsed() < every) {
             return Ok(());
         }
         self.last_reconcile = Some(Instant::now());
-        if self.world()? == Some(a) {
+        if self.world().await? == Some(a) {
+            return Ok(());
+        }
+        if self.azure.is_some() {
+            tracing::warn!(nva = %self.config.nvas[a].name, "Azure does not match the desired state; repairing");
+            self.apply_routes(None, a).await?;
+            self.status.write().expect("status lock").metrics.repairs += 1;
             return Ok(());
         }
         let found: Vec<String> = linux::current(&self.config.linux_routes)?
@@ -328,14 +347,19 @@ impl Daemon {
             })
             .collect();
         tracing::warn!(nva = %self.config.nvas[a].name, ?found, "routes do not match the desired state; repairing");
-        self.apply_routes(a).await?;
+        self.apply_routes(None, a).await?;
         self.status.write().expect("status lock").metrics.repairs += 1;
         Ok(())
     }
 
-    /// Points the routes at NVA `to`, one route at a time, checking the
-    /// leadership right before each.
-    async fn apply_routes(&mut self, to: usize) -> anyhow::Result<()> {
+    /// Points the routes (and the public IP) at NVA `to`, one action at a
+    /// time, checking the leadership right before each.
+    async fn apply_routes(&mut self, from: Option<usize>, to: usize) -> anyhow::Result<()> {
+        if let Some(az) = self.azure.take() {
+            let result = self.apply_azure(&az, from, to).await;
+            self.azure = Some(az);
+            return result;
+        }
         for route in self.config.linux_routes.clone() {
             if !self.leading().await? {
                 return Err(super::coord::CoordError::Fenced.into());
@@ -369,7 +393,10 @@ impl Daemon {
         }
         self.write_state(&state).await?;
         let state_s = started.elapsed().as_secs_f64();
-        self.apply_routes(to).await?;
+        let from_index = from
+            .as_ref()
+            .and_then(|f| self.config.nvas.iter().position(|n| &n.name == f));
+        self.apply_routes(from_index, to).await?;
         let routes_s = started.elapsed().as_secs_f64();
         let detect = self.down_since.take().map(|t| t.elapsed().as_secs_f64());
         tracing::warn!(
@@ -391,6 +418,51 @@ impl Daemon {
         s.metrics.phase_routes_s = routes_s - state_s;
         if let Some(d) = detect {
             s.metrics.detect_to_switch_s = d;
+        }
+        Ok(())
+    }
+}
+
+impl Daemon {
+    async fn apply_azure(
+        &mut self,
+        az: &AzureClient,
+        from: Option<usize>,
+        to: usize,
+    ) -> anyhow::Result<()> {
+        let target = self.config.nvas[to].clone();
+        // Without a known previous NVA, every other NVA gives up the public
+        // IP (a repair does not know who holds it).
+        let mut actions = Vec::new();
+        match from {
+            Some(f) => actions.extend(az.plan(Some(&self.config.nvas[f]), &target)),
+            None => {
+                for (i, n) in self.config.nvas.iter().enumerate() {
+                    if i != to {
+                        actions.extend(
+                            az.plan(Some(n), &target).into_iter().filter(|a| {
+                                matches!(a, super::azure::Action::DetachPublicIp { .. })
+                            }),
+                        );
+                    }
+                }
+                let mut all = az.plan(None, &target);
+                let attach = all.pop();
+                actions.splice(0..0, all);
+                actions.extend(attach);
+            }
+        }
+        for action in &actions {
+            if !self.leading().await? {
+                return Err(super::coord::CoordError::Fenced.into());
+            }
+            let started = Instant::now();
+            az.execute(action, &target).await?;
+            tracing::info!(
+                ?action,
+                elapsed_s = started.elapsed().as_secs_f64(),
+                "Azure action done"
+            );
         }
         Ok(())
     }

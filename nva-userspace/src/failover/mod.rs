@@ -2,6 +2,7 @@
 //! leader among its peers through ZooKeeper, and moves traffic to the
 //! standby when the active NVA fails.
 
+pub mod azure;
 pub mod config;
 pub mod coord;
 pub mod daemon;

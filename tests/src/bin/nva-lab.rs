@@ -133,9 +133,10 @@ fn up() {
             .iter()
             .position(|d| d.is_leader())
             .map_or("none".to_string(), |i| format!("fo-{}", i + 1));
-        let failovers: f64 = daemons
+        let failovers: u64 = daemons
             .iter()
             .filter_map(|d| d.metric("nva_failover_switches_total"))
+            .map(|f| f as u64)
             .sum();
         let health: Vec<String> = daemons
             .iter()
@@ -161,7 +162,7 @@ fn up() {
         }
         last_active = active;
         println!(
-            "[{:>5.0} s] active: {active_name:<7} leader: {leader:<4} requests answered/s: {per_second:>3}  failovers: {failovers:.0}  health: {}",
+            "[{:>5.0} s] active: {active_name:<7} leader: {leader:<4} requests answered/s: {per_second:>3}  failovers: {failovers}  health: {}",
             started.elapsed().as_secs_f64(),
             health.join(", ")
         );

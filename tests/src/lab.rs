@@ -29,6 +29,8 @@ pub const CLIENT: &str = "10.30.0.2";
 pub const BACKEND: &str = "10.40.0.2";
 pub const SERVICE_PORT: u16 = 8080;
 pub const NVA_NAMES: [&str; 2] = ["nva-a", "nva-b"];
+/// The virtual IP the active NVA holds on its external interface.
+pub const VIP: &str = "10.10.0.100";
 
 pub struct Lab {
     pub client: Netns,
@@ -149,6 +151,7 @@ dport = ["{SERVICE_PORT}"]
             format!("zookeeper = \"{z}\"\nsession_timeout_ms = 2000\n")
         });
         let fabric = &self.fabric.name;
+        let (ns_a, ns_b) = (&self.nvas[0].name, &self.nvas[1].name);
         format!(
             r#"
 [daemon]
@@ -173,12 +176,14 @@ name = "nva-a"
 health_url = "http://10.99.1.11:9090/health"
 internal_ip = "10.20.0.11"
 external_ip = "10.10.0.11"
+netns = "{ns_a}"
 
 [[nvas]]
 name = "nva-b"
 health_url = "http://10.99.1.12:9090/health"
 internal_ip = "10.20.0.12"
 external_ip = "10.10.0.12"
+netns = "{ns_b}"
 
 [[linux.routes]]
 netns = "{fabric}"
@@ -191,8 +196,41 @@ netns = "{fabric}"
 table = 200
 prefix = "10.30.0.0/24"
 via = "internal_ip"
+
+[[linux.vips]]
+address = "{VIP}/24"
+dev = "ext0"
 "#
         )
+    }
+
+    /// Which NVAs hold the VIP.
+    pub fn vip_holders(&self) -> Vec<usize> {
+        (0..2)
+            .filter(|i| {
+                String::from_utf8_lossy(
+                    &self.nvas[*i]
+                        .exec(&["ip", "-4", "addr", "show", "dev", "ext0"])
+                        .stdout,
+                )
+                .contains(&format!("{VIP}/24"))
+            })
+            .collect()
+    }
+
+    /// The MAC address the fabric has for the VIP.
+    pub fn fabric_vip_mac(&self) -> Option<String> {
+        let out = self.fabric.exec(&["ip", "neigh", "show", VIP]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut words = text.split_whitespace();
+        words.find(|w| *w == "lladdr")?;
+        words.next().map(String::from)
+    }
+
+    /// MAC address of NVA `i`'s external interface.
+    pub fn ext_mac(&self, i: usize) -> String {
+        let out = self.nvas[i].exec_ok(&["cat", "/sys/class/net/ext0/address"]);
+        out.trim().to_string()
     }
 
     /// Which NVA the fabric's tables point at: 0, 1, or None (missing or

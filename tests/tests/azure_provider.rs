@@ -35,6 +35,7 @@ fn nva(name: &str, ip: &str, nic_name: &str) -> NvaSettings {
         external_ip: None,
         nic_id: Some(nic(nic_name)),
         ip_config: Some("ipconfig1".into()),
+        netns: String::new(),
     }
 }
 

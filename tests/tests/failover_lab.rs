@@ -132,7 +132,7 @@ fn leader_failure_elects_the_other_and_completes_a_half_done_switch() {
         9190,
     );
     std::thread::sleep(Duration::from_millis(500));
-    let d2 = FailoverDaemon::start(
+    let mut d2 = FailoverDaemon::start(
         &lab,
         "l-fo-2",
         &lab.failover_config("fo-2", Some(&zk.connect_string()), 9191, 1),
@@ -158,8 +158,13 @@ fn leader_failure_elects_the_other_and_completes_a_half_done_switch() {
     assert_eq!(lab.routed_to(), Some(0), "no spurious switch");
     assert_eq!(switches(&d2), 0);
 
-    // Leave a half-done switch: the desired state says nva-b, the routes
-    // still say nva-a (as if a leader died between the two phases).
+    // The first daemon comes back (as a follower); then the leader dies in
+    // the middle of a switch: the desired state says nva-b, the routes
+    // still say nva-a.
+    d1.spawn(&lab.mgmt);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!d1.is_leader() && d2.is_leader());
+    d2.kill9();
     let zk_connect = zk.connect_string();
     let mgmt = lab.mgmt.name.clone();
     nva_tests::in_netns_named(&mgmt, || {
@@ -169,6 +174,8 @@ fn leader_failure_elects_the_other_and_completes_a_half_done_switch() {
             .unwrap();
         rt.block_on(async {
             use nva::failover::coord::{SharedState, ZkCoordinator};
+            // Joins the election last, so it never leads; it only writes
+            // what the dead leader's first phase would have written.
             let mut c =
                 ZkCoordinator::join(&zk_connect, "/nva/lab", "test", Duration::from_secs(2))
                     .await
@@ -179,11 +186,17 @@ fn leader_failure_elects_the_other_and_completes_a_half_done_switch() {
         })
     });
     assert!(
-        wait_routed(&lab, 1, Duration::from_secs(5)).is_some(),
-        "the leader completes the switch: {}",
-        d2.log_text()
+        wait_routed(&lab, 1, Duration::from_secs(10)).is_some(),
+        "the new leader completes the switch: {}",
+        d1.log_text()
     );
-    assert!(d2.metric("nva_failover_repairs_total").unwrap() >= 1.0);
+    assert!(d1.is_leader());
+    assert!(
+        wait_until(Duration::from_secs(3), || d1
+            .metric("nva_failover_repairs_total")
+            .is_some_and(|r| r >= 1.0)),
+        "counted as a repair"
+    );
 }
 
 /// A leader cut off from ZooKeeper (two of three nodes stopped) stops
@@ -298,6 +311,17 @@ fn operator_commands_go_through_the_leader() {
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
         lab.mgmt.nsenter(&full).output().unwrap()
     };
+    // The VIP is on nva-a; the fabric learns its MAC (ARP passes XDP).
+    assert!(
+        wait_until(Duration::from_secs(3), || lab.vip_holders() == [0]),
+        "VIP on nva-a"
+    );
+    let _ = lab
+        .fabric
+        .exec(&["ping", "-c", "1", "-W", "1", nva_tests::lab::VIP]);
+    assert_eq!(lab.fabric_vip_mac(), Some(lab.ext_mac(0)));
+    // Past the neighbour lock time, so that the announcement may override.
+    std::thread::sleep(Duration::from_millis(1100));
     let out = nva(&["promote", "nva-b"]);
     assert!(
         out.status.success(),
@@ -308,6 +332,18 @@ fn operator_commands_go_through_the_leader() {
         wait_routed(&lab, 1, Duration::from_secs(5)).is_some(),
         "promoted: {}",
         d.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || lab.vip_holders() == [1]),
+        "VIP moved to nva-b: {}",
+        d.log_text()
+    );
+    let mac_b = lab.ext_mac(1);
+    assert!(
+        wait_until(Duration::from_secs(2), || lab.fabric_vip_mac().as_ref()
+            == Some(&mac_b)),
+        "gratuitous ARP updated the fabric's neighbour entry: {:?} (nva-b is {mac_b})",
+        lab.fabric_vip_mac()
     );
     let out = nva(&["promote", "nva-x"]);
     assert_eq!(out.status.code(), Some(1));

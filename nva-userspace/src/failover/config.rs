@@ -24,6 +24,9 @@ pub struct FailoverConfig {
     /// In order of preference.
     pub nvas: Vec<NvaSettings>,
     pub linux_routes: Vec<LinuxRoute>,
+    /// Addresses that move to the active NVA (with gratuitous ARP or an
+    /// unsolicited neighbour advertisement).
+    pub linux_vips: Vec<LinuxVip>,
     /// With `switch.provider = "azure"`.
     pub azure: Option<AzureSettings>,
 }
@@ -113,6 +116,18 @@ pub struct NvaSettings {
     /// and its IP configuration.
     pub nic_id: Option<String>,
     pub ip_config: Option<String>,
+    /// Linux: the network namespace holding this NVA's interfaces, where
+    /// VIPs are added ("" = the daemon's own).
+    pub netns: String,
+}
+
+/// A virtual IP that the active NVA holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinuxVip {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    /// Interface of the NVA that gets the address.
+    pub dev: String,
 }
 
 /// Which address of the active NVA a route points at.
@@ -209,6 +224,8 @@ struct RawSwitch {
 #[serde(deny_unknown_fields)]
 struct RawNva {
     name: Spanned<String>,
+    #[serde(default)]
+    netns: String,
     health_url: Option<Spanned<String>>,
     tcp_probe: Option<Spanned<String>>,
     internal_ip: Spanned<String>,
@@ -222,6 +239,15 @@ struct RawNva {
 struct RawLinux {
     #[serde(default)]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    vips: Vec<RawVip>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    address: Spanned<String>,
+    dev: String,
 }
 
 #[derive(Deserialize)]
@@ -589,6 +615,7 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
                 external_ip,
                 nic_id: r.nic_id.clone(),
                 ip_config: r.ip_config.clone(),
+                netns: r.netns.clone(),
             });
         }
     }
@@ -642,6 +669,23 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
             });
         }
     }
+    let mut linux_vips = Vec::new();
+    for v in raw.linux.iter().flat_map(|l| &l.vips) {
+        // An address with its prefix length: host bits are the point here.
+        let text = v.address.get_ref();
+        let (addr, len) = text.split_once('/').unwrap_or((text, ""));
+        match (addr.parse::<IpAddr>(), len.parse::<u8>()) {
+            (Ok(a), Ok(l)) if l <= if a.is_ipv4() { 32 } else { 128 } => linux_vips.push(LinuxVip {
+                address: a,
+                prefix_len: l,
+                dev: v.dev.clone(),
+            }),
+            _ => cx.err(
+                v.address.span(),
+                format!("linux.vips address {text:?} must be an address with its prefix length, like \"10.10.0.100/24\""),
+            ),
+        }
+    }
     if provider == Provider::Linux && linux_routes.is_empty() && cx.errors.is_empty() {
         cx.err(
             0..0,
@@ -676,6 +720,7 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
         },
         nvas,
         linux_routes,
+        linux_vips,
         azure,
     })
 }

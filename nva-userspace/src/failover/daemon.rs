@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::azure::AzureClient;
-use super::config::{FailoverConfig, Provider};
+use super::config::{FailoverConfig, NvaSettings, Provider};
 use super::coord::{Coordinator, Request, SharedState, ZkCoordinator};
 use super::decide::{decide, Decision, Situation};
 use super::linux;
@@ -367,6 +367,39 @@ impl Daemon {
             let nva = self.config.nvas[to].clone();
             tokio::task::spawn_blocking(move || linux::apply(std::slice::from_ref(&route), &nva))
                 .await??;
+        }
+        for vip in self.config.linux_vips.clone() {
+            if !self.leading().await? {
+                return Err(super::coord::CoordError::Fenced.into());
+            }
+            // Unknown previous holder (a repair): take it off every other NVA.
+            let others: Vec<NvaSettings> = match from {
+                Some(f) => vec![self.config.nvas[f].clone()],
+                None => self
+                    .config
+                    .nvas
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != to)
+                    .map(|(_, n)| n.clone())
+                    .collect(),
+            };
+            let nva = self.config.nvas[to].clone();
+            tokio::task::spawn_blocking(move || -> Result<(), linux::LinuxError> {
+                for other in &others {
+                    // An unreachable old NVA must not keep the new one from
+                    // getting the address.
+                    if let Err(e) = linux::move_vip(&vip, Some(other), &nva) {
+                        tracing::warn!(vip = %vip.address, from = %other.name, error = %e, "taking the VIP off the old NVA failed");
+                        linux::move_vip(&vip, None, &nva)?;
+                    }
+                }
+                if others.is_empty() {
+                    linux::move_vip(&vip, None, &nva)?;
+                }
+                Ok(())
+            })
+            .await??;
         }
         Ok(())
     }

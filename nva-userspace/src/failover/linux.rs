@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::RouteMessageBuilder;
 
-use super::config::{LinuxRoute, NvaSettings};
+use super::config::{LinuxRoute, LinuxVip, NvaSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinuxError {
@@ -178,4 +178,201 @@ pub fn active_nva(
             .zip(&now)
             .all(|(r, gw)| gw.is_some() && *gw == n.next_hop(r.via))
     }))
+}
+
+/// Moves `vip` to `to` (taking it off `from`) and announces it, so that
+/// neighbours update their caches at once: gratuitous ARP for IPv4, an
+/// unsolicited neighbour advertisement for IPv6.
+pub fn move_vip(
+    vip: &LinuxVip,
+    from: Option<&NvaSettings>,
+    to: &NvaSettings,
+) -> Result<(), LinuxError> {
+    if let Some(from) = from.filter(|f| f.name != to.name) {
+        let v = vip.clone();
+        in_netns(&from.netns, move |handle| {
+            Box::pin(async move { remove_address(&handle, &v).await })
+        })?;
+    }
+    let v = vip.clone();
+    let (ifindex, mac) = in_netns(&to.netns, move |handle| {
+        Box::pin(async move {
+            let (ifindex, mac) = link_of(&handle, &v.dev).await?;
+            handle
+                .address()
+                .add(ifindex, v.address, v.prefix_len)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| LinuxError::Netlink(format!("add {} on {}: {e}", v.address, v.dev)))?;
+            Ok((ifindex, mac))
+        })
+    })?;
+    let v = vip.clone();
+    in_netns(&to.netns, move |_| {
+        Box::pin(async move {
+            for _ in 0..3 {
+                announce(&v, ifindex, &mac)?;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Index and MAC address of interface `dev`.
+async fn link_of(handle: &rtnetlink::Handle, dev: &str) -> Result<(u32, [u8; 6]), LinuxError> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let link = handle
+        .link()
+        .get()
+        .match_name(dev.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(|e| LinuxError::Netlink(format!("interface {dev}: {e}")))?
+        .ok_or_else(|| LinuxError::Netlink(format!("no interface {dev}")))?;
+    let mac = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(m) if m.len() == 6 => Some([m[0], m[1], m[2], m[3], m[4], m[5]]),
+            _ => None,
+        })
+        .ok_or_else(|| LinuxError::Netlink(format!("interface {dev} has no MAC address")))?;
+    Ok((link.header.index, mac))
+}
+
+async fn remove_address(handle: &rtnetlink::Handle, vip: &LinuxVip) -> Result<(), LinuxError> {
+    let Ok((ifindex, _)) = link_of(handle, &vip.dev).await else {
+        // No such interface there: nothing to take away.
+        return Ok(());
+    };
+    let mut found = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .set_address_filter(vip.address)
+        .execute();
+    while let Some(msg) = found
+        .try_next()
+        .await
+        .map_err(|e| LinuxError::Netlink(e.to_string()))?
+    {
+        handle
+            .address()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(|e| LinuxError::Netlink(format!("remove {}: {e}", vip.address)))?;
+    }
+    Ok(())
+}
+
+/// Sends one gratuitous ARP (IPv4) or unsolicited neighbour advertisement
+/// (IPv6) for the VIP from interface `ifindex` with MAC `mac`.
+fn announce(vip: &LinuxVip, ifindex: u32, mac: &[u8; 6]) -> Result<(), LinuxError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let io =
+        |what: &str| LinuxError::Netlink(format!("{what}: {}", std::io::Error::last_os_error()));
+    match vip.address {
+        IpAddr::V4(ip) => {
+            const ETH_P_ARP: u16 = 0x0806;
+            // SAFETY: plain socket(2).
+            let fd = unsafe {
+                libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ARP.to_be()) as i32)
+            };
+            if fd < 0 {
+                return Err(io("packet socket"));
+            }
+            // SAFETY: a new descriptor we own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut frame = Vec::with_capacity(42);
+            frame.extend_from_slice(&[0xff; 6]);
+            frame.extend_from_slice(mac);
+            frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+            // Ethernet, IPv4, lengths 6 and 4, request.
+            frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            frame.extend_from_slice(mac);
+            frame.extend_from_slice(&ip.octets());
+            frame.extend_from_slice(&[0; 6]);
+            frame.extend_from_slice(&ip.octets());
+            // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = ETH_P_ARP.to_be();
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+            // SAFETY: frame and addr outlive the call.
+            let rc = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if rc < 0 {
+                return Err(io("gratuitous ARP"));
+            }
+        }
+        IpAddr::V6(ip) => {
+            // SAFETY: plain socket(2).
+            let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+            if fd < 0 {
+                return Err(io("ICMPv6 socket"));
+            }
+            // SAFETY: a new descriptor we own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let hops: libc::c_int = 255;
+            let index = ifindex as libc::c_int;
+            // SAFETY: option values are valid for their sizes.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MULTICAST_HOPS,
+                    (&hops as *const libc::c_int).cast(),
+                    4,
+                );
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MULTICAST_IF,
+                    (&index as *const libc::c_int).cast(),
+                    4,
+                );
+            }
+            // Neighbour advertisement, override flag, target, and the
+            // target link-layer address option; the kernel fills the
+            // checksum of ICMPv6 raw sockets.
+            let mut na = vec![136u8, 0, 0, 0, 0x20, 0, 0, 0];
+            na.extend_from_slice(&ip.octets());
+            na.extend_from_slice(&[2, 1]);
+            na.extend_from_slice(mac);
+            // SAFETY: zeroed sockaddr_in6 is valid; fields set below.
+            let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            dst.sin6_family = libc::AF_INET6 as u16;
+            dst.sin6_addr.s6_addr = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets();
+            dst.sin6_scope_id = ifindex;
+            // SAFETY: na and dst outlive the call.
+            let rc = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    na.as_ptr().cast(),
+                    na.len(),
+                    0,
+                    (&dst as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                )
+            };
+            if rc < 0 {
+                return Err(io("unsolicited neighbour advertisement"));
+            }
+        }
+    }
+    Ok(())
 }

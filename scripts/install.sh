@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs a release build of nva and the agent's systemd unit.
+# Installs a release build of nva and the systemd units of the agent and the
+# failover daemon.
 #   cargo xtask build --release && sudo scripts/install.sh
 # An existing /etc/nva/nva.toml is left untouched.
 set -euo pipefail
@@ -18,6 +19,11 @@ fi
 
 install -D -m 0755 "$bin" /usr/local/bin/nva
 install -D -m 0644 "$root/scripts/nva-agent.service" /etc/systemd/system/nva-agent.service
+install -D -m 0644 "$root/scripts/nva-failover.service" /etc/systemd/system/nva-failover.service
+if [[ ! -e /etc/nva/failover.toml ]]; then
+    install -D -m 0640 "$root/scripts/failover-example.toml" /etc/nva/failover.toml
+    echo "installed example failover config /etc/nva/failover.toml (for the daemon hosts)"
+fi
 if [[ ! -e /etc/nva/nva.toml ]]; then
     install -D -m 0640 "$root/scripts/example.toml" /etc/nva/nva.toml
     echo "installed example config /etc/nva/nva.toml: edit it, then 'nva check --config /etc/nva/nva.toml'"
@@ -27,4 +33,5 @@ fi
 if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
     systemctl daemon-reload
 fi
-echo "installed /usr/local/bin/nva and nva-agent.service; start with: systemctl enable --now nva-agent"
+echo "installed /usr/local/bin/nva, nva-agent.service and nva-failover.service"
+echo "on an NVA: systemctl enable --now nva-agent; on a failover host: systemctl enable --now nva-failover"

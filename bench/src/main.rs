@@ -4,6 +4,7 @@
 //! shared and noisy, so each figure is min/median/max over repeats.
 
 mod classify;
+mod failover;
 mod memory;
 mod report;
 
@@ -61,10 +62,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     verdicts.extend(v);
     sections.push(section);
 
+    let (section, v) = failover::run(if cli.quick { 1 } else { 5 })?;
+    verdicts.extend(v);
+    sections.push(section);
+
     for target in [
         "drop throughput at 10k rules ≥ 20 × iptables, ≥ 10 × nftables rule list, ≥ 1.5 × best nftables sets/maps; at 10 rules ≥ 2 × nftables",
         "100k-rule compile-and-swap < 1 s, zero loss during swaps",
-        "lab failover outage < 1 s with interval_ms = 100, fall = 3",
     ] {
         verdicts.push(Verdict {
             target: target.into(),

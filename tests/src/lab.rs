@@ -204,6 +204,13 @@ dev = "ext0"
         )
     }
 
+    /// Brings NVA `i`'s external link back up, with the route the kernel
+    /// removed when it went down.
+    pub fn nva_link_up(&self, i: usize) {
+        self.nvas[i].ip(&["link", "set", "dev", "ext0", "up"]);
+        let _ = self.nvas[i].exec(&["ip", "route", "replace", "10.30.0.0/24", "via", "10.10.0.1"]);
+    }
+
     /// Which NVAs hold the VIP.
     pub fn vip_holders(&self) -> Vec<usize> {
         (0..2)
@@ -251,6 +258,52 @@ dev = "ext0"
             t100.contains(&format!("via 10.10.0.{}", 11 + i))
                 && t200.contains(&format!("via 10.20.0.{}", 11 + i))
         })
+    }
+}
+
+/// The ways the tests and the benchmark make the active NVA fail.
+pub const FAILURE_KINDS: [&str; 3] = [
+    "agent killed (SIGKILL)",
+    "XDP program detached",
+    "link down",
+];
+
+/// Makes NVA `i` fail in the way `FAILURE_KINDS[kind]` names.
+pub fn fail_nva(lab: &Lab, agents: &mut [RunningAgent; 2], i: usize, kind: usize) {
+    match kind {
+        0 => agents[i].kill9(),
+        1 => {
+            let link = format!("{}/v1/links/ext0", agents[i].bpffs);
+            let out = std::process::Command::new("bpftool")
+                .args(["link", "detach", "pinned", &link])
+                .output()
+                .expect("run bpftool");
+            assert!(
+                out.status.success(),
+                "bpftool link detach: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        _ => {
+            lab.nvas[i].ip(&["link", "set", "dev", "ext0", "down"]);
+        }
+    }
+}
+
+/// Undoes [`fail_nva`]: restarts the agent, re-attaches the program
+/// (`nva reload`), or brings the link back.
+pub fn repair_nva(lab: &Lab, agents: &mut [RunningAgent; 2], i: usize, kind: usize) {
+    match kind {
+        0 => agents[i].spawn(&lab.nvas[i]),
+        1 => {
+            let out = agents[i].nva(&["reload"]);
+            assert!(
+                out.status.success(),
+                "nva reload: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        _ => lab.nva_link_up(i),
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use nva_tests::lab::{FailoverDaemon, Lab, RequestStream, Service};
+use nva_tests::lab::{
+    fail_nva, repair_nva, FailoverDaemon, Lab, RequestStream, Service, FAILURE_KINDS,
+};
 use nva_tests::zookeeper::Ensemble;
 use nva_tests::{require_root, wait_until};
 
@@ -45,35 +47,13 @@ fn failover_for_each_failure_kind() {
     );
 
     let mut outages = Vec::new();
-    let kinds = [
-        "agent killed (SIGKILL)",
-        "XDP program detached",
-        "link down",
-    ];
     let mut active = 0;
-    for (k, kind) in kinds.iter().enumerate() {
+    for (k, kind) in FAILURE_KINDS.iter().enumerate() {
         // The dwell time (1 s) since the last switch has passed.
         std::thread::sleep(Duration::from_millis(1500));
         let before = switches(leader);
         let failed_at = Instant::now();
-        match k {
-            0 => agents[active].kill9(),
-            1 => {
-                let link = format!("{}/v1/links/ext0", agents[active].bpffs);
-                let out = std::process::Command::new("bpftool")
-                    .args(["link", "detach", "pinned", &link])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "bpftool: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            _ => {
-                lab.nvas[active].ip(&["link", "set", "dev", "ext0", "down"]);
-            }
-        }
+        fail_nva(&lab, &mut agents, active, k);
         let other = 1 - active;
         let took = wait_routed(&lab, other, Duration::from_secs(10))
             .unwrap_or_else(|| panic!("{kind}: traffic did not move: {}", leader.log_text()));
@@ -90,20 +70,7 @@ fn failover_for_each_failure_kind() {
         eprintln!("{kind}: routes switched after {took:?}, longest gap between answers {outage:?}");
         outages.push((kind, took, outage));
         // Repair the failed NVA for the next round (no automatic failback).
-        match k {
-            0 => agents[active].spawn(&lab.nvas[active]),
-            1 => {
-                let out = agents[active].nva(&["reload"]);
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            _ => {
-                lab.nvas[active].ip(&["link", "set", "dev", "ext0", "up"]);
-            }
-        }
+        repair_nva(&lab, &mut agents, active, k);
         active = other;
     }
     let sent = requests.stop();

@@ -183,11 +183,20 @@ fn test(extra: &[String]) -> Result<ExitCode> {
 fn bench(quick: bool) -> Result<ExitCode> {
     require_root("bench")?;
     setup()?;
-    let code = status_code(cargo().args(["build", "--release", "-p", "nva-bench"]))?;
+    let code = status_code(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "nva-bench",
+        "-p",
+        "nva-userspace",
+    ]))?;
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
     let mut cmd = Command::new(target_dir().join("release").join("nva-bench"));
+    // The lab's agents and daemons: the release `nva` built just now.
+    cmd.env("NVA_BIN", target_dir().join("release").join("nva"));
     if quick {
         cmd.arg("--quick");
     }

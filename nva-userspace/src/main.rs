@@ -74,8 +74,9 @@ enum Command {
     },
     /// The failover daemon: probes the NVAs named in its config, elects a
     /// leader among the daemons through ZooKeeper (standalone without it),
-    /// and moves the routes to the standby when the active NVA fails. With a
-    /// subcommand, a client of the running daemons instead.
+    /// and moves traffic to the standby when the active NVA fails (linux:
+    /// routes and VIPs; azure: user-defined routes and the public IP). With
+    /// a subcommand, a client of the running daemons instead.
     Failover {
         /// Failover config file (TOML).
         #[arg(long, global = true, default_value = DEFAULT_FAILOVER_CONFIG)]

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use nva::compiler::{compile, linear_first_match, CompiledRuleSet, PacketView};
-use nva::datapath::{DataPath, ParsePassBaseline};
+use nva::datapath::{Baseline, DataPath};
 use nva::model::{Action, PolicySettings, Rule};
 use nva::rulegen::{Rng, RuleGen};
 use nva_tests::frames::{ethernet, frame_for, ipv4, ipv6, tcp, ETH_P_IP, ETH_P_IPV6};
@@ -163,7 +163,7 @@ fn allowed_tcp_flows(gen: &RuleGen, rng: &mut Rng, rules: &[Rule], n: usize) -> 
 /// interleaved so that both see the same machine noise.
 fn measure(
     dp: &DataPath,
-    base: &ParsePassBaseline,
+    base: &Baseline,
     frame: &[u8],
     s: &Settings,
     expect: u32,
@@ -190,7 +190,7 @@ pub struct Outcome {
 }
 
 pub fn run(s: &Settings, out_dir: &std::path::Path) -> Result<Outcome> {
-    let base = ParsePassBaseline::load().context("loading the parse-and-pass baseline")?;
+    let base = Baseline::parse_pass().context("loading the parse-and-pass baseline")?;
     let mut rows = Vec::new();
     let mut data = Vec::new();
     let mut ct_rows = Vec::new();

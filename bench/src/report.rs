@@ -176,6 +176,18 @@ pub fn line_plot_log_x(
     y_label: &str,
     series: &[(String, Vec<(f64, f64)>)],
 ) -> String {
+    line_plot(title, x_label, y_label, series, false)
+}
+
+/// A line plot as SVG: x on a log10 scale; y linear from 0, or on a log10
+/// scale (for figures that span decades).
+pub fn line_plot(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_y: bool,
+) -> String {
     const W: f64 = 720.0;
     const H: f64 = 420.0;
     const L: f64 = 70.0;
@@ -197,7 +209,22 @@ pub fn line_plot_log_x(
         * 1.15;
     let y1 = if y1 <= 0.0 { 1.0 } else { y1 };
     let px = |x: f64| L + (x.log10() - x0) / (x1 - x0).max(1e-9) * (W - L - R);
-    let py = |y: f64| H - B - y / y1 * (H - T - B);
+    let ys: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(_, y)| y.max(1e-9).log10()))
+        .collect();
+    let (ly0, ly1) = (
+        ys.iter().copied().fold(f64::MAX, f64::min).floor(),
+        ys.iter().copied().fold(f64::MIN, f64::max).ceil(),
+    );
+    let ly1 = if ly1 <= ly0 { ly0 + 1.0 } else { ly1 };
+    let py = |y: f64| {
+        if log_y {
+            H - B - (y.max(1e-9).log10() - ly0) / (ly1 - ly0) * (H - T - B)
+        } else {
+            H - B - y / y1 * (H - T - B)
+        }
+    };
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{}</text>\n",
         (W - R + L) / 2.0,
@@ -224,8 +251,12 @@ pub fn line_plot_log_x(
         );
         e += 1.0;
     }
-    for i in 0..=5 {
-        let y = y1 * i as f64 / 5.0;
+    let y_ticks: Vec<f64> = if log_y {
+        (ly0 as i32..=ly1 as i32).map(|e| 10f64.powi(e)).collect()
+    } else {
+        (0..=5).map(|i| y1 * i as f64 / 5.0).collect()
+    };
+    for y in y_ticks {
         let _ = writeln!(
             svg,
             "<line x1=\"{L}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#eee\"/><text x=\"{2}\" y=\"{3}\" text-anchor=\"end\">{4:.0}</text>",
@@ -304,5 +335,13 @@ mod tests {
             &[("a".into(), vec![(10.0, 5.0), (1000.0, 7.0)])],
         );
         assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+        let svg = line_plot(
+            "t",
+            "rules",
+            "ns",
+            &[("a".into(), vec![(10.0, 5.0), (1e4, 7e4)])],
+            true,
+        );
+        assert!(svg.contains(">100000<"), "decade ticks on a log y axis");
     }
 }

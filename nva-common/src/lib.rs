@@ -652,6 +652,8 @@ pub const CT_STATS: u32 = 4;
 pub const XDP_PROGRAM: &str = "nva_xdp";
 /// The benchmark baseline in the same object: parses, then passes.
 pub const XDP_PARSE_PASS_PROGRAM: &str = "nva_parse_pass";
+/// The benchmark floor on a real interface: parses, then drops IP packets.
+pub const XDP_PARSE_DROP_PROGRAM: &str = "nva_parse_drop";
 
 #[cfg(feature = "user")]
 mod pod {

@@ -41,6 +41,18 @@ pub fn nva_parse_pass(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Benchmark floor, attached only by `cargo xtask bench`: parses the same
+/// headers as `nva_xdp` and drops IP packets (non-IP passes, so neighbour
+/// discovery keeps working). Shows what the interface's XDP path costs
+/// before any rule is looked at.
+#[xdp]
+pub fn nva_parse_drop(ctx: XdpContext) -> u32 {
+    match parse::parse(&ctx) {
+        Ok(Parsed::NonIp) => xdp_action::XDP_PASS,
+        _ => xdp_action::XDP_DROP,
+    }
+}
+
 #[inline(always)]
 fn decide(ctx: &XdpContext) -> PacketReason {
     let mut pkt = match parse::parse(ctx) {

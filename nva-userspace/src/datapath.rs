@@ -721,33 +721,60 @@ fn timed_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration), D
     Ok((result.return_value, result.duration))
 }
 
-/// The benchmark baseline: a program that parses the same headers as the
-/// data path and passes (`nva_parse_pass`, in the same object).
-pub struct ParsePassBaseline {
+/// A benchmark baseline from the same object, never attached by the agent:
+/// parse and pass (against which per-packet costs are measured), or parse
+/// and drop (the floor of an interface's XDP path in end-to-end runs).
+pub struct Baseline {
     ebpf: Ebpf,
+    program: &'static str,
 }
 
-impl ParsePassBaseline {
-    pub fn load() -> Result<ParsePassBaseline, DataPathError> {
+impl Baseline {
+    pub fn parse_pass() -> Result<Baseline, DataPathError> {
+        Baseline::load(nva_common::XDP_PARSE_PASS_PROGRAM)
+    }
+
+    pub fn parse_drop() -> Result<Baseline, DataPathError> {
+        Baseline::load(nva_common::XDP_PARSE_DROP_PROGRAM)
+    }
+
+    fn load(program: &'static str) -> Result<Baseline, DataPathError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, 1);
-        let mut ebpf = loader.load(XDP_OBJECT)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(nva_common::XDP_PARSE_PASS_PROGRAM)
-            .ok_or_else(|| DataPathError::Missing(nva_common::XDP_PARSE_PASS_PROGRAM.into()))?
-            .try_into()?;
-        prog.load()?;
-        Ok(ParsePassBaseline { ebpf })
+        let ebpf = loader.load(XDP_OBJECT)?;
+        let mut baseline = Baseline { ebpf, program };
+        baseline.program_mut()?.load()?;
+        Ok(baseline)
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp, DataPathError> {
+        Ok(self
+            .ebpf
+            .program_mut(self.program)
+            .ok_or_else(|| DataPathError::Missing(self.program.into()))?
+            .try_into()?)
     }
 
     /// Like [`DataPath::time_run`].
     pub fn time_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), DataPathError> {
         let prog: &Xdp = self
             .ebpf
-            .program(nva_common::XDP_PARSE_PASS_PROGRAM)
-            .ok_or_else(|| DataPathError::Missing(nva_common::XDP_PARSE_PASS_PROGRAM.into()))?
+            .program(self.program)
+            .ok_or_else(|| DataPathError::Missing(self.program.into()))?
             .try_into()?;
         timed_run(prog, frame, repeat)
+    }
+
+    /// Attaches in driver mode to `iface` (of the calling thread's network
+    /// namespace) until dropped.
+    pub fn attach(&mut self, iface: &str) -> Result<(), DataPathError> {
+        self.program_mut()?
+            .attach(iface, XdpMode::Driver)
+            .map(|_| ())
+            .map_err(|e| DataPathError::Interface {
+                iface: iface.to_string(),
+                message: format!("cannot attach XDP: {e}"),
+            })
     }
 }
 

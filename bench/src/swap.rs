@@ -1,0 +1,211 @@
+//! Rule-set swap under traffic: `nva agent` on the client ── nva ── server
+//! topology holds a large random rule set; `nva reload` swaps it for another
+//! of the same size, again and again, while a steady UDP flow (one datagram
+//! per millisecond, allowed by the first rule of both sets) is counted at
+//! both ends.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use nva::compiler::compile;
+use nva::model::{Action, PolicySettings, Rule};
+use nva::rulegen::{rules_toml, Rng, RuleGen};
+use nva_tests::agent::RunningAgent;
+use nva_tests::traffic::SteadyFlow;
+use nva_tests::{Topology, NVA_IN_IF, NVA_OUT_IF};
+use serde_json::json;
+
+use crate::report::{Section, Spread, Verdict};
+
+const TOPOLOGY_ID: u8 = 235;
+const STEADY_PORT: u16 = 7000;
+
+pub struct Settings {
+    pub sizes: Vec<usize>,
+    pub swaps: usize,
+}
+
+impl Settings {
+    pub fn new(quick: bool) -> Settings {
+        if quick {
+            Settings {
+                sizes: vec![1000],
+                swaps: 3,
+            }
+        } else {
+            Settings {
+                sizes: vec![10_000, 100_000],
+                swaps: 20,
+            }
+        }
+    }
+}
+
+/// Random rules of set `which` (0 or 1), free of interface matches.
+fn random_rules(n: usize, which: u64) -> Vec<Rule> {
+    let mut rng = Rng::new(0x5a5a ^ (n as u64) << 1 ^ which);
+    let gen = RuleGen::new(&mut rng, n);
+    let mut rules = gen.rules(&mut rng, n);
+    for r in &mut rules {
+        r.in_iface = None;
+    }
+    rules
+}
+
+fn config(rules: &[Rule]) -> String {
+    format!(
+        r#"[agent]
+interfaces = ["{NVA_IN_IF}", "{NVA_OUT_IF}"]
+health_listen = "127.0.0.1:9090"
+bpffs = "{{bpffs}}"
+
+[policy]
+default = "drop"
+
+[[rules]]
+name = "steady"
+action = "allow"
+proto = "udp"
+dport = ["{STEADY_PORT}"]
+
+{}"#,
+        rules_toml(rules)
+    )
+}
+
+/// A `Debug`-printed duration ("812.3ms", "1.2s", "950µs") in seconds.
+fn parse_debug_duration(s: &str) -> Option<f64> {
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "s" => v,
+        "ms" => v / 1e3,
+        "µs" | "us" => v / 1e6,
+        "ns" => v / 1e9,
+        _ => return None,
+    })
+}
+
+/// The agent's own figures of its swaps (config read excluded): the
+/// `elapsed` of each "compiled and swapped rule set" log line.
+fn logged_swaps(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "compiled and swapped rule set")
+        .filter_map(|v| {
+            v["fields"]["elapsed"]
+                .as_str()
+                .and_then(parse_debug_duration)
+        })
+        .collect()
+}
+
+pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
+    let mut rows = Vec::new();
+    let mut data = Vec::new();
+    let mut verdict_parts = Vec::new();
+    let mut met = true;
+    for &n in &s.sizes {
+        eprintln!("bench: rule-set swap, {n} rules");
+        let sets = [random_rules(n, 0), random_rules(n, 1)];
+        if let Err(e) = compile(&sets[0], &PolicySettings::with_default(Action::Drop)) {
+            rows.push(vec![
+                n.to_string(),
+                format!("does not compile: {e}"),
+                "–".into(),
+                "–".into(),
+            ]);
+            data.push(json!({"rules": n, "error": e.to_string()}));
+            verdict_parts.push(format!("{n} rules do not compile"));
+            met = false;
+            continue;
+        }
+        let t = Topology::new(TOPOLOGY_ID);
+        let agent = RunningAgent::start(&t, &config(&sets[0]), true);
+        let flow = SteadyFlow::start(
+            &t.client,
+            &t.server,
+            &t.server_v4(),
+            STEADY_PORT,
+            Duration::from_millis(1),
+            10_000_000,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let mut walls = Vec::new();
+        for i in 0..s.swaps {
+            agent.write_config(&config(&sets[(i + 1) % 2]));
+            let started = Instant::now();
+            let out = agent.nva(&["reload"]);
+            walls.push(started.elapsed().as_secs_f64());
+            if !out.status.success() {
+                bail!(
+                    "reload {i} of {n} rules failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let (sent, received) = flow.finish();
+        let swaps = logged_swaps(&agent.log());
+        if swaps.len() != s.swaps {
+            bail!(
+                "the agent logged {} swaps of {n} rules, expected {}",
+                swaps.len(),
+                s.swaps
+            );
+        }
+        drop(agent);
+        let swap = Spread::of(&swaps.iter().map(|x| x * 1e3).collect::<Vec<_>>());
+        let wall = Spread::of(&walls.iter().map(|x| x * 1e3).collect::<Vec<_>>());
+        let lost = sent.saturating_sub(received);
+        rows.push(vec![
+            n.to_string(),
+            swap.show(0),
+            wall.show(0),
+            format!("{lost} of {sent}"),
+        ]);
+        data.push(json!({
+            "rules": n, "swaps": s.swaps, "compile_and_swap_ms": swap,
+            "nva_reload_wall_ms": wall, "steady_sent": sent, "steady_received": received,
+        }));
+        met &= lost == 0 && (n != 100_000 || swap.max < 1000.0);
+        verdict_parts.push(format!(
+            "{n} rules: compile-and-swap {:.0} ms median, {:.0} ms worst; {lost} of {sent} lost",
+            swap.median, swap.max
+        ));
+    }
+    let verdict = Verdict {
+        target: "100k-rule compile-and-swap < 1 s, zero loss during swaps".into(),
+        measured: verdict_parts.join("; "),
+        met: s.sizes.contains(&100_000).then_some(met),
+    };
+    let section = Section {
+        title: "Rule-set swap under traffic".into(),
+        intro: format!(
+            "`nva agent` (stateful, default drop) with random rules, swapped {} times by `nva reload` for another random set of the same size, while a UDP flow allowed by the first rule of both sets sends one datagram per millisecond through the NVA. Compile and swap: the agent's own figure for each reload (compile, write the standby slot, switch; the config file read excluded). `nva reload`: the command's wall time (it polls the agent's state every 50 ms). Milliseconds, median (min–max).",
+            s.swaps
+        ),
+        columns: ["rules", "compile and swap ms", "`nva reload` ms", "steady flow lost"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+        notes: vec![],
+        figure: None,
+        data: json!(data),
+    };
+    Ok((section, vec![verdict]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_debug_duration;
+
+    #[test]
+    fn debug_durations_parse() {
+        assert_eq!(parse_debug_duration("1.5s"), Some(1.5));
+        assert_eq!(parse_debug_duration("250ms"), Some(0.25));
+        assert_eq!(parse_debug_duration("12µs"), Some(12e-6));
+        assert_eq!(parse_debug_duration("abc"), None);
+    }
+}

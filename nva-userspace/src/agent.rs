@@ -265,11 +265,15 @@ impl Agent {
         }
         let started = Instant::now();
         let compiled = compile(&config.rules, &config.policy)?;
+        let compile_time = started.elapsed();
         let generation = self.state.generation + 1;
         let (counters, freed, taken) = assign_counters(&self.state.rules, &config);
         self.datapath.reset_counters(&taken)?;
-        self.datapath
+        let cleanup = self
+            .datapath
             .install(&compiled, generation, &counters, &ifindex_by_name)?;
+        // Live since the switch; freeing the old slot came after it.
+        let live_after = started.elapsed().saturating_sub(cleanup);
         // Live from here: record it before anything else can fail.
         self.state.generation = generation;
         self.state.ruleset_hash = ruleset_hash(&config);
@@ -277,7 +281,7 @@ impl Agent {
         if let Err(e) = self.datapath.reset_counters(&freed) {
             tracing::warn!(error = %e, "zeroing counters of removed rules");
         }
-        tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?started.elapsed(), "compiled and swapped rule set");
+        tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?live_after, compile = ?compile_time, old_slot_freed = ?cleanup, "compiled and swapped rule set");
         self.repair_attachments();
         self.compiled = compiled;
         self.config = config;

@@ -260,7 +260,7 @@ impl DataPath {
         generation: u64,
         counters: &[u32],
         ifindex_of: &dyn Fn(&str) -> Option<u32>,
-    ) -> Result<(), DataPathError> {
+    ) -> Result<Duration, DataPathError> {
         let (active, _) = self.active()?;
         let target = 1 - active;
         self.clear_slot(target)?;
@@ -271,11 +271,12 @@ impl DataPath {
         flag.set(0, target, 0).map_err(map_err(names::ACTIVE))?;
         // The new rule set is live from here: what follows is cleanup, and
         // its failure must not be reported as a failed install.
+        let live = std::time::Instant::now();
         wait_for_running_programs();
         if let Err(e) = self.clear_slot(active) {
             tracing::warn!(slot = active, error = %e, "clearing the old slot (done again before its next use)");
         }
-        Ok(())
+        Ok(live.elapsed())
     }
 
     /// Makes the set of local addresses (for management traffic) `addrs`.

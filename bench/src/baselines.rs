@@ -71,6 +71,15 @@ fn rules_meet(a: &Rule, b: &Rule) -> bool {
         && lists_meet(&a.icmp_type, &b.icmp_type, |x, y| x == y)
 }
 
+/// The translations leave interface matches out: the benchmark's rule sets
+/// must not have any.
+fn no_interface_matches(rules: &[Rule]) {
+    assert!(
+        rules.iter().all(|r| r.in_iface.is_none()),
+        "the translations do not carry in_iface"
+    );
+}
+
 /// Block of each rule: blocks alternate actions (block 0 has the first
 /// rule's action) and a rule goes to the earliest block of its action after
 /// every earlier rule it overlaps with the other action. Matching the blocks
@@ -78,6 +87,7 @@ fn rules_meet(a: &Rule, b: &Rule) -> bool {
 /// the other action that matches the same packet and was earlier sits in an
 /// earlier block; one that was later sits in a later block.
 pub fn blocks(rules: &[Rule]) -> Vec<usize> {
+    no_interface_matches(rules);
     let Some(first) = rules.first() else {
         return Vec::new();
     };
@@ -159,6 +169,7 @@ fn set_of(items: Vec<String>) -> String {
 /// One nftables rule per nva rule (lists become anonymous sets), in an
 /// `inet` table's forward chain with policy drop.
 pub fn nft_rule_list(rules: &[Rule]) -> String {
+    no_interface_matches(rules);
     let mut out = String::from(
         "table inet nva_bench {\n  chain forward {\n    type filter hook forward priority filter; policy drop;\n",
     );
@@ -286,11 +297,12 @@ pub struct SetsSummary {
     pub elements: usize,
 }
 
-/// The expert's ruleset: a `netdev` ingress chain on `dev` (before routing),
+/// The expert's ruleset: a `netdev` ingress chain on `devices` (before routing),
 /// the rules in blocks of one action (see [`blocks`]); in each block one
 /// rule per field shape whose set holds every rule's values, split into
 /// several sets where elements overlap (nftables wants disjoint elements).
-pub fn nft_sets(rules: &[Rule], dev: &str) -> (String, SetsSummary) {
+pub fn nft_sets(rules: &[Rule], devices: &[&str]) -> (String, SetsSummary) {
+    no_interface_matches(rules);
     let block_of = blocks(rules);
     let n_blocks = block_of.iter().max().map_or(0, |m| m + 1);
     let mut summary = SetsSummary {
@@ -298,7 +310,12 @@ pub fn nft_sets(rules: &[Rule], dev: &str) -> (String, SetsSummary) {
         ..SetsSummary::default()
     };
     let mut out = format!(
-        "table netdev nva_bench {{\n  chain ingress {{\n    type filter hook ingress device \"{dev}\" priority filter; policy accept;\n"
+        "table netdev nva_bench {{\n  chain ingress {{\n    type filter hook ingress devices = {{ {} }} priority filter; policy accept;\n",
+        devices
+            .iter()
+            .map(|d| format!("\"{d}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for b in 0..n_blocks {
         let in_block: Vec<&Rule> = rules
@@ -421,6 +438,7 @@ fn sets_rule(shape: &Shape, set: &[Atom]) -> String {
 /// each nva rule (iptables takes one address per rule), ports through
 /// multiport. Returns (v4, v6, iptables rules in total).
 pub fn iptables(rules: &[Rule]) -> (String, String, usize) {
+    no_interface_matches(rules);
     let mut v4 = String::from("*filter\n:FORWARD DROP [0:0]\n");
     let mut v6 = v4.clone();
     let mut count = 0;
@@ -428,7 +446,8 @@ pub fn iptables(rules: &[Rule]) -> (String, String, usize) {
         let fam = family(r);
         for (text, is_v4) in [(&mut v4, true), (&mut v6, false)] {
             // ICMP types exist per family in iptables: ICMP rules go to
-            // iptables, ICMPv6 rules to ip6tables.
+            // iptables, ICMPv6 rules to ip6tables (nva would also match
+            // protocol 1 in IPv6 and 58 in IPv4, which no real host sends).
             let wanted = match (fam, r.proto) {
                 (Family::V4, _) | (Family::Both, Proto::Icmp) => is_v4,
                 (Family::V6, _) | (Family::Both, Proto::Icmpv6) => !is_v4,
@@ -464,6 +483,8 @@ pub fn iptables(rules: &[Rule]) -> (String, String, usize) {
                         .collect()
                 }
             };
+            // iptables reads ICMP type 255 as "any type": that one value
+            // is left out (the rule then misses type 255 packets only).
             let icmp: Vec<String> = if r.icmp_type.is_empty() {
                 vec![String::new()]
             } else {
@@ -472,7 +493,11 @@ pub fn iptables(rules: &[Rule]) -> (String, String, usize) {
                 } else {
                     "--icmpv6-type"
                 };
-                r.icmp_type.iter().map(|t| format!("{kw} {t} ")).collect()
+                r.icmp_type
+                    .iter()
+                    .filter(|&&t| t != 255)
+                    .map(|t| format!("{kw} {t} "))
+                    .collect()
             };
             let target = match r.action {
                 Action::Allow => "ACCEPT",

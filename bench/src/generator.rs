@@ -92,7 +92,9 @@ fn packet_socket(ns: &Netns, dev: &str) -> Result<(OwnedFd, i32)> {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW,
-                i32::from((libc::ETH_P_ALL as u16).to_be()),
+                // Protocol 0: a socket that only sends (with ETH_P_ALL it
+                // would also tap every frame the namespace receives).
+                0,
             )
         };
         if fd < 0 {
@@ -133,6 +135,7 @@ impl Flood {
             let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             to.sll_family = libc::AF_PACKET as u16;
             to.sll_ifindex = ifindex;
+            to.sll_protocol = (libc::ETH_P_IP as u16).to_be();
             to.sll_halen = 6;
             to.sll_addr[..6].copy_from_slice(&frame[..6]);
             let mut iov = libc::iovec {

@@ -69,6 +69,10 @@ enum Cmd {
         /// cannot rot); the figures of a quick run mean little.
         #[arg(long)]
         quick: bool,
+        /// Only these parts (repeatable): classify, memory, endtoend, swap,
+        /// failover; all of them by default.
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// The HA lab: `up` (what `run` without arguments does) or `down`
     /// (remove what a killed lab left behind).
@@ -96,7 +100,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Build { release } => build(release),
         Cmd::Test { args } => test(&args),
         Cmd::Run { args } => run(&args),
-        Cmd::Bench { quick } => bench(quick),
+        Cmd::Bench { quick, only } => bench(quick, &only),
         Cmd::Lab { args } => lab(&args),
     }
 }
@@ -180,7 +184,7 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     Ok(code)
 }
 
-fn bench(quick: bool) -> Result<ExitCode> {
+fn bench(quick: bool, only: &[String]) -> Result<ExitCode> {
     require_root("bench")?;
     setup()?;
     let code = status_code(cargo().args([
@@ -199,6 +203,9 @@ fn bench(quick: bool) -> Result<ExitCode> {
     cmd.env("NVA_BIN", target_dir().join("release").join("nva"));
     if quick {
         cmd.arg("--quick");
+    }
+    for part in only {
+        cmd.args(["--only", part]);
     }
     cmd.arg("--out").arg(target_dir().join("bench"));
     status_code(&mut cmd)
@@ -486,6 +493,17 @@ mod tests {
         match parse(&["test", "--", "--nocapture", "netns"]) {
             Cmd::Test { args } => assert_eq!(args, ["--nocapture", "netns"]),
             _ => panic!("not test"),
+        }
+    }
+
+    #[test]
+    fn bench_takes_parts() {
+        match parse(&["bench", "--quick", "--only", "endtoend", "--only", "swap"]) {
+            Cmd::Bench { quick, only } => {
+                assert!(quick);
+                assert_eq!(only, ["endtoend", "swap"]);
+            }
+            _ => panic!("not bench"),
         }
     }
 

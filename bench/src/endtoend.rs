@@ -55,7 +55,7 @@ impl Settings {
             Settings {
                 sizes: vec![10, 1000, 10_000],
                 blocklist_sizes: vec![10_000],
-                seconds: 3.0,
+                seconds: 2.0,
                 rounds: 3,
             }
         }

@@ -253,7 +253,9 @@ impl DataPath {
     /// Installs a rule set: writes the inactive slot, switches to it with
     /// one write, then (after a grace period) clears the old slot. Until the
     /// switch, the running rules stay in force; an error leaves them so.
-    /// `counters[i]` is the counter index of rule i.
+    /// `counters[i]` is the counter index of rule i. Returns the time spent
+    /// after the switch (the grace period and clearing the old slot), so
+    /// that callers can tell when the new rules went live.
     pub fn install(
         &mut self,
         rules: &CompiledRuleSet,

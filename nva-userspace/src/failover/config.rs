@@ -50,8 +50,13 @@ pub struct RouteTableSettings {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum TokenSource {
-    /// The VM's managed identity, from the instance metadata service.
-    ManagedIdentity { endpoint: String },
+    /// The VM's managed identity, from the instance metadata service:
+    /// the system-assigned one, or the user-assigned one whose client id
+    /// is given (a VM may hold several; IMDS refuses to guess).
+    ManagedIdentity {
+        endpoint: String,
+        client_id: Option<String>,
+    },
     /// A service principal's client secret (read from a file).
     ServicePrincipal {
         authority: String,
@@ -180,7 +185,7 @@ struct RawAzure {
     imds_endpoint: Option<String>,
     authority: Option<String>,
     tenant_id: Option<String>,
-    client_id: Option<String>,
+    client_id: Option<Spanned<String>>,
     secret_file: Option<String>,
     poll_interval_ms: Option<Spanned<i64>>,
 }
@@ -347,25 +352,53 @@ fn parse_health_url(url: &str) -> Result<(SocketAddr, String), String> {
     Ok((addr, path))
 }
 
+/// An Entra ID client id: a GUID (8-4-4-4-12 hex digits).
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn azure_settings(cx: &mut Ctx, a: &Spanned<RawAzure>) -> Option<AzureSettings> {
     let r = a.get_ref();
+    let client_id = match &r.client_id {
+        Some(c) if is_guid(c.get_ref()) => Some(c.get_ref().clone()),
+        Some(c) => {
+            cx.err(
+                c.span(),
+                format!(
+                    "azure.client_id = {:?} is not a client id (a GUID such as 00000000-0000-0000-0000-000000000000)",
+                    c.get_ref()
+                ),
+            );
+            None
+        }
+        None => None,
+    };
+    let client_id_bad = r.client_id.is_some() && client_id.is_none();
     let token = match r.token.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
         None | Some(("managed-identity", _)) => Some(TokenSource::ManagedIdentity {
             endpoint: r
                 .imds_endpoint
                 .clone()
                 .unwrap_or_else(|| "http://169.254.169.254".into()),
-        }),
-        Some(("service-principal", span)) => match (&r.tenant_id, &r.client_id, &r.secret_file) {
+            client_id,
+        })
+        .filter(|_| !client_id_bad),
+        Some(("service-principal", span)) => match (&r.tenant_id, client_id, &r.secret_file) {
             (Some(t), Some(c), Some(f)) => Some(TokenSource::ServicePrincipal {
                 authority: r
                     .authority
                     .clone()
                     .unwrap_or_else(|| "https://login.microsoftonline.com".into()),
                 tenant_id: t.clone(),
-                client_id: c.clone(),
+                client_id: c,
                 secret_file: f.into(),
             }),
+            _ if client_id_bad => None,
             _ => {
                 cx.err(
                     span,
@@ -831,8 +864,35 @@ via = "external_ip"
         assert_eq!(
             a.token,
             TokenSource::ManagedIdentity {
-                endpoint: "http://169.254.169.254".into()
+                endpoint: "http://169.254.169.254".into(),
+                client_id: None,
             }
+        );
+        // A user-assigned identity is named by its client id.
+        let uami = text.replace(
+            "[azure]\n",
+            "[azure]\nclient_id = \"6b8e1f0a-3c1d-4b7e-9a4f-2d5c8e7f1a20\"\n",
+        );
+        let c = parse_failover_config("f.toml", &uami).unwrap();
+        assert_eq!(
+            c.azure.unwrap().token,
+            TokenSource::ManagedIdentity {
+                endpoint: "http://169.254.169.254".into(),
+                client_id: Some("6b8e1f0a-3c1d-4b7e-9a4f-2d5c8e7f1a20".into()),
+            }
+        );
+        let bad = text.replace("[azure]\n", "[azure]\nclient_id = \"my-identity\"\n");
+        let e = parse_failover_config("f.toml", &bad).unwrap_err();
+        let line = bad
+            .lines()
+            .position(|l| l.starts_with("client_id"))
+            .unwrap()
+            + 1;
+        assert!(
+            e[0].to_string().starts_with(&format!(
+                "f.toml:{line}:13: azure.client_id = \"my-identity\" is not a client id"
+            )),
+            "{e:?}"
         );
         assert_eq!(a.route_tables[0].routes, ["default"]);
         let bad = text.replace("[azure]\n", "[azure]\ntoken = \"password\"\n");

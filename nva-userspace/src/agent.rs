@@ -34,6 +34,10 @@ pub struct AgentState {
     /// Increases with every reload attempt; `nva reload` waits for it.
     pub reload_seq: u64,
     pub last_reload_error: Option<String>,
+    /// The config file the agent reads (absolute): `nva reload` refuses
+    /// another file.
+    #[serde(default)]
+    pub config_path: Option<PathBuf>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -200,7 +204,11 @@ impl Agent {
         let mut attachments = Vec::new();
         for iface in &config.agent.interfaces {
             let how = datapath.attach(iface, config.agent.xdp_mode, Some(&layout))?;
-            tracing::info!(iface, ?how, "XDP program in place");
+            if let Attachment::Reattached(mode) = how {
+                tracing::warn!(iface, ?mode, "repaired: the pinned link was severed or defunct; attached afresh with the rule set kept");
+            } else {
+                tracing::info!(iface, ?how, "XDP program in place");
+            }
             attachments.push((iface.clone(), how));
         }
         let state = AgentState {
@@ -215,6 +223,9 @@ impl Agent {
             reloads_error: previous.reloads_error,
             reload_seq: previous.reload_seq,
             last_reload_error: None,
+            config_path: Some(
+                std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf()),
+            ),
         };
         write_state(&bpffs, &state)?;
         tracing::info!(generation, adopted = adopting, "rule set active");
@@ -235,6 +246,9 @@ impl Agent {
     /// (and recorded for `nva reload` and the metrics).
     pub fn reload(&mut self) -> anyhow::Result<u64> {
         let result = self.try_reload();
+        // Whatever became of the new rules, a reload repairs attachments
+        // (the running rule set, old or new, must be enforced everywhere).
+        self.repair_attachments();
         self.state.reload_seq += 1;
         match &result {
             Ok(generation) => {
@@ -282,7 +296,6 @@ impl Agent {
             tracing::warn!(error = %e, "zeroing counters of removed rules");
         }
         tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?live_after, compile = ?compile_time, old_slot_freed = ?cleanup, "compiled and swapped rule set");
-        self.repair_attachments();
         self.compiled = compiled;
         self.config = config;
         Ok(generation)
@@ -296,12 +309,17 @@ impl Agent {
             if healthy {
                 continue;
             }
-            let _ = std::fs::remove_file(self.layout.link(&iface));
             match self
                 .datapath
                 .attach(&iface, self.config.agent.xdp_mode, Some(&self.layout))
             {
-                Ok(how) => tracing::warn!(iface, ?how, "re-attached XDP program"),
+                Ok(how) => {
+                    tracing::warn!(iface, ?how, "repaired: re-attached the XDP program");
+                    match self.attachments.iter_mut().find(|(i, _)| *i == iface) {
+                        Some(entry) => entry.1 = how,
+                        None => self.attachments.push((iface, how)),
+                    }
+                }
                 Err(e) => tracing::error!(iface, error = %e, "cannot re-attach XDP program"),
             }
         }

@@ -140,6 +140,8 @@ pub enum Attachment {
     Attached(XdpMode),
     /// A pinned link existed: the program was replaced on it atomically.
     Adopted,
+    /// The pinned link was severed or defunct: dropped, then attached anew.
+    Reattached(XdpMode),
 }
 
 impl DataPath {
@@ -501,10 +503,12 @@ impl DataPath {
         Ok(())
     }
 
-    /// Attaches to `iface`. With `pins`, an existing pinned link is adopted
-    /// (the program on it replaced atomically, no gap); otherwise the new
-    /// link is pinned so it survives this process. `auto` tries driver
-    /// mode, then generic (skb).
+    /// Attaches to `iface`. With `pins`, an existing pinned link that is
+    /// still bound to `iface` is adopted (the program on it replaced
+    /// atomically, no gap); a pinned link that was severed (detached behind
+    /// the agent's back) or whose interface was deleted and created again is
+    /// dropped and the program attached afresh. A new link is pinned so it
+    /// survives this process. `auto` tries driver mode, then generic (skb).
     pub fn attach(
         &mut self,
         iface: &str,
@@ -512,29 +516,82 @@ impl DataPath {
         pins: Option<&PinLayout>,
     ) -> Result<Attachment, DataPathError> {
         let pin_path = pins.map(|p| p.link(iface));
+        let mut repaired = false;
         if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
-            match PinnedLink::from_pin(path) {
-                Ok(pinned) => {
-                    let fd: FdLink = pinned.into();
-                    let prog = self.program_mut()?;
-                    let id = prog.attach_to_link(fd.try_into()?)?;
-                    let link = prog.take_link(id)?;
-                    let fd: FdLink = link.try_into()?;
-                    // Re-pin: the old pin file still names the same link.
-                    let _ = std::fs::remove_file(path);
-                    let pinned = fd.pin(path).map_err(|e| DataPathError::Pin {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                    self.links.push((iface.to_string(), Some(pinned)));
-                    return Ok(Attachment::Adopted);
-                }
-                Err(e) => {
-                    tracing::warn!(iface, error = %e, "stale pinned link; attaching anew");
-                    let _ = std::fs::remove_file(path);
+            match self.adopt(iface, path) {
+                Ok(()) => return Ok(Attachment::Adopted),
+                Err(why) => {
+                    tracing::warn!(iface, pin = %path.display(), why, "dropping the pinned link; attaching afresh");
+                    if let Err(e) = std::fs::remove_file(path) {
+                        return Err(DataPathError::Pin {
+                            path: path.display().to_string(),
+                            message: format!("removing a severed link: {e}"),
+                        });
+                    }
+                    repaired = true;
                 }
             }
         }
+        let attached = self.attach_new(iface, mode, pin_path.as_deref())?;
+        Ok(if repaired {
+            Attachment::Reattached(attached)
+        } else {
+            Attachment::Attached(attached)
+        })
+    }
+
+    /// Replaces the program on the pinned link of `iface` if that link is
+    /// still bound to `iface`; otherwise says why it cannot be adopted.
+    fn adopt(&mut self, iface: &str, path: &std::path::Path) -> Result<(), String> {
+        let want = ifindex_by_name(iface).ok_or("no such interface")?;
+        match pinned_link_target(path) {
+            Ok((0, _)) => {
+                return Err("the link was severed (detached, or its interface deleted)".into())
+            }
+            Ok((got, _)) if got != want => {
+                return Err(format!(
+                    "the link is bound to ifindex {got}, the interface is now {want}"
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading the pinned link: {e}")),
+        }
+        let pinned = PinnedLink::from_pin(path).map_err(|e| format!("opening the pin: {e}"))?;
+        let fd: FdLink = pinned.into();
+        let prog = self.program_mut().map_err(|e| e.to_string())?;
+        let link = fd
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
+        // bpf_link_update: fails (ENOLINK) if the link was severed since.
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|e| format!("replacing the program on the link: {e}"))?;
+        let link = prog.take_link(id).map_err(|e| e.to_string())?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
+        // Re-pin: the old pin file still names the same link.
+        let _ = std::fs::remove_file(path);
+        let pinned = fd
+            .pin(path)
+            .map_err(|e| format!("pinning {}: {e}", path.display()))?;
+        self.set_link(iface, Some(pinned));
+        Ok(())
+    }
+
+    /// Remembers the link of `iface`, replacing one it had before.
+    fn set_link(&mut self, iface: &str, link: Option<PinnedLink>) {
+        self.links.retain(|(i, _)| i != iface);
+        self.links.push((iface.to_string(), link));
+    }
+
+    /// Attaches with a new link (pinned at `pin_path`, if given).
+    fn attach_new(
+        &mut self,
+        iface: &str,
+        mode: XdpModeSetting,
+        pin_path: Option<&std::path::Path>,
+    ) -> Result<XdpMode, DataPathError> {
         let attempts: &[XdpMode] = match mode {
             XdpModeSetting::Auto => &[XdpMode::Driver, XdpMode::Skb],
             XdpModeSetting::Driver => &[XdpMode::Driver],
@@ -545,7 +602,7 @@ impl DataPath {
             let prog = self.program_mut()?;
             match prog.attach(iface, m) {
                 Ok(id) => {
-                    let pinned = match &pin_path {
+                    let pinned = match pin_path {
                         Some(path) => {
                             let link = prog.take_link(id)?;
                             let fd: FdLink = link.try_into()?;
@@ -556,8 +613,8 @@ impl DataPath {
                         }
                         None => None,
                     };
-                    self.links.push((iface.to_string(), pinned));
-                    return Ok(Attachment::Attached(m));
+                    self.set_link(iface, pinned);
+                    return Ok(m);
                 }
                 Err(e) => {
                     last = format!(
@@ -811,6 +868,58 @@ pub fn read_packet_counters<T: std::borrow::Borrow<MapData>>(
             Ok(per_cpu.iter().sum())
         })
         .collect()
+}
+
+/// (ifindex, program id) of a pinned XDP link, from the kernel. A link whose
+/// interface was detached or removed reports ifindex 0.
+pub fn pinned_link_target(path: &std::path::Path) -> std::io::Result<(u32, u32)> {
+    // BPF_OBJ_GET then BPF_OBJ_GET_INFO_BY_FD: aya 0.14 does not expose the
+    // XDP part of bpf_link_info.
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let mut get = ObjGet {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: valid bpf_attr prefix for BPF_OBJ_GET (7).
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 7, &mut get as *mut ObjGet, 24usize) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new file descriptor we now own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // struct bpf_link_info: type, id, prog_id, (pad), union at 16; for XDP
+    // the union starts with ifindex.
+    let mut info = [0u8; 64];
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoByFd {
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: valid bpf_attr prefix for BPF_OBJ_GET_INFO_BY_FD (15).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 15, &mut attr as *mut InfoByFd, 16usize) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let word = |o: usize| u32::from_ne_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
+    Ok((word(16), word(8)))
 }
 
 /// Opens a pinned map of a running (or stopped) agent.

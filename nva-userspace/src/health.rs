@@ -4,14 +4,13 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 
 use nva_common::{ACTION_ALLOW, NO_RULE};
 use serde::Serialize;
 
 use crate::agent::Agent;
 use crate::compiler::PacketView;
-use crate::datapath::ifindex_by_name;
+use crate::datapath::{ifindex_by_name, pinned_link_target};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -33,58 +32,6 @@ impl HealthReport {
     pub fn failing(&self) -> Vec<&Check> {
         self.checks.iter().filter(|c| !c.ok).collect()
     }
-}
-
-/// (ifindex, program id) of a pinned XDP link, from the kernel. A link whose
-/// interface was detached or removed reports ifindex 0.
-fn pinned_link_target(path: &Path) -> std::io::Result<(u32, u32)> {
-    // BPF_OBJ_GET then BPF_OBJ_GET_INFO_BY_FD: aya 0.14 does not expose the
-    // XDP part of bpf_link_info.
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(std::io::Error::other)?;
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        _pad: u32,
-    }
-    let mut get = ObjGet {
-        pathname: c_path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-        _pad: 0,
-    };
-    // SAFETY: valid bpf_attr prefix for BPF_OBJ_GET (7).
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 7, &mut get as *mut ObjGet, 24usize) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new file descriptor we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // struct bpf_link_info: type, id, prog_id, (pad), union at 16; for XDP
-    // the union starts with ifindex.
-    let mut info = [0u8; 64];
-    #[repr(C)]
-    struct InfoByFd {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut attr = InfoByFd {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: info.len() as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: valid bpf_attr prefix for BPF_OBJ_GET_INFO_BY_FD (15).
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, 15, &mut attr as *mut InfoByFd, 16usize) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let word = |o: usize| u32::from_ne_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
-    Ok((word(16), word(8)))
 }
 
 /// Whether the pinned link of `iface` is attached to that interface.

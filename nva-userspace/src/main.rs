@@ -60,9 +60,11 @@ enum Command {
     },
     /// Tell the running agent to reload its config (SIGHUP) and wait for the
     /// outcome: exit 0 when the new rule set is active, 1 when it was
-    /// refused (the running rules stay in force).
+    /// refused (the running rules stay in force). The agent re-reads the
+    /// file it was started with; naming another file is refused. A reload
+    /// also re-attaches the program where it was detached.
     Reload {
-        /// Config of the running agent (used to find it via agent.bpffs).
+        /// The running agent's config file: edit it, then reload.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
@@ -436,6 +438,21 @@ fn bpffs_of(path: &Path) -> anyhow::Result<PathBuf> {
 fn reload(path: &Path) -> anyhow::Result<()> {
     let bpffs = &bpffs_of(path)?;
     let before = read_state(bpffs)?;
+    // The agent re-reads the file it was started with: reloading "another
+    // file" would report success and keep the old rules.
+    if let Some(own) = &before.config_path {
+        let given = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if &given != own {
+            anyhow::bail!(
+                "the agent (pid {}) reads {}, not {}: a reload re-reads the agent's own config file; write the new rules to {} (or restart the agent with --config {})",
+                before.pid,
+                own.display(),
+                given.display(),
+                own.display(),
+                given.display()
+            );
+        }
+    }
     let pid = nix::unistd::Pid::from_raw(before.pid as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)
         .with_context(|| format!("signalling the agent (pid {})", before.pid))?;
@@ -461,14 +478,23 @@ fn reload(path: &Path) -> anyhow::Result<()> {
 
 fn detach(path: &Path) -> anyhow::Result<()> {
     let bpffs = bpffs_of(path)?;
+    // From a private mount namespace the pins are out of sight, not gone:
+    // say so before anything else, and remove nothing.
+    let pins = nva::pin::require_pins(&bpffs);
+    if nva::pin::in_private_mount_ns() {
+        pins.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    }
     nva::agent::refuse_if_agent_running(&bpffs)
         .context("stop the agent first (it holds the links)")?;
-    let layout = PinLayout::new(&bpffs);
-    if !layout.root.exists() {
-        println!("nothing pinned under {}", layout.root.display());
-    } else {
-        layout.remove_all(&bpffs);
-        println!("detached: removed {}", layout.root.display());
+    match pins {
+        Ok(layout) => {
+            layout.remove_all(&bpffs);
+            println!("detached: removed {}", layout.root.display());
+        }
+        Err(_) => println!(
+            "nothing pinned under {}",
+            PinLayout::new(&bpffs).root.display()
+        ),
     }
     let _ = std::fs::remove_dir_all(nva::pin::state_dir(&bpffs));
     Ok(())
@@ -476,7 +502,12 @@ fn detach(path: &Path) -> anyhow::Result<()> {
 
 fn status(path: &Path, json: bool) -> anyhow::Result<()> {
     let bpffs = bpffs_of(path)?;
-    let doc = nva::agent::read_status(&bpffs)?;
+    let doc = nva::agent::read_status(&bpffs).map_err(|e| {
+        anyhow::anyhow!(
+            "no agent found: {e:#} (is an agent running, or did one run, with agent.bpffs = {}?)",
+            bpffs.display()
+        )
+    })?;
     let pid = doc["status"]["pid"].as_i64().unwrap_or(0) as i32;
     let running = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
     if json {
@@ -536,8 +567,8 @@ fn status(path: &Path, json: bool) -> anyhow::Result<()> {
 
 fn rules(path: &Path, json: bool) -> anyhow::Result<()> {
     let bpffs = &bpffs_of(path)?;
+    let layout = nva::pin::require_pins(bpffs)?;
     let state = read_state(bpffs)?;
-    let layout = PinLayout::new(bpffs);
     let map = nva::datapath::open_pinned(&layout, nva_common::map_names::RULE_COUNTERS)?;
     let map = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map))?;
     let indices: Vec<u32> = state.rules.iter().map(|r| r.counter).collect();
@@ -574,7 +605,7 @@ fn conntrack(action: ConntrackCommand) -> anyhow::Result<()> {
         | ConntrackCommand::Flush { config } => config,
     };
     let bpffs = bpffs_of(path)?;
-    let layout = PinLayout::new(&bpffs);
+    let layout = nva::pin::require_pins(&bpffs)?;
     let mut table = Table::open(&layout).with_context(|| {
         format!(
             "no data path pinned under {} (is the agent configured with agent.bpffs = {:?}?)",

@@ -71,11 +71,75 @@ fn is_bpffs(path: &Path) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
+/// The mount namespace of a process, as `mnt:[INODE]`.
+fn mount_ns(pid: &str) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The process whose mount namespace stands for the host's: init when its
+/// namespace can be read, else the parent. `ip netns exec` (and `unshare
+/// -m`) give only the command a new mount namespace, so its parent still
+/// runs in the one the command was started from.
+fn reference_process() -> Option<String> {
+    if mount_ns("1").is_some() {
+        return Some("1".into());
+    }
+    Some(nix::unistd::getppid().as_raw().to_string()).filter(|p| mount_ns(p).is_some())
+}
+
+/// When this process runs in a mount namespace of its own (not the
+/// reference process's), the reference process's pid.
+fn private_mount_ns() -> Option<String> {
+    let reference = reference_process()?;
+    (mount_ns("self")? != mount_ns(&reference)?).then_some(reference)
+}
+
+/// Whether this process runs in a mount namespace of its own, where the
+/// host's bpffs may not be visible.
+pub fn in_private_mount_ns() -> bool {
+    private_mount_ns().is_some()
+}
+
+/// Whether the filesystem at `path` is also mounted in the mount namespace
+/// of process `pid` (same device number in its mountinfo), so it outlives
+/// this process's namespace.
+fn mounted_in(pid: &str, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = std::fs::metadata(path).map(|m| m.dev()) else {
+        return false;
+    };
+    let want = format!(
+        "{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .map(|info| {
+            info.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some(want.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+const PRIVATE_NS_HELP: &str = "this process runs in a mount namespace of its own (as `ip netns exec` makes one), where the host's bpffs is not visible: pins made here die with the process";
+const PRIVATE_NS_FIX: &str = "run it with `nsenter --net=/run/netns/NAME nva ...`, which enters only the network namespace and keeps the host's mounts, or set agent.bpffs to a directory of a bpffs mounted in the host namespace outside /sys (for example `mount -t bpf bpf /var/lib/nva-bpf`)";
+
 /// Mounts bpffs at /sys/fs/bpf when `bpffs` is below it and it is not
-/// mounted yet; other locations must already be on a bpffs.
+/// mounted yet; other locations must already be on a bpffs. Refuses a bpffs
+/// that would not outlive the agent: one that only exists in a mount
+/// namespace of the agent's own (SIGKILL would then leave nothing attached).
 pub fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
     let root = Path::new("/sys/fs/bpf");
+    let private = private_mount_ns();
     if bpffs.starts_with(root) && !is_bpffs(root) {
+        if private.is_some() {
+            bail!(
+                "agent.bpffs = {}: no bpffs is mounted at /sys/fs/bpf and {PRIVATE_NS_HELP}, so the data path would not survive a restart; {PRIVATE_NS_FIX}",
+                bpffs.display()
+            );
+        }
         let none: Option<&str> = None;
         nix::mount::mount(
             Some("bpf"),
@@ -94,5 +158,34 @@ pub fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
             bpffs.display()
         );
     }
+    if let Some(reference) = private {
+        if !mounted_in(&reference, bpffs) {
+            bail!(
+                "agent.bpffs = {}: {PRIVATE_NS_HELP}, and this bpffs is not mounted in the namespace the agent was started from, so the data path would not survive a restart; {PRIVATE_NS_FIX}",
+                bpffs.display()
+            );
+        }
+    }
     Ok(())
+}
+
+/// For the commands that read an agent's pins (`rules`, `conntrack`,
+/// `detach`): fails, saying why, when nothing is pinned under `bpffs` as
+/// seen from here.
+pub fn require_pins(bpffs: &Path) -> anyhow::Result<PinLayout> {
+    let layout = PinLayout::new(bpffs);
+    let why = if !is_bpffs(bpffs) {
+        format!("{} is not on a mounted bpf filesystem", bpffs.display())
+    } else if !layout.root.exists() {
+        format!("nothing is pinned under {}", layout.root.display())
+    } else {
+        return Ok(layout);
+    };
+    match private_mount_ns() {
+        Some(_) => bail!("no agent found: {why}; {PRIVATE_NS_HELP}; {PRIVATE_NS_FIX}"),
+        None => bail!(
+            "no agent found: {why} (is an agent running, or did one run, with agent.bpffs = {}?)",
+            bpffs.display()
+        ),
+    }
 }

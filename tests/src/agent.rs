@@ -107,6 +107,13 @@ impl RunningAgent {
         c.output().expect("run nva")
     }
 
+    /// Runs an `nva` client command naming another config file.
+    pub fn nva_with_config(&self, args: &[&str], config: &std::path::Path) -> Output {
+        let mut c = Command::new(nva_binary());
+        c.args(args).arg("--config").arg(config);
+        c.output().expect("run nva")
+    }
+
     /// `nva rules --json` as (name, packets).
     pub fn rule_packets(&self) -> Vec<(String, u64)> {
         let out = self.nva(&["rules", "--json"]);
@@ -141,6 +148,21 @@ impl RunningAgent {
         let tmp = self.config.with_extension("tmp");
         std::fs::write(&tmp, text.replace("{bpffs}", &self.bpffs)).unwrap();
         std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// Detaches the program from `iface` behind the agent's back, as an
+    /// operator or another tool could (`bpftool link detach`).
+    pub fn detach_link(&self, iface: &str) {
+        let link = format!("{}/v1/links/{iface}", self.bpffs);
+        let out = Command::new("bpftool")
+            .args(["link", "detach", "pinned", &link])
+            .output()
+            .expect("run bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool link detach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// SIGKILL: the process dies without any cleanup.

@@ -272,18 +272,7 @@ pub const FAILURE_KINDS: [&str; 3] = [
 pub fn fail_nva(lab: &Lab, agents: &mut [RunningAgent; 2], i: usize, kind: usize) {
     match kind {
         0 => agents[i].kill9(),
-        1 => {
-            let link = format!("{}/v1/links/ext0", agents[i].bpffs);
-            let out = std::process::Command::new("bpftool")
-                .args(["link", "detach", "pinned", &link])
-                .output()
-                .expect("run bpftool");
-            assert!(
-                out.status.success(),
-                "bpftool link detach: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        1 => agents[i].detach_link("ext0"),
         _ => {
             lab.nvas[i].ip(&["link", "set", "dev", "ext0", "down"]);
         }

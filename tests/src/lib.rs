@@ -233,8 +233,16 @@ impl Topology {
             server,
         };
 
-        veth_pair(&t.client, CLIENT_IF, &t.nva, NVA_IN_IF);
-        veth_pair(&t.nva, NVA_OUT_IF, &t.server, SERVER_IF);
+        t.wire();
+        t.nva.sysctl("net.ipv4.ip_forward", "1");
+        t.nva.sysctl("net.ipv6.conf.all.forwarding", "1");
+        t
+    }
+
+    /// The veths, addresses and routes of the topology.
+    fn wire(&self) {
+        veth_pair(&self.client, CLIENT_IF, &self.nva, NVA_IN_IF);
+        veth_pair(&self.nva, NVA_OUT_IF, &self.server, SERVER_IF);
 
         let addr = |ns: &Netns, dev: &str, v4: String, v6: String| {
             ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
@@ -248,23 +256,28 @@ impl Topology {
                 "nodad",
             ]);
         };
-        addr(&t.client, CLIENT_IF, t.client_v4(), t.client_v6());
-        addr(&t.nva, NVA_IN_IF, t.nva_in_v4(), t.nva_in_v6());
-        addr(&t.nva, NVA_OUT_IF, t.nva_out_v4(), t.nva_out_v6());
-        addr(&t.server, SERVER_IF, t.server_v4(), t.server_v6());
+        addr(&self.client, CLIENT_IF, self.client_v4(), self.client_v6());
+        addr(&self.nva, NVA_IN_IF, self.nva_in_v4(), self.nva_in_v6());
+        addr(&self.nva, NVA_OUT_IF, self.nva_out_v4(), self.nva_out_v6());
+        addr(&self.server, SERVER_IF, self.server_v4(), self.server_v6());
 
-        t.client
-            .ip(&["route", "add", "default", "via", &t.nva_in_v4()]);
-        t.client
-            .ip(&["-6", "route", "add", "default", "via", &t.nva_in_v6()]);
-        t.server
-            .ip(&["route", "add", "default", "via", &t.nva_out_v4()]);
-        t.server
-            .ip(&["-6", "route", "add", "default", "via", &t.nva_out_v6()]);
+        self.client
+            .ip(&["route", "add", "default", "via", &self.nva_in_v4()]);
+        self.client
+            .ip(&["-6", "route", "add", "default", "via", &self.nva_in_v6()]);
+        self.server
+            .ip(&["route", "add", "default", "via", &self.nva_out_v4()]);
+        self.server
+            .ip(&["-6", "route", "add", "default", "via", &self.nva_out_v6()]);
+    }
 
-        t.nva.sysctl("net.ipv4.ip_forward", "1");
-        t.nva.sysctl("net.ipv6.conf.all.forwarding", "1");
-        t
+    /// Deletes the nva's interfaces and creates them again with the same
+    /// names and addresses, as when a namespace is rebuilt or a NIC
+    /// replaced: XDP links on the old interfaces become defunct.
+    pub fn rewire(&self) {
+        self.nva.ip(&["link", "del", NVA_IN_IF]);
+        self.nva.ip(&["link", "del", NVA_OUT_IF]);
+        self.wire();
     }
 
     pub fn client_v4(&self) -> String {

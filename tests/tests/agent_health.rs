@@ -65,16 +65,7 @@ fn health_follows_the_data_path() {
 
     // Detached behind the agent's back: 503 within the probe interval
     // (200 ms, plus one check), naming the interface; the TCP probe refuses.
-    let link = format!("{}/v1/links/{NVA_IN_IF}", agent.bpffs);
-    let out = std::process::Command::new("bpftool")
-        .args(["link", "detach", "pinned", &link])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    agent.detach_link(NVA_IN_IF);
     let took = until_health(&t, 503, Duration::from_secs(2));
     // One interval to notice, plus HTTP and polling slack on a busy machine.
     assert!(took < Duration::from_millis(1000), "503 after {took:?}");

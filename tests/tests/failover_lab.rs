@@ -67,6 +67,17 @@ fn failover_for_each_failure_kind() {
         let outage = requests.longest_gap_since(failed_at);
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(switches(leader), before + 1, "{kind}: exactly one switch");
+        // Leader or not, every daemon reports the active NVA it reads.
+        let name = ["nva-a", "nva-b"][other];
+        for d in [&d1, &d2] {
+            assert!(
+                wait_until(Duration::from_secs(3), || d
+                    .status()
+                    .is_some_and(|s| s["active"] == name)),
+                "{kind}: a daemon's /status names {name}: {:?}",
+                d.status()
+            );
+        }
         eprintln!("{kind}: routes switched after {took:?}, longest gap between answers {outage:?}");
         outages.push((kind, took, outage));
         // Repair the failed NVA for the next round (no automatic failback).

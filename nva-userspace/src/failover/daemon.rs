@@ -223,6 +223,12 @@ impl Daemon {
         }
         self.status.write().expect("status lock").leader = leader;
         if !leader {
+            // Followers report the desired state they read too, so that a
+            // dashboard pointed at any daemon tells the truth.
+            let state = self.read_state().await?;
+            let mut s = self.status.write().expect("status lock");
+            s.active = state.active;
+            s.frozen = state.frozen;
             return Ok(());
         }
         let mut state = self.read_state().await?;

@@ -1,0 +1,231 @@
+//! Repairs an operator relies on: a restart (or reload) after the program
+//! was detached behind the agent's back or its interfaces were recreated,
+//! an agent started where its pins could not survive it, client commands
+//! that cannot see the pins, and a reload that names another file.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nva_tests::agent::RunningAgent;
+use nva_tests::traffic::{http_get, udp_delivered};
+use nva_tests::{nva_binary, require_root, wait_until, Topology, NVA_IN_IF, NVA_OUT_IF};
+
+const HEALTH: &str = "127.0.0.1:9090";
+const ALLOWED_PORT: u16 = 7000;
+const DENIED_PORT: u16 = 7001;
+
+fn config(health: &str, bpffs: &str, allow_denied_port: bool) -> String {
+    let mut text = format!(
+        r#"
+[agent]
+interfaces = ["{NVA_IN_IF}", "{NVA_OUT_IF}"]
+health_listen = "{health}"
+health_interval_ms = 200
+bpffs = "{bpffs}"
+
+[policy]
+default = "drop"
+
+[[rules]]
+name = "allowed"
+action = "allow"
+proto = "udp"
+dport = ["{ALLOWED_PORT}"]
+"#
+    );
+    if allow_denied_port {
+        text.push_str(&format!(
+            "\n[[rules]]\nname = \"denied\"\naction = \"allow\"\nproto = \"udp\"\ndport = [\"{DENIED_PORT}\"]\n"
+        ));
+    }
+    text
+}
+
+fn health(t: &Topology) -> u16 {
+    http_get(&t.nva, HEALTH, "/health").map_or(0, |(code, _)| code)
+}
+
+fn until_health(t: &Topology, code: u16, what: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || health(t) == code),
+        "{what}: /health is {}, not {code}",
+        health(t)
+    );
+}
+
+/// The rules are enforced on the client's side: the allowed port passes,
+/// the other is dropped (without XDP on n0 the kernel would forward it).
+fn assert_filters(t: &Topology, what: &str) {
+    assert_eq!(
+        udp_delivered(&t.client, &t.server, &t.server_v4(), ALLOWED_PORT, 10),
+        10,
+        "{what}: the allowed flow passes"
+    );
+    assert_eq!(
+        udp_delivered(&t.client, &t.server, &t.server_v4(), DENIED_PORT, 10),
+        0,
+        "{what}: the other flow is dropped"
+    );
+}
+
+/// `nva reload` repairs what `what` broke: healthy again, and filtering.
+fn reload_repairs(t: &Topology, agent: &RunningAgent, what: &str) {
+    until_health(t, 503, what);
+    let out = agent.nva(&["reload"]);
+    assert!(out.status.success(), "nva reload: {}", text(&out));
+    until_health(t, 200, &format!("reloaded after {what}"));
+    assert_filters(t, &format!("reloaded after {what}"));
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs `cmd` to completion within `limit` (killed and reported otherwise).
+fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("still running after {limit:?}: {}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn restart_and_reload_repair_an_external_detach() {
+    require_root();
+    let t = Topology::new(219);
+    let mut agent = RunningAgent::start(&t, &config(HEALTH, "{bpffs}", false), false);
+    until_health(&t, 200, "started");
+    assert_filters(&t, "started");
+    let counted = agent.packets_of("allowed");
+
+    // Detached behind the agent's back, then the agent restarts: it used to
+    // exit with "Link has been severed" and leave the NVA down.
+    agent.detach_link(NVA_IN_IF);
+    until_health(&t, 503, "detached");
+    agent.kill9();
+    agent.spawn(&t.nva);
+    until_health(&t, 200, "restarted after an external detach");
+    assert_filters(&t, "restarted after an external detach");
+    assert!(
+        agent.log().contains("repaired"),
+        "the agent logs what it repaired: {}",
+        agent.log()
+    );
+    assert!(
+        agent.packets_of("allowed") >= counted + 10,
+        "the rule set and its counters were kept"
+    );
+
+    // The same fault while the agent runs: `nva reload` repairs it.
+    agent.detach_link(NVA_OUT_IF);
+    agent.detach_link(NVA_IN_IF);
+    reload_repairs(&t, &agent, "an external detach");
+}
+
+#[test]
+fn restart_and_reload_repair_recreated_interfaces() {
+    require_root();
+    let t = Topology::new(220);
+    let mut agent = RunningAgent::start(&t, &config(HEALTH, "{bpffs}", false), false);
+    until_health(&t, 200, "started");
+
+    // The namespace's interfaces deleted and created again while no agent
+    // runs: the pinned links are defunct.
+    agent.kill9();
+    t.rewire();
+    agent.spawn(&t.nva);
+    until_health(&t, 200, "restarted after the interfaces were recreated");
+    assert_filters(&t, "restarted after the interfaces were recreated");
+
+    // And while it runs: unhealthy until a reload.
+    t.rewire();
+    reload_repairs(&t, &agent, "interfaces recreated under the agent");
+}
+
+#[test]
+fn private_mount_namespaces_and_foreign_reload_files_are_refused() {
+    require_root();
+    let t = Topology::new(221);
+    let agent = RunningAgent::start(&t, &config(HEALTH, "{bpffs}", false), true);
+    until_health(&t, 200, "started");
+    let dir = agent.config.parent().unwrap().to_path_buf();
+    let nva = nva_binary().display().to_string();
+
+    // An agent started with `ip netns exec` (a private mount namespace with
+    // its own /sys) would pin into a bpffs that dies with it: refused.
+    let private_bpffs = format!("/sys/fs/bpf/nva-test-private-{}", std::process::id());
+    let private_config = dir.join("private.toml");
+    std::fs::write(
+        &private_config,
+        config("127.0.0.1:9092", &private_bpffs, false),
+    )
+    .unwrap();
+    let out = run_bounded(
+        t.nva.command(&[
+            &nva,
+            "agent",
+            "--config",
+            &private_config.display().to_string(),
+        ]),
+        Duration::from_secs(30),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("ip netns exec") && said.contains("nsenter --net=/run/netns/"),
+        "the refusal says why and what to do: {said}"
+    );
+    assert!(
+        !std::path::Path::new(&private_bpffs).exists(),
+        "nothing pinned in the host's bpffs"
+    );
+
+    // The pin-reading commands under `ip netns exec` say they find no
+    // agent, and `detach` removes nothing.
+    let config_arg = agent.config.display().to_string();
+    for args in [vec!["rules"], vec!["conntrack", "count"], vec!["detach"]] {
+        let mut cmd = vec![nva.as_str()];
+        cmd.extend(&args);
+        cmd.extend(["--config", config_arg.as_str()]);
+        let out = run_bounded(t.nva.command(&cmd), Duration::from_secs(30));
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
+        assert!(
+            said.contains("no agent found") && said.contains("nsenter"),
+            "{args:?}: {said}"
+        );
+    }
+    assert!(agent.state().is_some(), "the agent's state is still there");
+    until_health(&t, 200, "after the refused commands");
+    assert_filters(&t, "after the refused commands");
+
+    // `nva reload --config OTHER` does not report the old rules as new.
+    let other = dir.join("new.toml");
+    std::fs::write(&other, config(HEALTH, &agent.bpffs, true)).unwrap();
+    let generation = agent.state().unwrap()["generation"].clone();
+    let out = agent.nva_with_config(&["reload"], &other);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&agent.config.canonicalize().unwrap().display().to_string()),
+        "the refusal names the file the agent reads: {said}"
+    );
+    assert_eq!(agent.state().unwrap()["generation"], generation);
+    assert_filters(&t, "after the refused reload");
+}

@@ -820,3 +820,70 @@ fn ip_configuration<'a>(
         .and_then(Value::as_object_mut)
         .ok_or_else(|| AzureError::Resource(format!("{nic_id} has no IP configuration {name:?}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::config::{ProbeTarget, RouteTableSettings};
+
+    /// Stands for the daemon: its leadership check needs `&mut self`.
+    struct Leader {
+        checks: u32,
+    }
+
+    impl Leader {
+        async fn leading(&mut self) -> anyhow::Result<bool> {
+            self.checks += 1;
+            Ok(false)
+        }
+    }
+
+    fn nva(name: &str, ip: &str) -> NvaSettings {
+        NvaSettings {
+            name: name.into(),
+            probe: ProbeTarget::Tcp("127.0.0.1:9".parse().unwrap()),
+            internal_ip: ip.parse().unwrap(),
+            external_ip: None,
+            nic_id: Some(format!("/subscriptions/s/networkInterfaces/{name}")),
+            ip_config: Some("ipconfig1".into()),
+            netns: String::new(),
+        }
+    }
+
+    /// The daemon shares its `&mut self` check between the parallel
+    /// branches through a mutex; a lost leadership stops the switch before
+    /// any request (the endpoint here answers nothing).
+    #[tokio::test]
+    async fn a_mut_leadership_check_fences_the_switch() {
+        let client = AzureClient::new(AzureSettings {
+            route_tables: vec![RouteTableSettings {
+                id: "/subscriptions/s/routeTables/rt".into(),
+                routes: vec!["default".into()],
+            }],
+            public_ip_id: "/subscriptions/s/publicIPAddresses/pip".into(),
+            arm_endpoint: "http://127.0.0.1:9".into(),
+            token: TokenSource::ManagedIdentity {
+                endpoint: "http://127.0.0.1:9".into(),
+                client_id: None,
+            },
+            poll_interval_ms: 10,
+        })
+        .unwrap();
+        let (a, b) = (nva("a", "10.0.0.1"), nva("b", "10.0.0.2"));
+        let plan = client.plan(Some(&a), &b);
+        let mut leader = Leader { checks: 0 };
+        let me = tokio::sync::Mutex::new(&mut leader);
+        let me = &me;
+        let result: anyhow::Result<()> = client
+            .switch(&plan, &b, move || async move {
+                if me.lock().await.leading().await? {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("fenced"))
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap_err().to_string(), "fenced");
+        assert!(leader.checks >= 1);
+    }
+}

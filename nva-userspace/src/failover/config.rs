@@ -839,6 +839,41 @@ via = "external_ip"
     }
 
     #[test]
+    fn shipped_example_azure_section_parses() {
+        // The commented [azure] section, uncommented, for an Azure pair.
+        let example = include_str!("../../../scripts/failover-example.toml");
+        let (linux, azure) = example.split_once("# [azure]").unwrap();
+        let azure: String = azure
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{}\n", l.replace('…', "s")))
+            .collect();
+        let text = linux
+            .replace("provider = \"linux\"", "provider = \"azure\"")
+            .replace(
+                "internal_ip = \"10.20.0.11\"",
+                "internal_ip = \"10.20.0.11\"\nnic_id = \"/subscriptions/s/networkInterfaces/a\"\nip_config = \"ipconfig1\"",
+            )
+            .replace(
+                "internal_ip = \"10.20.0.12\"",
+                "internal_ip = \"10.20.0.12\"\nnic_id = \"/subscriptions/s/networkInterfaces/b\"\nip_config = \"ipconfig1\"",
+            )
+            + "[azure]\n"
+            + &azure;
+        let c = parse_failover_config("failover-example.toml", &text).unwrap();
+        let a = c.azure.unwrap();
+        assert_eq!(
+            a.token,
+            TokenSource::ManagedIdentity {
+                endpoint: "http://169.254.169.254".into(),
+                client_id: Some("00000000-0000-0000-0000-000000000000".into()),
+            }
+        );
+        assert_eq!(a.route_tables[0].routes, ["default"]);
+    }
+
+    #[test]
     fn azure_settings() {
         let text = EXAMPLE
             .replace("provider = \"linux\"", "provider = \"azure\"")

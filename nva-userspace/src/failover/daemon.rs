@@ -491,19 +491,18 @@ impl Daemon {
                 actions.extend(attach);
             }
         }
-        for action in &actions {
-            if !self.leading().await? {
-                return Err(super::coord::CoordError::Fenced.into());
+        // Leadership is checked before every action; the parallel branches
+        // of the switch share the check through a mutex.
+        let me = tokio::sync::Mutex::new(&mut *self);
+        let me = &me;
+        az.switch(&actions, &target, move || async move {
+            if me.lock().await.leading().await? {
+                Ok(())
+            } else {
+                Err(anyhow::Error::from(super::coord::CoordError::Fenced))
             }
-            let started = Instant::now();
-            az.execute(action, &target).await?;
-            tracing::info!(
-                ?action,
-                elapsed_s = started.elapsed().as_secs_f64(),
-                "Azure action done"
-            );
-        }
-        Ok(())
+        })
+        .await
     }
 }
 

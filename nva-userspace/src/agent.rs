@@ -38,6 +38,15 @@ pub struct AgentState {
     /// another file.
     #[serde(default)]
     pub config_path: Option<PathBuf>,
+    /// Network namespace of the agent (`net:[INODE]`): pinned links name
+    /// interfaces by ifindex, which means something only there.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// What the last reload re-attached, and where re-attaching failed.
+    #[serde(default)]
+    pub repaired: Vec<String>,
+    #[serde(default)]
+    pub repair_errors: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -57,6 +66,44 @@ pub fn refuse_if_agent_running(bpffs: &Path) -> anyhow::Result<()> {
                 "another agent (pid {}) runs with agent.bpffs = {}",
                 other.pid,
                 bpffs.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The network namespace of this process, as `net:[INODE]`.
+fn current_netns() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/net")
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Refuses pins left by an agent of another network namespace while one of
+/// their links is still bound to an interface there: ifindexes name other
+/// interfaces here, so adopting could filter that namespace's traffic while
+/// reporting healthy, and dropping would detach it. Links of a namespace
+/// that is gone (rebuilt) are severed and are repaired as usual.
+fn refuse_other_netns(bpffs: &Path, layout: &PinLayout) -> anyhow::Result<()> {
+    let Ok(previous) = read_state(bpffs) else {
+        return Ok(());
+    };
+    let (Some(theirs), Some(ours)) = (&previous.netns, current_netns()) else {
+        return Ok(());
+    };
+    if *theirs == ours {
+        return Ok(());
+    }
+    let links = std::fs::read_dir(layout.root.join("links"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_else(|_| Vec::new());
+    for link in links {
+        if matches!(crate::datapath::pinned_link_target(&link), Ok((ifindex, _)) if ifindex != 0)
+        {
+            bail!(
+                "agent.bpffs = {} holds the live data path of an agent of network namespace {theirs} ({} is attached there); this agent runs in {ours}: give each namespace's agent its own agent.bpffs",
+                bpffs.display(),
+                link.display()
             );
         }
     }
@@ -183,6 +230,9 @@ impl Agent {
         ensure_bpffs(&bpffs)?;
         let layout = PinLayout::new(&bpffs);
         let adopting = layout.maps().exists();
+        if adopting {
+            refuse_other_netns(&bpffs, &layout)?;
+        }
         layout.create_dirs()?;
         let mut datapath = DataPath::open(Some(&layout), config.policy.conntrack_max)?;
         let previous = if adopting {
@@ -223,8 +273,13 @@ impl Agent {
             reloads_error: previous.reloads_error,
             reload_seq: previous.reload_seq,
             last_reload_error: None,
+            // Absolute, symlinks kept: the agent re-reads this path, so a
+            // flipped symlink is what it reads next.
+            netns: current_netns(),
+            repaired: Vec::new(),
+            repair_errors: Vec::new(),
             config_path: Some(
-                std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf()),
+                std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf()),
             ),
         };
         write_state(&bpffs, &state)?;
@@ -248,7 +303,9 @@ impl Agent {
         let result = self.try_reload();
         // Whatever became of the new rules, a reload repairs attachments
         // (the running rule set, old or new, must be enforced everywhere).
-        self.repair_attachments();
+        let (repaired, repair_errors) = self.repair_attachments();
+        self.state.repaired = repaired;
+        self.state.repair_errors = repair_errors;
         self.state.reload_seq += 1;
         match &result {
             Ok(generation) => {
@@ -302,11 +359,13 @@ impl Agent {
     }
 
     /// Re-attaches the program where its link was detached behind the
-    /// agent's back (done on reload; the health check reports it meanwhile).
-    pub fn repair_attachments(&mut self) {
+    /// agent's back or its interface recreated (done on reload; the health
+    /// check reports it meanwhile). Returns what was repaired and what could
+    /// not be.
+    pub fn repair_attachments(&mut self) -> (Vec<String>, Vec<String>) {
+        let (mut repaired, mut failed) = (Vec::new(), Vec::new());
         for iface in self.config.agent.interfaces.clone() {
-            let healthy = crate::health::link_attached(&self.layout, &iface);
-            if healthy {
+            if crate::health::link_attached(&self.layout, &iface) {
                 continue;
             }
             match self
@@ -315,14 +374,19 @@ impl Agent {
             {
                 Ok(how) => {
                     tracing::warn!(iface, ?how, "repaired: re-attached the XDP program");
+                    repaired.push(format!("{iface}: re-attached ({how:?})"));
                     match self.attachments.iter_mut().find(|(i, _)| *i == iface) {
                         Some(entry) => entry.1 = how,
                         None => self.attachments.push((iface, how)),
                     }
                 }
-                Err(e) => tracing::error!(iface, error = %e, "cannot re-attach XDP program"),
+                Err(e) => {
+                    tracing::error!(iface, error = %e, "cannot re-attach XDP program");
+                    failed.push(format!("{iface}: {e}"));
+                }
             }
         }
+        (repaired, failed)
     }
 
     /// Status for /status and `nva status`.

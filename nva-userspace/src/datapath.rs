@@ -134,6 +134,28 @@ pub struct DataPath {
     links: Vec<(String, Option<PinnedLink>)>,
 }
 
+/// Why a pinned link was not adopted.
+enum NotAdopted {
+    /// Severed or bound to another interface: drop it and attach afresh.
+    Dead(String),
+    /// Something else failed: the link may be good, so it stays.
+    Failed(DataPathError),
+}
+
+/// Whether `error` or one of its sources is the OS error `code`.
+fn has_os_error(error: &(dyn std::error::Error + 'static), code: i32) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(code))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// How an interface got its program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attachment {
@@ -520,13 +542,19 @@ impl DataPath {
         if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
             match self.adopt(iface, path) {
                 Ok(()) => return Ok(Attachment::Adopted),
-                Err(why) => {
+                // The link may still be good: leave it (and its pin) alone.
+                Err(NotAdopted::Failed(e)) => return Err(e),
+                Err(NotAdopted::Dead(why)) => {
                     tracing::warn!(iface, pin = %path.display(), why, "dropping the pinned link; attaching afresh");
-                    if let Err(e) = std::fs::remove_file(path) {
-                        return Err(DataPathError::Pin {
-                            path: path.display().to_string(),
-                            message: format!("removing a severed link: {e}"),
-                        });
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(DataPathError::Pin {
+                                path: path.display().to_string(),
+                                message: format!("removing a severed link: {e}"),
+                            })
+                        }
                     }
                     repaired = true;
                 }
@@ -541,40 +569,60 @@ impl DataPath {
     }
 
     /// Replaces the program on the pinned link of `iface` if that link is
-    /// still bound to `iface`; otherwise says why it cannot be adopted.
-    fn adopt(&mut self, iface: &str, path: &std::path::Path) -> Result<(), String> {
-        let want = ifindex_by_name(iface).ok_or("no such interface")?;
+    /// still bound to `iface`. The pin keeps naming the same link, so it is
+    /// never removed here: a SIGKILL at any point leaves a link in place.
+    fn adopt(&mut self, iface: &str, path: &std::path::Path) -> Result<(), NotAdopted> {
+        let pin_err = |message: String| {
+            NotAdopted::Failed(DataPathError::Pin {
+                path: path.display().to_string(),
+                message,
+            })
+        };
+        let want = ifindex_by_name(iface).ok_or_else(|| {
+            NotAdopted::Failed(DataPathError::Interface {
+                iface: iface.to_string(),
+                message: "no such interface".into(),
+            })
+        })?;
         match pinned_link_target(path) {
+            // bpf_link_info reports ifindex 0 once the link lost its device:
+            // detached (BPF_LINK_DETACH) or the interface unregistered.
             Ok((0, _)) => {
-                return Err("the link was severed (detached, or its interface deleted)".into())
-            }
-            Ok((got, _)) if got != want => {
-                return Err(format!(
-                    "the link is bound to ifindex {got}, the interface is now {want}"
+                return Err(NotAdopted::Dead(
+                    "the link was severed (detached, or its interface deleted)".into(),
                 ))
             }
+            Ok((got, _)) if got != want => {
+                return Err(NotAdopted::Dead(format!(
+                    "the link is bound to ifindex {got}, the interface is now {want}"
+                )))
+            }
             Ok(_) => {}
-            Err(e) => return Err(format!("reading the pinned link: {e}")),
+            Err(e) => return Err(pin_err(format!("reading the pinned link: {e}"))),
         }
-        let pinned = PinnedLink::from_pin(path).map_err(|e| format!("opening the pin: {e}"))?;
+        let pinned =
+            PinnedLink::from_pin(path).map_err(|e| pin_err(format!("opening the pin: {e}")))?;
         let fd: FdLink = pinned.into();
-        let prog = self.program_mut().map_err(|e| e.to_string())?;
         let link = fd
             .try_into()
-            .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
-        // bpf_link_update: fails (ENOLINK) if the link was severed since.
-        let id = prog
-            .attach_to_link(link)
-            .map_err(|e| format!("replacing the program on the link: {e}"))?;
-        let link = prog.take_link(id).map_err(|e| e.to_string())?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
-        // Re-pin: the old pin file still names the same link.
-        let _ = std::fs::remove_file(path);
-        let pinned = fd
-            .pin(path)
-            .map_err(|e| format!("pinning {}: {e}", path.display()))?;
+            .map_err(|e| NotAdopted::Failed(DataPathError::Link(e)))?;
+        let prog = self.program_mut().map_err(NotAdopted::Failed)?;
+        // bpf_link_update fails with ENOLINK if the link was severed since
+        // it was looked at.
+        let id = match prog.attach_to_link(link) {
+            Ok(id) => id,
+            Err(e) if has_os_error(&e, libc::ENOLINK) => {
+                return Err(NotAdopted::Dead(format!(
+                    "the link was severed while being adopted ({e})"
+                )))
+            }
+            Err(e) => return Err(NotAdopted::Failed(e.into())),
+        };
+        // The link outlives this handle through its pin; keep a handle
+        // opened from the pin, which `detach_all` can unpin.
+        drop(prog.take_link(id).map_err(|e| NotAdopted::Failed(e.into()))?);
+        let pinned = PinnedLink::from_pin(path)
+            .map_err(|e| pin_err(format!("opening the pin again: {e}")))?;
         self.set_link(iface, Some(pinned));
         Ok(())
     }

@@ -441,15 +441,17 @@ fn reload(path: &Path) -> anyhow::Result<()> {
     // The agent re-reads the file it was started with: reloading "another
     // file" would report success and keep the old rules.
     if let Some(own) = &before.config_path {
-        let given = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        if &given != own {
+        // Both resolved now: the file the agent will read is whatever its
+        // path (symlinks included) names at this moment.
+        let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if resolve(path) != resolve(own) {
             anyhow::bail!(
                 "the agent (pid {}) reads {}, not {}: a reload re-reads the agent's own config file; write the new rules to {} (or restart the agent with --config {})",
                 before.pid,
                 own.display(),
-                given.display(),
+                path.display(),
                 own.display(),
-                given.display()
+                path.display()
             );
         }
     }
@@ -461,7 +463,17 @@ fn reload(path: &Path) -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let Ok(now) = read_state(bpffs) else { continue };
         if now.reload_seq > before.reload_seq {
+            for r in &now.repaired {
+                println!("repaired: {r}");
+            }
+            for e in &now.repair_errors {
+                eprintln!("not re-attached: {e}");
+            }
             return match now.last_reload_error {
+                None if !now.repair_errors.is_empty() => Err(anyhow::anyhow!(
+                    "generation {} is active, but the program is not attached everywhere (the data path is unhealthy)",
+                    now.generation
+                )),
                 None => {
                     println!("reloaded: generation {} active", now.generation);
                     Ok(())

@@ -78,15 +78,37 @@ fn mount_ns(pid: &str) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
-/// The process whose mount namespace stands for the host's: init when its
-/// namespace can be read, else the parent. `ip netns exec` (and `unshare
-/// -m`) give only the command a new mount namespace, so its parent still
-/// runs in the one the command was started from.
+/// The parent of process `pid`, from `/proc/PID/stat` (0 at the top).
+fn parent_of(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: fields after its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace()
+        .nth(1)
+        .map(str::to_string)
+        .filter(|p| p != "0")
+}
+
+/// The process whose mount namespace stands for the host's: the oldest
+/// ancestor whose namespace can be read (init, where permitted). `ip netns
+/// exec` (and `unshare -m`) give only the command and what it starts a new
+/// mount namespace, never an ancestor of theirs; walking up the ancestors
+/// (not taking pid 1 as given) also keeps a shared pid namespace's init, a
+/// stranger in another container, out of it.
 fn reference_process() -> Option<String> {
-    if mount_ns("1").is_some() {
-        return Some("1".into());
+    let mut reference = None;
+    let mut pid = "self".to_string();
+    // Bounded: pid chains are short, and a loop must not hang the agent.
+    for _ in 0..64 {
+        let Some(parent) = parent_of(&pid) else {
+            break;
+        };
+        if mount_ns(&parent).is_some() {
+            reference = Some(parent.clone());
+        }
+        pid = parent;
     }
-    Some(nix::unistd::getppid().as_raw().to_string()).filter(|p| mount_ns(p).is_some())
+    reference
 }
 
 /// When this process runs in a mount namespace of its own (not the

@@ -73,6 +73,11 @@ fn reload_repairs(t: &Topology, agent: &RunningAgent, what: &str) {
     until_health(t, 503, what);
     let out = agent.nva(&["reload"]);
     assert!(out.status.success(), "nva reload: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("repaired: "),
+        "nva reload says what it repaired: {}",
+        text(&out)
+    );
     until_health(t, 200, &format!("reloaded after {what}"));
     assert_filters(t, &format!("reloaded after {what}"));
 }
@@ -131,6 +136,14 @@ fn restart_and_reload_repair_an_external_detach() {
         agent.packets_of("allowed") >= counted + 10,
         "the rule set and its counters were kept"
     );
+    // Only the severed link was replaced; the good one was adopted (no gap).
+    assert_eq!(
+        attachments(&agent),
+        [
+            (NVA_IN_IF.to_string(), "Reattached".to_string()),
+            (NVA_OUT_IF.to_string(), "Adopted".to_string())
+        ]
+    );
 
     // The same fault while the agent runs: `nva reload` repairs it.
     agent.detach_link(NVA_OUT_IF);
@@ -147,11 +160,22 @@ fn restart_and_reload_repair_recreated_interfaces() {
 
     // The namespace's interfaces deleted and created again while no agent
     // runs: the pinned links are defunct.
+    assert_filters(&t, "started");
+    let counted = agent.packets_of("allowed");
     agent.kill9();
     t.rewire();
     agent.spawn(&t.nva);
     until_health(&t, 200, "restarted after the interfaces were recreated");
     assert_filters(&t, "restarted after the interfaces were recreated");
+    assert!(
+        agent.log().contains("repaired"),
+        "the agent logs what it repaired: {}",
+        agent.log()
+    );
+    assert!(
+        agent.packets_of("allowed") >= counted + 10,
+        "the rule set and its counters were kept"
+    );
 
     // And while it runs: unhealthy until a reload.
     t.rewire();
@@ -191,10 +215,6 @@ fn private_mount_namespaces_and_foreign_reload_files_are_refused() {
         said.contains("ip netns exec") && said.contains("nsenter --net=/run/netns/"),
         "the refusal says why and what to do: {said}"
     );
-    assert!(
-        !std::path::Path::new(&private_bpffs).exists(),
-        "nothing pinned in the host's bpffs"
-    );
 
     // The pin-reading commands under `ip netns exec` say they find no
     // agent, and `detach` removes nothing.
@@ -228,4 +248,37 @@ fn private_mount_namespaces_and_foreign_reload_files_are_refused() {
     );
     assert_eq!(agent.state().unwrap()["generation"], generation);
     assert_filters(&t, "after the refused reload");
+
+    // The same file under another name is the agent's file.
+    let alias = dir.join("alias.toml");
+    std::os::unix::fs::symlink(&agent.config, &alias).unwrap();
+    let out = agent.nva_with_config(&["reload"], &alias);
+    assert!(out.status.success(), "reload through a symlink: {}", text(&out));
+}
+
+/// (interface, how the program got there) from `nva status --json`.
+fn attachments(agent: &RunningAgent) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    // The status is published every health interval.
+    wait_until(Duration::from_secs(5), || {
+        let out = agent.nva(&["status", "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if doc["status"]["pid"].as_u64() != agent.child.as_ref().map(|c| c.pid() as u64) {
+            return false;
+        }
+        found = doc["status"]["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                let how = i["attached"].as_str().unwrap_or("");
+                (
+                    i["name"].as_str().unwrap_or("").to_string(),
+                    how.split('(').next().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        true
+    });
+    found
 }

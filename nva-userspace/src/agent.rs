@@ -98,8 +98,7 @@ fn refuse_other_netns(bpffs: &Path, layout: &PinLayout) -> anyhow::Result<()> {
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_else(|_| Vec::new());
     for link in links {
-        if matches!(crate::datapath::pinned_link_target(&link), Ok((ifindex, _)) if ifindex != 0)
-        {
+        if matches!(crate::datapath::pinned_link_target(&link), Ok((ifindex, _)) if ifindex != 0) {
             bail!(
                 "agent.bpffs = {} holds the live data path of an agent of network namespace {theirs} ({} is attached there); this agent runs in {ours}: give each namespace's agent its own agent.bpffs",
                 bpffs.display(),

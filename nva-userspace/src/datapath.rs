@@ -620,7 +620,10 @@ impl DataPath {
         };
         // The link outlives this handle through its pin; keep a handle
         // opened from the pin, which `detach_all` can unpin.
-        drop(prog.take_link(id).map_err(|e| NotAdopted::Failed(e.into()))?);
+        drop(
+            prog.take_link(id)
+                .map_err(|e| NotAdopted::Failed(e.into()))?,
+        );
         let pinned = PinnedLink::from_pin(path)
             .map_err(|e| pin_err(format!("opening the pin again: {e}")))?;
         self.set_link(iface, Some(pinned));

@@ -253,7 +253,11 @@ fn private_mount_namespaces_and_foreign_reload_files_are_refused() {
     let alias = dir.join("alias.toml");
     std::os::unix::fs::symlink(&agent.config, &alias).unwrap();
     let out = agent.nva_with_config(&["reload"], &alias);
-    assert!(out.status.success(), "reload through a symlink: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "reload through a symlink: {}",
+        text(&out)
+    );
 }
 
 /// (interface, how the program got there) from `nva status --json`.

@@ -142,10 +142,12 @@ impl Flood {
                 iov_base: frame.as_ptr() as *mut libc::c_void,
                 iov_len: frame.len(),
             };
-            // SAFETY: zeroed mmsghdr entries all point at the same frame and
-            // address, which outlive the loop.
+            // The mmsghdr entries all point at the same frame and address,
+            // which outlive the loop.
             let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
                 .map(|_| {
+                    // SAFETY: mmsghdr is a C struct of integers and pointers:
+                    // all zeroes (null pointers) is a valid value.
                     let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
                     m.msg_hdr.msg_name = &mut to as *mut libc::sockaddr_ll as *mut libc::c_void;
                     m.msg_hdr.msg_namelen =

@@ -166,12 +166,16 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
     let Some(flow) = CONNTRACK_SCRATCH.get_ptr_mut(0) else {
         return PacketReason::PassNotReady;
     };
+    // SAFETY: the pointer comes from a successful per-CPU map lookup, so it is valid and aligned
+    // for the value; the scratch slot is this CPU's, XDP runs do not nest on a CPU, and userspace
+    // never touches it.
     let flow = unsafe { &mut *flow };
     flow.kind = CT_FLOW_NEW;
     flow.state = UNTRACKED;
     if config.stateful == 0 {
         return CLASSIFY;
     }
+    // SAFETY: a BPF helper without arguments that only reads a clock.
     flow.now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
     flow.replaced = 0;
     flow.pending_drop = CT_PENDING_NONE;
@@ -228,6 +232,9 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
     );
     flow.src_is_lo = src_is_lo as u8;
     if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
+        // SAFETY: the pointer comes from a successful lookup and stays valid for this run (RCU),
+        // even if the entry is evicted meanwhile; another CPU may update the same flow at once, the
+        // accepted race of per-flow state in BPF: at worst an increment or a timestamp is lost.
         let e = unsafe { &mut *entry };
         if expired(e, config, flow.now) {
             flow.replaced = 1;
@@ -318,6 +325,8 @@ fn related(
     if !parse::icmp_quote_key(ctx, pkt, &mut flow.key) {
         return false;
     }
+    // SAFETY: read only, during this run (RCU keeps the element allocated); a concurrent update can
+    // only make the expiry check see the newer timestamp.
     match unsafe { CONNTRACK.get(&flow.key) } {
         Some(entry) => !expired(entry, config, flow.now),
         None => false,
@@ -343,7 +352,10 @@ fn refresh(e: &mut ConntrackEntry, state: u8, from_origin: bool, len: u64, now: 
 #[inline(always)]
 fn count(stat: u32) {
     if let Some(c) = CONNTRACK_STATS.get_ptr_mut(stat) {
-        // Per-CPU slot: no other CPU writes it.
+        // SAFETY: the pointer comes from a successful per-CPU map lookup, so it is valid and
+        // aligned for the value; the slot is this CPU's and XDP runs do not nest on a CPU, so
+        // nothing else writes it during this run (userspace only reads it, or zeroes slots not in
+        // use).
         unsafe { *c += 1 };
     }
 }
@@ -362,6 +374,9 @@ pub fn after_classify(
     let Some(flow) = CONNTRACK_SCRATCH.get_ptr_mut(0) else {
         return reason;
     };
+    // SAFETY: the pointer comes from a successful per-CPU map lookup, so it is valid and aligned
+    // for the value; the scratch slot is this CPU's, XDP runs do not nest on a CPU, and userspace
+    // never touches it.
     let flow: &mut ConntrackScratch = unsafe { &mut *flow };
     if flow.kind == CT_FLOW_RECHECK {
         if !reason.is_pass() {
@@ -372,6 +387,10 @@ pub fn after_classify(
         }
         // Looked up again rather than carried across the classifier.
         if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
+            // SAFETY: the pointer comes from a successful lookup and stays valid for this run
+            // (RCU), even if the entry is evicted meanwhile; another CPU may update the same flow
+            // at once, the accepted race of per-flow state in BPF: at worst an increment or a
+            // timestamp is lost.
             let e = unsafe { &mut *entry };
             e.generation = config.generation;
             e.rule_counter = counter;

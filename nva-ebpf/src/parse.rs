@@ -60,6 +60,8 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 
 #[inline(always)]
 fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a byte
+    // array needs no alignment.
     ptr_at::<[u8; 2]>(ctx, offset).map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
@@ -87,6 +89,8 @@ fn parse_ethernet(ctx: &XdpContext, vlan: &mut [u16; 2]) -> Result<(u16, usize),
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, PacketReason> {
     let hdr = ptr_at::<[u8; IPV4_HDR_LEN]>(ctx, off).ok_or(PacketReason::DropMalformedIpv4)?;
+    // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a byte
+    // array needs no alignment.
     let hdr = unsafe { &*hdr };
     let version = hdr[0] >> 4;
     let hdr_len = ((hdr[0] & 0x0f) as usize) * 4;
@@ -111,6 +115,8 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, P
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, PacketReason> {
     let hdr = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, off).ok_or(PacketReason::DropMalformedIpv6)?;
+    // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a byte
+    // array needs no alignment.
     let hdr = unsafe { &*hdr };
     if hdr[0] >> 4 != 6 {
         return Err(PacketReason::DropMalformedIpv6);
@@ -133,6 +139,8 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, P
             // units, not counting the first 8.
             0 | 43 | 60 => {
                 let ext = ptr_at::<[u8; 2]>(ctx, off).ok_or(PacketReason::DropMalformedIpv6)?;
+                // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end),
+                // and a byte array needs no alignment.
                 let ext = unsafe { *ext };
                 next = ext[0];
                 off += (ext[1] as usize + 1) * 8;
@@ -140,6 +148,8 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, P
             // Fragment: fixed 8 octets; a non-first fragment ends the walk.
             44 => {
                 let ext = ptr_at::<[u8; 8]>(ctx, off).ok_or(PacketReason::DropMalformedIpv6)?;
+                // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end),
+                // and a byte array needs no alignment.
                 let ext = unsafe { *ext };
                 next = ext[0];
                 off += 8;
@@ -152,6 +162,8 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, P
             // Authentication header: length in 4-octet units, minus 2.
             51 => {
                 let ext = ptr_at::<[u8; 2]>(ctx, off).ok_or(PacketReason::DropMalformedIpv6)?;
+                // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end),
+                // and a byte array needs no alignment.
                 let ext = unsafe { *ext };
                 next = ext[0];
                 off += (ext[1] as usize + 2) * 4;
@@ -174,6 +186,8 @@ fn parse_l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Packet
     match pkt.proto {
         PROTO_TCP => {
             let hdr = ptr_at::<[u8; 20]>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
+            // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a
+            // byte array needs no alignment.
             let hdr = unsafe { &*hdr };
             let data_off = ((hdr[12] >> 4) as usize) * 4;
             if data_off < 20 || ctx.data() + off + data_off > ctx.data_end() {
@@ -185,6 +199,8 @@ fn parse_l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Packet
         }
         PROTO_UDP => {
             let hdr = ptr_at::<[u8; 8]>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
+            // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a
+            // byte array needs no alignment.
             let hdr = unsafe { &*hdr };
             pkt.sport = u16::from_be_bytes([hdr[0], hdr[1]]);
             pkt.dport = u16::from_be_bytes([hdr[2], hdr[3]]);
@@ -192,6 +208,8 @@ fn parse_l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Packet
         PROTO_ICMP | PROTO_ICMPV6 => {
             // Type, code, checksum.
             let hdr = ptr_at::<[u8; 4]>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
+            // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a
+            // byte array needs no alignment.
             pkt.icmp_type = unsafe { (*hdr)[0] };
             // Echo identifier (in the rest-of-header word).
             if let Some(id) = read_be16(ctx, off + 4) {
@@ -230,6 +248,8 @@ pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) ->
         let Some(hdr) = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, off) else {
             return false;
         };
+        // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a
+        // byte array needs no alignment.
         let hdr = unsafe { &*hdr };
         if hdr[0] >> 4 != 6 {
             return false;
@@ -241,6 +261,8 @@ pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) ->
         let Some(hdr) = ptr_at::<[u8; IPV4_HDR_LEN]>(ctx, off) else {
             return false;
         };
+        // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a
+        // byte array needs no alignment.
         let hdr = unsafe { &*hdr };
         let hdr_len = ((hdr[0] & 0x0f) as usize) * 4;
         if hdr[0] >> 4 != 4 || hdr_len < IPV4_HDR_LEN {
@@ -255,6 +277,8 @@ pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) ->
     let Some(l4) = ptr_at::<[u8; 8]>(ctx, inner_l4) else {
         return false;
     };
+    // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a byte
+    // array needs no alignment.
     let l4 = unsafe { &*l4 };
     let (sport, dport) = match proto {
         PROTO_TCP | PROTO_UDP => (

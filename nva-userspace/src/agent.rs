@@ -227,6 +227,7 @@ impl Agent {
         let bpffs = config.agent.bpffs.clone();
         refuse_if_agent_running(&bpffs)?;
         ensure_bpffs(&bpffs)?;
+        crate::pin::refuse_other_versions(&bpffs)?;
         let layout = PinLayout::new(&bpffs);
         let adopting = layout.maps().exists();
         if adopting {

@@ -7,6 +7,10 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+// Keys and values cross into the kernel as raw bytes, both ways: only types
+// whose every byte is a defined field (no padding) may be used.
+use aya::Pod;
+
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -47,7 +51,7 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 }
 
 /// Writes `entries` (insert or replace) in chunks.
-pub fn update<K: Copy, V: Copy>(map: BorrowedFd<'_>, entries: &[(K, V)]) -> io::Result<()> {
+pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, entries: &[(K, V)]) -> io::Result<()> {
     for chunk in entries.chunks(CHUNK) {
         let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
         let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
@@ -71,7 +75,7 @@ pub fn update<K: Copy, V: Copy>(map: BorrowedFd<'_>, entries: &[(K, V)]) -> io::
 }
 
 /// Deletes every entry of a hash map; returns how many were deleted.
-pub fn drain<K: Copy + Default, V: Copy + Default>(map: BorrowedFd<'_>) -> io::Result<usize> {
+pub fn drain<K: Pod + Default, V: Pod + Default>(map: BorrowedFd<'_>) -> io::Result<usize> {
     let mut total = 0;
     walk::<K, V>(map, BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut |chunk| {
         total += chunk.len()
@@ -84,7 +88,7 @@ pub type EntryVisitor<'a, K, V> = dyn FnMut(&[(K, V)]) + 'a;
 
 /// Reads every entry of a hash map, a chunk at a time (entries changed
 /// meanwhile may be seen in either version, as with any map walk).
-pub fn for_each<K: Copy + Default, V: Copy + Default>(
+pub fn for_each<K: Pod + Default, V: Pod + Default>(
     map: BorrowedFd<'_>,
     f: &mut EntryVisitor<'_, K, V>,
 ) -> io::Result<()> {
@@ -92,7 +96,7 @@ pub fn for_each<K: Copy + Default, V: Copy + Default>(
 }
 
 /// Deletes `keys`; returns how many existed.
-pub fn delete<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
     let mut deleted = 0;
     for chunk in keys.chunks(CHUNK) {
         let mut attr = BatchAttr {
@@ -116,7 +120,7 @@ pub fn delete<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
     Ok(deleted)
 }
 
-fn walk<K: Copy + Default, V: Copy + Default>(
+fn walk<K: Pod + Default, V: Pod + Default>(
     map: BorrowedFd<'_>,
     cmd: libc::c_long,
     f: &mut EntryVisitor<'_, K, V>,

@@ -118,6 +118,19 @@ fn slot_name(base: &str, slot: u32) -> String {
     format!("{base}_{slot}")
 }
 
+/// Every map pinned under the layout: the global maps, then each slot's.
+fn pinned_map_names() -> Vec<String> {
+    GLOBAL_MAPS
+        .iter()
+        .map(|n| n.to_string())
+        .chain(
+            SLOT_MAPS
+                .iter()
+                .flat_map(|n| [slot_name(n, 0), slot_name(n, 1)]),
+        )
+        .collect()
+}
+
 /// What is known of a slot's port/ICMP arrays, so a reload writes only the
 /// entries that change (the port array has 262,144 entries).
 #[derive(Clone, Default)]
@@ -188,15 +201,7 @@ impl DataPath {
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, conntrack_max);
-        let all: Vec<String> = GLOBAL_MAPS
-            .iter()
-            .map(|n| n.to_string())
-            .chain(
-                SLOT_MAPS
-                    .iter()
-                    .flat_map(|n| [slot_name(n, 0), slot_name(n, 1)]),
-            )
-            .collect();
+        let all = pinned_map_names();
         let paths: Vec<(String, std::path::PathBuf)> = match pins {
             Some(p) => all.iter().map(|n| (n.clone(), p.map(n))).collect(),
             None => Vec::new(),
@@ -520,6 +525,7 @@ impl DataPath {
             loose_tcp: rules.loose_tcp as u8,
             _pad: [0; 4],
             timeouts_s: rules.timeouts_s,
+            _pad_tail: 0,
         };
         config.set(slot, value, 0).map_err(map_err(names::CONFIG))?;
         Ok(())
@@ -1002,6 +1008,57 @@ pub fn local_addrs() -> Vec<std::net::IpAddr> {
 /// Resolves interface names in the current network namespace.
 pub fn ifindex_by_name(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (idx != 0).then_some(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every pinned map of the program: (name, map type, key size, value
+    /// size), from the object's own definitions.
+    fn pinned_maps() -> Vec<(String, u32, u32, u32)> {
+        let object = aya_obj::Object::parse(XDP_OBJECT).expect("parse the XDP object");
+        pinned_map_names()
+            .into_iter()
+            .map(|name| {
+                let map = object.maps.get(&name).unwrap_or_else(|| {
+                    panic!("map {name} (nva_common::map_names) is not in the XDP object")
+                });
+                (name, map.map_type(), map.key_size(), map.value_size())
+            })
+            .collect()
+    }
+
+    /// FNV-1a: stable across Rust releases, unlike `DefaultHasher`.
+    fn fingerprint(text: &str) -> u64 {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
+    #[test]
+    fn pinned_layout_changes_only_with_a_new_version() {
+        let text: String = pinned_maps()
+            .iter()
+            .map(|(n, t, k, v)| format!("{n} type {t} key {k} value {v}\n"))
+            .collect();
+        let found = fingerprint(&text);
+        let recorded = crate::pin::LAYOUT_FINGERPRINTS
+            .iter()
+            .find(|(v, _)| *v == crate::pin::LAYOUT_VERSION)
+            .map(|(_, f)| *f);
+        assert_eq!(
+            recorded,
+            Some(found),
+            "the pinned maps are not those recorded for layout {}: an agent would adopt pins it misreads. Bump nva_common::LAYOUT_VERSION and append (\"NEW\", {found:#x}) to pin::LAYOUT_FINGERPRINTS (never edit a recorded entry). The maps now:\n{text}",
+            crate::pin::LAYOUT_VERSION
+        );
+        let mut seen = std::collections::HashSet::new();
+        for (version, f) in crate::pin::LAYOUT_FINGERPRINTS {
+            assert!(seen.insert(*f), "layout {version} repeats an older layout");
+        }
+    }
 }

@@ -47,12 +47,14 @@ pub fn link_attached(layout: &crate::pin::PinLayout, iface: &str) -> bool {
 
 /// Whether the interface is administratively and operationally up.
 fn interface_up(iface: &str) -> std::io::Result<bool> {
+    // SAFETY: socket() takes no pointers; its result is checked below.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if sock < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: socket() returned a new descriptor.
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: ifreq is a C struct of integers, arrays and unions of them: all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes()) {
         *dst = src as libc::c_char;
@@ -61,6 +63,7 @@ fn interface_up(iface: &str) -> std::io::Result<bool> {
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: SIOCGIFFLAGS succeeded, so the kernel wrote ifru_flags, the member read here.
     let flags = unsafe { req.ifr_ifru.ifru_flags } as libc::c_int;
     Ok(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
 }

@@ -498,15 +498,22 @@ fn detach(path: &Path) -> anyhow::Result<()> {
     }
     nva::agent::refuse_if_agent_running(&bpffs)
         .context("stop the agent first (it holds the links)")?;
-    match pins {
-        Ok(layout) => {
-            layout.remove_all(&bpffs);
-            println!("detached: removed {}", layout.root.display());
+    // Pins of other layout versions (an older nva) go too.
+    let mut removed: Vec<PathBuf> = nva::pin::other_versions(&bpffs)
+        .iter()
+        .map(|v| bpffs.join(v))
+        .collect();
+    if let Ok(layout) = &pins {
+        removed.insert(0, layout.root.clone());
+    }
+    let layout = PinLayout::new(&bpffs);
+    if removed.is_empty() {
+        println!("nothing pinned under {}", layout.root.display());
+    } else {
+        layout.remove_all(&bpffs);
+        for path in &removed {
+            println!("detached: removed {}", path.display());
         }
-        Err(_) => println!(
-            "nothing pinned under {}",
-            PinLayout::new(&bpffs).root.display()
-        ),
     }
     let _ = std::fs::remove_dir_all(nva::pin::state_dir(&bpffs));
     Ok(())

@@ -1,15 +1,22 @@
 //! The bpffs layout of one agent: everything that must outlive the agent
-//! process (maps, links) is pinned under `agent.bpffs/v1`. The version
-//! changes whenever a map's layout does, so a new binary never adopts maps it
-//! would misread.
+//! process (maps, links) is pinned under `agent.bpffs/LAYOUT_VERSION`. The
+//! version changes whenever a pinned map's layout does, so a new binary never
+//! adopts maps it would misread; pins of another version are refused with
+//! the fix (`nva detach`), and `nva detach` removes every version.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-/// Version of the pinned layout.
-pub const LAYOUT_VERSION: &str = "v1";
+/// Version of the pinned layout (defined beside the shared types).
+pub use nva_common::LAYOUT_VERSION;
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// The fingerprint of each layout version's pinned maps (name, map type,
+/// key size, value size of every map pinned under the version), checked by
+/// the layout test against the program. Append only: a recorded entry is
+/// never edited; a layout change adds a version.
+pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[("v2", 0x7ac80a701a05698d)];
 
 #[derive(Clone, Debug)]
 pub struct PinLayout {
@@ -44,12 +51,51 @@ impl PinLayout {
         Ok(())
     }
 
-    /// Removes every pin (maps and links: this detaches the program).
+    /// Removes every pin of every layout version (maps and links: this
+    /// detaches the program).
     pub fn remove_all(&self, bpffs: &Path) {
         let _ = std::fs::remove_dir_all(&self.root);
+        for other in other_versions(bpffs) {
+            let _ = std::fs::remove_dir_all(bpffs.join(other));
+        }
         // Only if empty: the directory may hold an operator's other pins.
         let _ = std::fs::remove_dir(bpffs);
     }
+}
+
+/// Layout versions other than this binary's pinned under `bpffs`
+/// (directories named `v` and a number).
+pub fn other_versions(bpffs: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(bpffs) else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            n != LAYOUT_VERSION
+                && n.len() > 1
+                && n.starts_with('v')
+                && n[1..].bytes().all(|b| b.is_ascii_digit())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Refuses to start over pins of another layout version: this binary would
+/// misread their maps, and attaching beside them would leave two programs
+/// fighting over the interfaces.
+pub fn refuse_other_versions(bpffs: &Path) -> anyhow::Result<()> {
+    let others = other_versions(bpffs);
+    if !others.is_empty() {
+        bail!(
+            "agent.bpffs = {} holds pins of layout {} left by another nva version; this binary uses layout {LAYOUT_VERSION} and cannot adopt them: stop the old agent and run `nva detach --config FILE` (it removes every layout version, detaching the old program), then start this agent",
+            bpffs.display(),
+            others.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Where the agent using `bpffs` keeps its state files (bpffs holds only
@@ -67,7 +113,9 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
+    // SAFETY: statfs is a C struct of integers: all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` writable, both for the whole call; `st` is read only when the call succeeded.
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 

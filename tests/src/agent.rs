@@ -153,9 +153,10 @@ impl RunningAgent {
     /// Detaches the program from `iface` behind the agent's back, as an
     /// operator or another tool could (`bpftool link detach`).
     pub fn detach_link(&self, iface: &str) {
-        let link = format!("{}/v1/links/{iface}", self.bpffs);
+        let link = nva::pin::PinLayout::new(std::path::Path::new(&self.bpffs)).link(iface);
         let out = Command::new("bpftool")
-            .args(["link", "detach", "pinned", &link])
+            .args(["link", "detach", "pinned"])
+            .arg(&link)
             .output()
             .expect("run bpftool");
         assert!(

@@ -453,6 +453,7 @@ pub fn in_private_netns<T: Send + 'static>(
                 String::from_utf8_lossy(&out.stderr)
             );
             let c = std::ffi::CString::new(*name).unwrap();
+            // SAFETY: `c` is a NUL-terminated string that outlives the call.
             let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
             assert_ne!(idx, 0);
             table.insert(name.to_string(), idx);

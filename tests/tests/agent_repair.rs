@@ -286,3 +286,71 @@ fn attachments(agent: &RunningAgent) -> Vec<(String, String)> {
     });
     found
 }
+
+/// Removes a directory when dropped (also when the test fails).
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn pins_of_another_layout_version_are_refused_until_detached() {
+    require_root();
+    let t = Topology::new(222);
+    // The bpffs RunningAgent::start_in will use for this tag, holding an
+    // older nva's layout (directories can be made on a bpffs).
+    let tag = "layout";
+    let bpffs = format!("/sys/fs/bpf/nva-test-{}-{tag}", std::process::id());
+    let _cleanup = RemoveOnDrop(bpffs.clone());
+    let old = format!("{bpffs}/v1/maps");
+    if std::fs::create_dir_all(&old).is_err() {
+        let mounted = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .expect("run mount");
+        assert!(mounted.success(), "mounting bpffs at /sys/fs/bpf");
+        std::fs::create_dir_all(&old).expect("a directory on the bpffs");
+    }
+    let dir = std::env::temp_dir().join(format!("nva-layout-test-{}", std::process::id()));
+    let _dir_cleanup = RemoveOnDrop(dir.display().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("nva.toml");
+    std::fs::write(&config_path, config(HEALTH, &bpffs, false)).unwrap();
+    let config_arg = config_path.display().to_string();
+    let nva = nva_binary().display().to_string();
+
+    let out = run_bounded(
+        t.nva.nsenter(&[&nva, "agent", "--config", &config_arg]),
+        Duration::from_secs(30),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("layout v1")
+            && said.contains(&format!("layout {}", nva::pin::LAYOUT_VERSION))
+            && said.contains("nva detach"),
+        "the refusal names both layouts and the fix: {said}"
+    );
+
+    // `nva detach` removes every layout version; then the agent starts.
+    let out = run_bounded(
+        {
+            let mut c = Command::new(&nva);
+            c.args(["detach", "--config", &config_arg]);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "nva detach: {}", text(&out));
+    assert!(
+        !std::path::Path::new(&old).exists(),
+        "the old layout is gone"
+    );
+    let agent = RunningAgent::start_in(&t.nva, tag, &config(HEALTH, "{bpffs}", false), true);
+    assert_eq!(agent.bpffs, bpffs);
+    until_health(&t, 200, "started after nva detach");
+    assert_filters(&t, "started after nva detach");
+}

@@ -108,7 +108,7 @@ fn up() {
          How to make the active NVA fail (nva-a first):\n\
          \x20 link down:          ip netns exec {a} ip link set ext0 down      (up again: ... ext0 up; then re-add its routes)\n\
          \x20 kill its agent:     kill -9 {pid_a}\n\
-         \x20 detach its program: bpftool link detach pinned {bpffs_a}/v1/links/ext0\n\
+         \x20 detach its program: bpftool link detach pinned {bpffs_a}/{layout}/links/ext0\n\
          \x20 kill the leading daemon: kill -9 <pid of `nva failover` in {mgmt}> (ip netns pids {mgmt})\n\
          Config files: {cfg_a} (agent), {fo_cfg} (daemon). Ctrl-C tears everything down.\n",
         mgmt = lab.mgmt.name,
@@ -116,6 +116,7 @@ fn up() {
         a = a.name,
         pid_a = agents[0].child.as_ref().map_or(0, |c| c.pid()),
         bpffs_a = agents[0].bpffs,
+        layout = nva::pin::LAYOUT_VERSION,
         cfg_a = agents[0].config.display(),
         fo_cfg = daemons[0].config.display(),
     );

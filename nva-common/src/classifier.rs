@@ -1,0 +1,182 @@
+//! The classifier's tables: keys and values of the rule maps, their
+//! capacities and the constants the program and the compiler share.
+
+use crate::wire::{PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP};
+
+/// Rule id meaning "no rule matched" (also: a class lookup found nothing).
+pub const NO_RULE: u32 = u32::MAX;
+
+/// Largest number of rules one rule set may hold (size of per-rule arrays).
+pub const MAX_RULES: u32 = 131_072;
+
+/// Capacities of the rule tables of one slot (hash tables are not
+/// preallocated, so these bound memory rather than reserve it).
+pub const CAPACITY_PREFIXES: u32 = 1 << 20;
+pub const CAPACITY_ADDR_TABLE: u32 = 1 << 20;
+pub const CAPACITY_JOIN_TABLE: u32 = 1 << 22;
+
+/// Port-class array layout: one 65,536-entry slice per (protocol, direction).
+pub const PORT_SLOT_TCP_SPORT: u32 = 0;
+pub const PORT_SLOT_TCP_DPORT: u32 = 1;
+pub const PORT_SLOT_UDP_SPORT: u32 = 2;
+pub const PORT_SLOT_UDP_DPORT: u32 = 3;
+pub const PORT_SLOTS: u32 = 4;
+pub const PORT_CLASS_ENTRIES: u32 = PORT_SLOTS * 65_536;
+
+/// ICMP-type-class array layout: 256 types for ICMP, then 256 for ICMPv6.
+pub const ICMP_SLOT_V4: u32 = 0;
+pub const ICMP_SLOT_V6: u32 = 1;
+pub const ICMP_CLASS_ENTRIES: u32 = 2 * 256;
+
+/// Fold an IP protocol number into the classifier's protocol space.
+#[inline(always)]
+pub const fn classifier_proto(proto: u8) -> u8 {
+    match proto {
+        PROTO_ICMP | PROTO_TCP | PROTO_UDP | PROTO_ICMPV6 => proto,
+        _ => PROTO_OTHER,
+    }
+}
+
+/// Action of a rule or of the default policy.
+pub const ACTION_DROP: u8 = 0;
+pub const ACTION_ALLOW: u8 = 1;
+
+/// `policy.fragments` in the data path.
+pub const FRAGMENTS_DROP: u8 = 0;
+pub const FRAGMENTS_ALLOW: u8 = 1;
+
+shared_type! {
+    /// Key of the pair map: (source class, destination class).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct PairKey {
+        pub src_class: u32,
+        pub dst_class: u32,
+    }
+    size = 8, align = 4;
+}
+
+/// Class id in an L4 key meaning "the rules stored here do not constrain this
+/// dimension". Rules are stored under the pattern of the dimensions they
+/// name, so that a wildcard never spreads over every class of a dimension;
+/// the program looks up each pattern.
+pub const ANY_CLASS: u32 = u32::MAX;
+
+shared_type! {
+    /// Key of the L4 map: (ingress-interface class or ANY, protocol, classes).
+    /// For TCP/UDP `a_class` is the source port class (or ANY) and `b_class` the
+    /// destination port class; for ICMP/ICMPv6 `a_class` is ANY and `b_class` the
+    /// type class; for other protocols `a_class` is ANY and `b_class` 0.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct L4Key {
+        pub iface_class: u32,
+        pub a_class: u32,
+        pub b_class: u32,
+        pub proto: u8,
+        // Padding as u8 + u16, not [u8; 3]: odd-sized zeroing becomes a byte
+        // loop (a memset call) in the data path.
+        pub _pad8: u8,
+        pub _pad16: u16,
+    }
+    size = 16, align = 4;
+}
+
+shared_type! {
+    /// Value of the pair and L4 maps.
+    ///
+    /// `class` joins with the other half in the verdict map. `wildcard_rule` is
+    /// the first rule that matches on this half alone because it is a wildcard in
+    /// the other half (e.g. `proto = any` with no ports, as seen from the pair
+    /// map); storing it here keeps such rules out of the cross product.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct ClassMatch {
+        pub class: u32,
+        pub wildcard_rule: u32,
+    }
+    size = 8, align = 4;
+}
+
+shared_type! {
+    /// Value of the pair map: like [`ClassMatch`], plus the first rule matching
+    /// this pair that names only a protocol (no ports, ICMP types or interface),
+    /// per protocol slot ([`pair_proto_slot`]). Such rules are common ("tcp from
+    /// A to B") and would otherwise cross with every port class.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct PairMatch {
+        pub class: u32,
+        pub wildcard_rule: u32,
+        pub proto_rule: [u32; 4],
+    }
+    size = 24, align = 4;
+}
+
+/// Slot of [`PairMatch::proto_rule`] for a classifier protocol.
+#[inline(always)]
+pub const fn pair_proto_slot(proto: u8) -> Option<usize> {
+    match proto {
+        PROTO_TCP => Some(0),
+        PROTO_UDP => Some(1),
+        PROTO_ICMP => Some(2),
+        PROTO_ICMPV6 => Some(3),
+        _ => None,
+    }
+}
+
+shared_type! {
+    /// Key of the verdict map: (pair class, L4 class). The value is the id of the
+    /// first rule, in file order, that matches both (a `u32`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct VerdictKey {
+        pub pair_class: u32,
+        pub l4_class: u32,
+    }
+    size = 8, align = 4;
+}
+
+shared_type! {
+    /// Per-rule data the program needs once a rule id is known.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct RuleAction {
+        pub action: u8,
+        pub log: u8,
+        pub _pad: [u8; 2],
+        /// Index into the rule counters: stable for a rule name across reloads
+        /// and agent restarts, so counters continue.
+        pub counter: u32,
+    }
+    size = 8, align = 4;
+}
+
+shared_type! {
+    /// Per-rule counters (a per-CPU array indexed by rule id).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct RuleCounters {
+        pub packets: u64,
+        pub bytes: u64,
+    }
+    size = 16, align = 8;
+}
+
+shared_type! {
+    /// Key of the management (failsafe) map: traffic to this destination port and
+    /// protocol passes before any rule.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct ManagementKey {
+        pub port: u16,
+        pub proto: u8,
+        pub _pad: u8,
+    }
+    size = 4, align = 2;
+}
+
+/// Pattern of an L4 key: bit 2 interface named, bit 1 source port class,
+/// bit 0 destination port / ICMP type class (else ANY).
+#[inline(always)]
+pub const fn l4_pattern(key: &L4Key) -> u8 {
+    ((key.iface_class != ANY_CLASS) as u8) << 2
+        | ((key.a_class != ANY_CLASS) as u8) << 1
+        | (key.b_class != ANY_CLASS) as u8
+}
+
+pub const PAIR_GROUP_BOTH: u8 = 1;
+pub const PAIR_GROUP_DST_ONLY: u8 = 2;
+pub const PAIR_GROUP_SRC_ONLY: u8 = 4;

@@ -1,0 +1,42 @@
+//! The settings of a loaded rule set (one array entry per slot).
+
+use crate::conntrack::CT_STATES;
+
+shared_type! {
+    /// Global settings of the loaded rule set (array of one entry).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct DataPathConfig {
+        pub generation: u64,
+        /// First rule that matches every packet (all fields wildcard), or
+        /// [`NO_RULE`](crate::NO_RULE). Kept here rather than in the class tables, where it would
+        /// touch every class combination.
+        pub catch_all_rule: u32,
+        /// Per protocol slot ([`pair_proto_slot`](crate::pair_proto_slot)): the first rule that matches
+        /// every packet of that protocol (any address, port, type, interface).
+        pub proto_catch_all: [u32; 4],
+        pub default_action: u8,
+        pub fragments: u8,
+        /// 0 until userspace has written a complete rule set: until then the
+        /// program passes everything rather than dropping on empty tables.
+        pub ready: u8,
+        /// Bit p set: the L4 map holds keys of pattern p ([`l4_pattern`]); the
+        /// program skips lookups of patterns no rule uses.
+        pub l4_patterns: u8,
+        /// `PAIR_GROUP_*` bits: which address tables hold entries.
+        pub pair_groups: u8,
+        /// `policy.log_drops`: emit sampled events for rule and default drops.
+        pub log_drops: u8,
+        /// `policy.stateful`: track connections; replies of tracked flows pass.
+        pub stateful: u8,
+        /// `policy.loose_tcp`: a mid-stream TCP packet a rule allows starts a
+        /// tracked flow (after a failover without state sync).
+        pub loose_tcp: u8,
+        pub _pad: [u8; 4],
+        /// Idle timeout in seconds by [`ConntrackState`](crate::ConntrackState) (index 0 unused).
+        pub timeouts_s: [u32; CT_STATES],
+        /// Tail padding to the 8-byte alignment of `generation`, named so that
+        /// no byte of the value is left undefined.
+        pub _pad_tail: u32,
+    }
+    size = 88, align = 8;
+}

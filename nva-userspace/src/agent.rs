@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::compiler::{compile, CompiledRuleSet};
 use crate::config::load_config;
 use crate::datapath::{ifindex_by_name, Attachment, DataPath};
+use crate::health::{HealthInputs, HealthProbe, HealthReport};
 use crate::model::Config;
 use crate::pin::{ensure_bpffs, state_dir, PinLayout};
 
@@ -26,7 +27,8 @@ pub struct AgentState {
     pub generation: u64,
     /// Hash of the rule set text that produced `generation`.
     pub ruleset_hash: String,
-    pub rules: Vec<RuleState>,
+    /// Shared: the state is copied into every published snapshot.
+    pub rules: std::sync::Arc<Vec<RuleState>>,
     pub pid: u32,
     pub started_unix: u64,
     pub reloads_ok: u64,
@@ -139,7 +141,7 @@ fn write_state(bpffs: &Path, state: &AgentState) -> anyhow::Result<()> {
 pub fn write_status(
     bpffs: &Path,
     status: &serde_json::Value,
-    health: &crate::health::HealthReport,
+    health: &HealthReport,
 ) -> anyhow::Result<()> {
     let path = state_dir(bpffs).join("status.json");
     let tmp = path.with_extension("json.tmp");
@@ -209,6 +211,8 @@ pub struct Agent {
     pub started: Instant,
     /// Interfaces and how the program got there.
     pub attachments: Vec<(String, Attachment)>,
+    /// The health check's synthetic packet for the loaded rule set.
+    pub health_probe: HealthProbe,
 }
 
 impl Agent {
@@ -264,7 +268,7 @@ impl Agent {
         let state = AgentState {
             generation,
             ruleset_hash: ruleset_hash(&config),
-            rules: rule_states(&config, &counters),
+            rules: std::sync::Arc::new(rule_states(&config, &counters)),
             pid: std::process::id(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -288,6 +292,7 @@ impl Agent {
             config_path: config_path.to_path_buf(),
             config,
             datapath,
+            health_probe: HealthProbe::for_rules(&compiled),
             compiled,
             state,
             layout,
@@ -348,11 +353,12 @@ impl Agent {
         // Live from here: record it before anything else can fail.
         self.state.generation = generation;
         self.state.ruleset_hash = ruleset_hash(&config);
-        self.state.rules = rule_states(&config, &counters);
+        self.state.rules = std::sync::Arc::new(rule_states(&config, &counters));
         if let Err(e) = self.datapath.reset_counters(&freed) {
             tracing::warn!(error = %e, "zeroing counters of removed rules");
         }
         tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?live_after, compile = ?compile_time, old_slot_freed = ?cleanup, "compiled and swapped rule set");
+        self.health_probe = HealthProbe::for_rules(&compiled);
         self.compiled = compiled;
         self.config = config;
         Ok(generation)
@@ -387,6 +393,17 @@ impl Agent {
             }
         }
         (repaired, failed)
+    }
+
+    /// Runs the health checks against the live data path.
+    pub fn health(&self) -> HealthReport {
+        crate::health::check(&HealthInputs {
+            datapath: &self.datapath,
+            layout: &self.layout,
+            interfaces: &self.config.agent.interfaces,
+            generation: self.state.generation,
+            probe: &self.health_probe,
+        })
     }
 
     /// Status for /status and `nva status`.

@@ -162,3 +162,49 @@ fn walk<K: Pod + Default, V: Pod + Default>(
         first = false;
     }
 }
+
+/// Reads entries `0..len` of a per-CPU array, `ncpus` values each (entry
+/// `i` of CPU `c` at `i * ncpus + c`), a chunk per syscall: reading rule
+/// counters one syscall per rule made `/metrics` slow for large rule sets.
+pub fn percpu_array_prefix<V: Pod + Default>(
+    map: BorrowedFd<'_>,
+    len: u32,
+    ncpus: usize,
+) -> io::Result<Vec<V>> {
+    // The kernel lays per-CPU values out 8-byte aligned; ours need no gaps.
+    assert_eq!(std::mem::size_of::<V>() % 8, 0, "per-CPU value size");
+    let mut out: Vec<V> = Vec::with_capacity(len as usize * ncpus);
+    let mut token_in = 0u32;
+    let mut token_out = 0u32;
+    let mut first = true;
+    while out.len() < len as usize * ncpus {
+        let want = (len as usize - out.len() / ncpus).min(CHUNK);
+        let mut keys = vec![0u32; want];
+        let mut values = vec![V::default(); want * ncpus];
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &mut token_in as *mut u32 as u64
+            },
+            out_batch: &mut token_out as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: want as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = attr.count as usize;
+        out.extend_from_slice(&values[..n * ncpus]);
+        match result {
+            Ok(()) if n > 0 => {}
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+        token_in = token_out;
+        first = false;
+    }
+    Ok(out)
+}

@@ -895,24 +895,42 @@ impl Baseline {
     }
 }
 
-/// Sums per-CPU rule counters at `indices`.
+/// Sums per-CPU rule counters at `indices`, reading the counters up to the
+/// largest index in batches.
 pub fn read_counters<T: std::borrow::Borrow<MapData>>(
     map: &PerCpuArray<T, RuleCounters>,
     indices: &[u32],
 ) -> Result<Vec<RuleCounters>, DataPathError> {
-    indices
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    let Some(len) = indices.iter().max().map(|m| m + 1) else {
+        return Ok(Vec::new());
+    };
+    let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataPathError::Batch {
+        name: names::RULE_COUNTERS.into(),
+        source: e,
+    })?;
+    let values: Vec<RuleCounters> =
+        crate::batch::percpu_array_prefix(map.map().fd().as_fd(), len, ncpus).map_err(|e| {
+            DataPathError::Batch {
+                name: names::RULE_COUNTERS.into(),
+                source: e,
+            }
+        })?;
+    Ok(indices
         .iter()
-        .map(|i| {
-            let per_cpu: PerCpuValues<RuleCounters> =
-                map.get(i, 0).map_err(map_err(names::RULE_COUNTERS))?;
-            Ok(per_cpu
+        .map(|&i| {
+            let start = i as usize * ncpus;
+            values
+                .get(start..start + ncpus)
+                .unwrap_or_default()
                 .iter()
                 .fold(RuleCounters::default(), |acc, c| RuleCounters {
                     packets: acc.packets + c.packets,
                     bytes: acc.bytes + c.bytes,
-                }))
+                })
         })
-        .collect()
+        .collect())
 }
 
 /// Sums the per-CPU packet counters by reason.

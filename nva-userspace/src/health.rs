@@ -8,9 +8,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use nva_common::{ACTION_ALLOW, NO_RULE};
 use serde::Serialize;
 
-use crate::agent::Agent;
-use crate::compiler::PacketView;
+use crate::compiler::{CompiledRuleSet, PacketView};
+use crate::datapath::DataPath;
 use crate::datapath::{ifindex_by_name, pinned_link_target};
+use crate::pin::PinLayout;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -69,8 +70,22 @@ fn interface_up(iface: &str) -> std::io::Result<bool> {
 }
 
 /// A synthetic UDP packet (TEST-NET addresses) and the action the loaded
-/// rule set must give it, from the compiler's model of the lookup.
-fn probe_packet(agent: &Agent) -> (Vec<u8>, u32) {
+/// rule set must give it, from the compiler's model of the lookup. Built
+/// once per rule set: the model is costly to build for large rule sets.
+#[derive(Clone, Debug)]
+pub struct HealthProbe {
+    frame: Vec<u8>,
+    want: u32,
+}
+
+impl HealthProbe {
+    pub fn for_rules(compiled: &CompiledRuleSet) -> HealthProbe {
+        let (frame, want) = probe_packet(compiled);
+        HealthProbe { frame, want }
+    }
+}
+
+fn probe_packet(compiled: &CompiledRuleSet) -> (Vec<u8>, u32) {
     let (src, dst) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(198, 51, 100, 1));
     let view = PacketView {
         src: src.into(),
@@ -81,11 +96,11 @@ fn probe_packet(agent: &Agent) -> (Vec<u8>, u32) {
         icmp_type: 0,
         iface: None,
     };
-    let rule = agent.compiled.model().lookup(&view);
+    let rule = compiled.model().lookup(&view);
     let allow = if rule == NO_RULE {
-        agent.compiled.default_action == ACTION_ALLOW
+        compiled.default_action == ACTION_ALLOW
     } else {
-        agent.compiled.rule_actions[rule as usize].action == ACTION_ALLOW
+        compiled.rule_actions[rule as usize].action == ACTION_ALLOW
     };
     let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     let udp = [0u8, 9, 0, 9, 0, 8, 0, 0];
@@ -110,11 +125,22 @@ fn probe_packet(agent: &Agent) -> (Vec<u8>, u32) {
     (frame, if allow { XDP_PASS } else { XDP_DROP })
 }
 
+/// What the health checks look at: the agent's data path and what it
+/// believes it loaded.
+pub struct HealthInputs<'a> {
+    pub datapath: &'a DataPath,
+    pub layout: &'a PinLayout,
+    pub interfaces: &'a [String],
+    /// The generation the agent loaded.
+    pub generation: u64,
+    pub probe: &'a HealthProbe,
+}
+
 /// Runs every check against the live data path.
-pub fn check(agent: &Agent) -> HealthReport {
+pub fn check(agent: &HealthInputs<'_>) -> HealthReport {
     let mut checks = Vec::new();
     let prog_id = agent.datapath.program_id().ok();
-    for iface in &agent.config.agent.interfaces {
+    for iface in agent.interfaces {
         let ifindex = ifindex_by_name(iface);
         let attached = match (ifindex, pinned_link_target(&agent.layout.link(iface))) {
             (None, _) => (false, "interface does not exist".to_string()),
@@ -146,7 +172,7 @@ pub fn check(agent: &Agent) -> HealthReport {
         });
     }
     let generation = match agent.datapath.active() {
-        Ok((slot, cfg)) if cfg.ready == 1 && cfg.generation == agent.state.generation => Check {
+        Ok((slot, cfg)) if cfg.ready == 1 && cfg.generation == agent.generation => Check {
             name: "generation".into(),
             ok: true,
             detail: format!("generation {} active in slot {slot}", cfg.generation),
@@ -156,7 +182,7 @@ pub fn check(agent: &Agent) -> HealthReport {
             ok: false,
             detail: format!(
                 "slot {slot} holds generation {} (ready {}), the agent loaded {}",
-                cfg.generation, cfg.ready, agent.state.generation
+                cfg.generation, cfg.ready, agent.generation
             ),
         },
         Err(e) => Check {
@@ -166,8 +192,8 @@ pub fn check(agent: &Agent) -> HealthReport {
         },
     };
     checks.push(generation);
-    let (frame, want) = probe_packet(agent);
-    checks.push(match agent.datapath.test_run(&frame, 0) {
+    let want = agent.probe.want;
+    checks.push(match agent.datapath.test_run(&agent.probe.frame, 0) {
         Ok(got) if got == want => Check {
             name: "verdict".into(),
             ok: true,

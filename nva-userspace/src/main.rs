@@ -369,7 +369,7 @@ fn refresh(agent: &std::sync::Mutex<Agent>, shared: &nva::http::Shared) {
     {
         tracing::warn!(error = %e, "updating local addresses");
     }
-    let health = nva::health::check(&agent);
+    let health = agent.health();
     let was_healthy = shared.read().expect("snapshot lock").health.healthy;
     if was_healthy != health.healthy {
         if health.healthy {
@@ -649,13 +649,13 @@ fn conntrack(action: ConntrackCommand) -> anyhow::Result<()> {
         }
         ConntrackCommand::List { json, .. } => {
             let state = read_state(&bpffs).unwrap_or_default();
-            let name = |counter: u32| {
-                state
-                    .rules
-                    .iter()
-                    .find(|r| r.counter == counter)
-                    .map(|r| r.name.clone())
-            };
+            // One map, not a search of the rules per flow.
+            let names: std::collections::HashMap<u32, &str> = state
+                .rules
+                .iter()
+                .map(|r| (r.counter, r.name.as_str()))
+                .collect();
+            let name = |counter: u32| names.get(&counter).map(|n| n.to_string());
             let now = now_ns();
             let mut flows: Vec<_> = table
                 .entries()?

@@ -16,10 +16,7 @@ use serde_json::json;
 
 use crate::report::{line_plot_log_x, Section, Spread, Verdict};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const ACK: u8 = 0x10;
-const SYN: u8 = 0x02;
+use nva_common::{TCP_ACK as ACK, TCP_SYN as SYN, XDP_DROP, XDP_PASS};
 
 pub struct Settings {
     pub sizes: Vec<usize>,

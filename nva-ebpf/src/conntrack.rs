@@ -9,7 +9,7 @@ use nva_common::{
     ConntrackEntry, ConntrackScratch, ConntrackState, DataPathConfig, PacketReason, CT_FLOW_NEW,
     CT_FLOW_RECHECK, CT_PENDING_NONE, CT_PENDING_TCP_FLAGS, CT_PENDING_TCP_NOT_TRACKED,
     CT_STAT_CREATED, CT_STAT_REPLACED, CT_STAT_REVOKED, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP,
+    PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::maps::{CONNTRACK, CONNTRACK_SCRATCH, CONNTRACK_STATS};
@@ -18,11 +18,6 @@ use crate::maps::{CONNTRACK, CONNTRACK_SCRATCH, CONNTRACK_STATS};
 /// one of its verdicts); the details are in the scratch.
 pub const CLASSIFY: PacketReason = PacketReason::PassRule;
 use crate::parse::{self, Packet};
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_ECHO_REPLY: u8 = 0;

@@ -5,7 +5,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use nva_common::{XDP_DROP, XDP_PASS};
 use nva_ebpf::parse::{self, Parsed};
 use nva_ebpf::verdict::{count_packet, decide};
 
@@ -14,9 +15,9 @@ pub fn nva_xdp(ctx: XdpContext) -> u32 {
     let reason = decide(&ctx);
     count_packet(reason);
     if reason.is_pass() {
-        xdp_action::XDP_PASS
+        XDP_PASS
     } else {
-        xdp_action::XDP_DROP
+        XDP_DROP
     }
 }
 
@@ -27,8 +28,8 @@ pub fn nva_parse_pass(ctx: XdpContext) -> u32 {
     match parse::parse(&ctx) {
         // Looks at the result so that the parser is not optimised away;
         // protocol 254 (experimental) is never benchmarked.
-        Ok(Parsed::Ip(pkt)) if pkt.proto == 0xfe => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
+        Ok(Parsed::Ip(pkt)) if pkt.proto == 0xfe => XDP_DROP,
+        _ => XDP_PASS,
     }
 }
 
@@ -39,8 +40,8 @@ pub fn nva_parse_pass(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn nva_parse_drop(ctx: XdpContext) -> u32 {
     match parse::parse(&ctx) {
-        Ok(Parsed::NonIp) => xdp_action::XDP_PASS,
-        _ => xdp_action::XDP_DROP,
+        Ok(Parsed::NonIp) => XDP_PASS,
+        _ => XDP_DROP,
     }
 }
 

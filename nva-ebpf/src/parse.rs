@@ -2,16 +2,15 @@
 //! drop reason of a truncated or malformed header instead of aborting.
 
 use aya_ebpf::programs::XdpContext;
-use nva_common::{ConntrackKey, PacketReason, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use nva_common::{
+    ConntrackKey, PacketReason, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
 
 const ETH_HDR_LEN: usize = 14;
 const VLAN_HDR_LEN: usize = 4;
 const IPV4_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
 /// Extension headers walked at most; a longer chain is dropped, since the
 /// upper-layer header (and its ports) could not be reached.
 const MAX_IPV6_EXT_HEADERS: usize = 8;

@@ -5,16 +5,13 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use nva_common::{ACTION_ALLOW, NO_RULE};
+use nva_common::{ACTION_ALLOW, NO_RULE, XDP_DROP, XDP_PASS};
 use serde::Serialize;
 
 use crate::compiler::{CompiledRuleSet, PacketView};
 use crate::datapath::DataPath;
 use crate::datapath::{ifindex_by_name, pinned_link_target};
 use crate::pin::PinLayout;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {

@@ -5,8 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nva::compiler::PacketView;
 
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86DD;
+pub use nva_common::{ETH_P_IP, ETH_P_IPV6};
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
@@ -119,7 +118,7 @@ pub fn icmp(icmp_type: u8, code: u8) -> Vec<u8> {
 /// A frame carrying the packet a classifier test describes.
 pub fn frame_for(pkt: &PacketView) -> Vec<u8> {
     let l4 = match pkt.proto {
-        6 => tcp(pkt.sport, pkt.dport, 0x02),
+        6 => tcp(pkt.sport, pkt.dport, nva_common::TCP_SYN),
         17 => udp(pkt.sport, pkt.dport, b"nva"),
         1 | 58 => icmp(pkt.icmp_type, 0),
         _ => vec![0; 8],

@@ -3,9 +3,7 @@
 use nva::datapath::DataPath;
 use nva_common::PacketReason;
 
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
+pub use nva_common::{XDP_ABORTED, XDP_DROP, XDP_PASS};
 
 /// Runs one frame; returns the XDP action and the one reason counter that
 /// moved (asserting that exactly one moved, by one, and that the action

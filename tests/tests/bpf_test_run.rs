@@ -71,13 +71,13 @@ fn v4_tcp(dport: u16) -> Vec<u8> {
         6,
         &[],
         0,
-        &tcp(40000, dport, 0x02),
+        &tcp(40000, dport, nva_common::TCP_SYN),
     )
 }
 
 fn v6_tcp_with_exts(dport: u16) -> Vec<u8> {
     // hop-by-hop -> routing -> destination options -> TCP
-    let l4 = tcp(40000, dport, 0x02);
+    let l4 = tcp(40000, dport, nva_common::TCP_SYN);
     let exts = ipv6_opts_ext(
         0,
         &ipv6_opts_ext(43, &ipv6_opts_ext(60, &ipv6_opts_ext(6, &l4))),

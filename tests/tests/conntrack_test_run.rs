@@ -15,11 +15,7 @@ use nva_tests::frames::*;
 use nva_tests::test_run::run;
 use nva_tests::{in_private_netns, require_root};
 
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const FIN: u8 = 0x01;
-const RST: u8 = 0x04;
-const PSH: u8 = 0x08;
+use nva_common::{TCP_ACK as ACK, TCP_FIN as FIN, TCP_PSH as PSH, TCP_RST as RST, TCP_SYN as SYN};
 
 const BACKEND: &str = "10.1.0.5";
 const CLIENT: &str = "192.0.2.7";

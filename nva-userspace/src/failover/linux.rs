@@ -277,7 +277,7 @@ fn announce(vip: &LinuxVip, ifindex: u32, mac: &[u8; 6]) -> Result<(), LinuxErro
         |what: &str| LinuxError::Netlink(format!("{what}: {}", std::io::Error::last_os_error()));
     match vip.address {
         IpAddr::V4(ip) => {
-            const ETH_P_ARP: u16 = 0x0806;
+            use nva_common::ETH_P_ARP;
             // SAFETY: plain socket(2).
             let fd = unsafe {
                 libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ARP.to_be()) as i32)

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use nva::model::{Action, Cidr, PortRange, Proto, Rule};
+use nva::policy::model::{Action, Cidr, PortRange, Proto, Rule};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Family {
@@ -521,8 +521,8 @@ pub fn iptables(rules: &[Rule]) -> (String, String, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nva::compiler::{linear_first_match, rule_matches};
-    use nva::rulegen::{Rng, RuleGen};
+    use nva::classifier::compiler::{linear_first_match, rule_matches};
+    use nva::classifier::rulegen::{Rng, RuleGen};
 
     /// Matching the blocks in order (any rule of the block) gives the same
     /// verdict as first match in rule order.

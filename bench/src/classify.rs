@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use nva::compiler::{compile, linear_first_match, CompiledRuleSet, PacketView};
+use nva::classifier::compiler::{compile, linear_first_match, CompiledRuleSet, PacketView};
+use nva::classifier::rulegen::{Rng, RuleGen};
 use nva::datapath::{Baseline, DataPath};
-use nva::model::{Action, PolicySettings, Rule};
-use nva::rulegen::{Rng, RuleGen};
+use nva::policy::model::{Action, PolicySettings, Rule};
 use nva_tests::frames::{ethernet, frame_for, ipv4, ipv6, tcp, ETH_P_IP, ETH_P_IPV6};
 use serde_json::json;
 

@@ -15,10 +15,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nva::compiler::{rule_matches, PacketView};
+use nva::classifier::compiler::{rule_matches, PacketView};
+use nva::classifier::rulegen::{rules_toml, Rng, RuleGen};
 use nva::datapath::Baseline;
-use nva::model::{Action, PortRange, Proto, Rule};
-use nva::rulegen::{rules_toml, Rng, RuleGen};
+use nva::policy::model::{Action, PortRange, Proto, Rule};
 use nva_common::{XDP_PARSE_DROP_PROGRAM, XDP_PROGRAM};
 use nva_tests::agent::RunningAgent;
 use nva_tests::{in_netns, Netns, Topology, CLIENT_IF, NVA_IN_IF, NVA_OUT_IF, SERVER_IF};
@@ -255,7 +255,7 @@ fn measure(t: &Topology, frame: &[u8], seconds: f64, program: Option<&str>) -> R
 /// What the rule sets look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {
-    /// Random overlapping rules of both actions (see `nva::rulegen`); the
+    /// Random overlapping rules of both actions (see `nva::classifier::rulegen`); the
     /// frames to drop match none of them.
     Random,
     /// Drop rules for destination networks (/24 and /32); the frames to
@@ -277,22 +277,23 @@ fn drop_destination(t: &Topology, shape: Shape) -> IpAddr {
 /// forwards the other frames.
 fn blocklist(n: usize, t: &Topology) -> Vec<Rule> {
     let mut rng = Rng::new(0xb10c ^ n as u64);
-    let server_net = nva::model::Cidr::new(t.server_v4().parse().expect("server address"), 24);
+    let server_net =
+        nva::policy::model::Cidr::new(t.server_v4().parse().expect("server address"), 24);
     let mut rules = Vec::with_capacity(n + 1);
-    let drop_dst = |name: String, c: nva::model::Cidr| Rule {
+    let drop_dst = |name: String, c: nva::policy::model::Cidr| Rule {
         dst: vec![c],
         ..Rule::any(&name, Action::Drop)
     };
     while rules.len() + 1 < n {
         let len = if rng.chance(50) { 24 } else { 32 };
-        let c = nva::model::Cidr::new(IpAddr::V4((rng.next_u64() as u32).into()), len);
+        let c = nva::policy::model::Cidr::new(IpAddr::V4((rng.next_u64() as u32).into()), len);
         if !c.contains(server_net.addr) && !server_net.contains(c.addr) {
             rules.push(drop_dst(format!("block-{}", rules.len()), c));
         }
     }
     rules.push(drop_dst(
         "block-bench".into(),
-        nva::model::Cidr::new(drop_destination(t, Shape::Blocklist), 32),
+        nva::policy::model::Cidr::new(drop_destination(t, Shape::Blocklist), 32),
     ));
     rules.push(forward_rule(t));
     rules
@@ -305,7 +306,7 @@ fn forward_rule(t: &Topology) -> Rule {
         action: Action::Allow,
         proto: Proto::Udp,
         src: vec![],
-        dst: vec![nva::model::Cidr::new(dst, 32)],
+        dst: vec![nva::policy::model::Cidr::new(dst, 32)],
         sport: vec![],
         dport: vec![PortRange {
             lo: FORWARD_PORT,

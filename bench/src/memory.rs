@@ -2,10 +2,10 @@
 //! tables of compiled rule sets, and the conntrack table per entry.
 
 use anyhow::Result;
-use nva::compiler::compile;
+use nva::classifier::compiler::compile;
+use nva::classifier::rulegen::{Rng, RuleGen};
 use nva::datapath::DataPath;
-use nva::model::{Action, PolicySettings};
-use nva::rulegen::{Rng, RuleGen};
+use nva::policy::model::{Action, PolicySettings};
 use serde_json::json;
 
 use crate::report::{Section, Verdict};

@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use nva::compiler::compile;
-use nva::model::{Action, PolicySettings, Rule};
-use nva::rulegen::{rules_toml, Rng, RuleGen};
+use nva::classifier::compiler::compile;
+use nva::classifier::rulegen::{rules_toml, Rng, RuleGen};
+use nva::policy::model::{Action, PolicySettings, Rule};
 use nva_tests::agent::RunningAgent;
 use nva_tests::traffic::SteadyFlow;
 use nva_tests::{Topology, NVA_IN_IF, NVA_OUT_IF};

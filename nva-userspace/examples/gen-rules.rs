@@ -4,7 +4,7 @@
 //!     cargo run --release -p nva-userspace --example gen-rules -- 10000 > /tmp/10k.toml
 //!     nva check --config /tmp/10k.toml
 
-use nva::rulegen::{rules_toml, Rng, RuleGen};
+use nva::classifier::rulegen::{rules_toml, Rng, RuleGen};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -13,8 +13,8 @@ use nva_common::{
 };
 use serde::Serialize;
 
-use crate::datapath::{open_pinned, DataPathError};
-use crate::pin::PinLayout;
+use crate::datapath::pin::PinLayout;
+use crate::datapath::{open_pinned, DataPath, DataPathError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
@@ -59,12 +59,13 @@ impl Table {
         })
     }
 
-    /// The table of a loaded program (unpinned data paths: tests, tools).
-    pub fn from_maps(flows: MapData, stats: MapData) -> Table {
-        Table {
-            flows: Map::LruHashMap(flows),
-            stats: Map::PerCpuArray(stats),
-        }
+    /// The table of a loaded program (unpinned data paths: tests, tools),
+    /// on its own handles of the maps.
+    pub fn of(datapath: &DataPath) -> Result<Table, ConntrackError> {
+        Ok(Table {
+            flows: Map::LruHashMap(datapath.map_handle(names::CONNTRACK)?),
+            stats: Map::PerCpuArray(datapath.map_handle(names::CONNTRACK_STATS)?),
+        })
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
@@ -77,25 +78,27 @@ impl Table {
     /// Every entry (a snapshot taken a chunk at a time).
     pub fn entries(&self) -> Result<Vec<(ConntrackKey, ConntrackEntry)>, ConntrackError> {
         let mut out = Vec::new();
-        crate::batch::for_each::<ConntrackKey, ConntrackEntry>(self.fd(), &mut |chunk| {
-            out.extend_from_slice(chunk)
-        })?;
+        crate::datapath::batch::for_each::<ConntrackKey, ConntrackEntry>(
+            self.fd(),
+            &mut |chunk| out.extend_from_slice(chunk),
+        )?;
         Ok(out)
     }
 
     /// Number of entries present (expired ones included until swept).
     pub fn count(&self) -> Result<usize, ConntrackError> {
         let mut n = 0;
-        crate::batch::for_each::<ConntrackKey, ConntrackEntry>(self.fd(), &mut |chunk| {
-            n += chunk.len()
-        })?;
+        crate::datapath::batch::for_each::<ConntrackKey, ConntrackEntry>(
+            self.fd(),
+            &mut |chunk| n += chunk.len(),
+        )?;
         Ok(n)
     }
 
     /// Removes every entry; returns how many there were. Tracked TCP
     /// connections then need `policy.loose_tcp` (or a new handshake).
     pub fn flush(&mut self) -> Result<usize, ConntrackError> {
-        let n = crate::batch::drain::<ConntrackKey, ConntrackEntry>(self.fd())?;
+        let n = crate::datapath::batch::drain::<ConntrackKey, ConntrackEntry>(self.fd())?;
         self.add_user_removed(n as u64)?;
         Ok(n)
     }
@@ -107,15 +110,18 @@ impl Table {
         let now = now_ns();
         let mut expired = Vec::new();
         let mut total = 0;
-        crate::batch::for_each::<ConntrackKey, ConntrackEntry>(self.fd(), &mut |chunk| {
-            total += chunk.len();
-            expired.extend(
-                chunk
-                    .iter()
-                    .filter(|(_, e)| remaining_ns(e, timeouts_s, now) == 0)
-                    .map(|(k, _)| *k),
-            );
-        })?;
+        crate::datapath::batch::for_each::<ConntrackKey, ConntrackEntry>(
+            self.fd(),
+            &mut |chunk| {
+                total += chunk.len();
+                expired.extend(
+                    chunk
+                        .iter()
+                        .filter(|(_, e)| remaining_ns(e, timeouts_s, now) == 0)
+                        .map(|(k, _)| *k),
+                );
+            },
+        )?;
         let map: aya::maps::HashMap<&MapData, ConntrackKey, ConntrackEntry> =
             aya::maps::HashMap::try_from(&self.flows)?;
         let now = now_ns();
@@ -126,7 +132,7 @@ impl Table {
                 Err(_) => false,
             })
             .collect();
-        let removed = crate::batch::delete(self.fd(), &still_expired)?;
+        let removed = crate::datapath::batch::delete(self.fd(), &still_expired)?;
         self.add_user_removed(removed as u64)?;
         Ok((total.saturating_sub(removed), removed))
     }

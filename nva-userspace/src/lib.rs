@@ -1,12 +1,24 @@
+//! nva's userspace: the agent that runs the XDP data path, and the failover
+//! daemon. Modules in the order their imports point (each uses only those
+//! after it, and `nva-common`):
+//!
+//! - [`agent`]: the agent's lifecycle (start, adopt, reload, repair, stop),
+//!   its state files, the truthful health check and the HTTP endpoints;
+//! - [`conntrack`]: the flow table seen from userspace (list, sweep, flush);
+//! - [`datapath`]: the loaded XDP program, its maps and links, pinned under
+//!   the bpffs layout (`datapath::pin`), batched map access;
+//! - [`classifier`]: rules compiled into lookup tables, and the userspace
+//!   model of the lookup that tests and the health check use;
+//! - [`policy`]: the rule model and the config file that describes it;
+//! - [`failover`]: the failover daemon (ZooKeeper election, probes,
+//!   decisions, the linux and azure providers), apart from the agent.
+//!
+//! Forwarding, NAT and state sync add modules beside `conntrack` (and
+//! `datapath` maps), each owning its feature's userspace side.
+
 pub mod agent;
-pub mod batch;
-pub mod compiler;
-pub mod config;
+pub mod classifier;
 pub mod conntrack;
 pub mod datapath;
 pub mod failover;
-pub mod health;
-pub mod http;
-pub mod model;
-pub mod pin;
-pub mod rulegen;
+pub mod policy;

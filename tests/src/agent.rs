@@ -89,9 +89,9 @@ impl RunningAgent {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
-    /// The agent's state directory (as `nva::pin::state_dir` names it).
+    /// The agent's state directory (as `nva::datapath::pin::state_dir` names it).
     fn state_dir(&self) -> PathBuf {
-        nva::pin::state_dir(std::path::Path::new(&self.bpffs))
+        nva::datapath::pin::state_dir(std::path::Path::new(&self.bpffs))
     }
 
     /// The agent's state file, parsed.
@@ -153,7 +153,8 @@ impl RunningAgent {
     /// Detaches the program from `iface` behind the agent's back, as an
     /// operator or another tool could (`bpftool link detach`).
     pub fn detach_link(&self, iface: &str) {
-        let link = nva::pin::PinLayout::new(std::path::Path::new(&self.bpffs)).link(iface);
+        let link =
+            nva::datapath::pin::PinLayout::new(std::path::Path::new(&self.bpffs)).link(iface);
         let out = Command::new("bpftool")
             .args(["link", "detach", "pinned"])
             .arg(&link)

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use nva::compiler::PacketView;
+use nva::classifier::compiler::PacketView;
 
 pub use nva_common::{ETH_P_IP, ETH_P_IPV6};
 pub const ETH_P_ARP: u16 = 0x0806;

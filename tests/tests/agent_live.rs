@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use nva::model::{Action, Rule};
-use nva::rulegen::{rules_toml, Rng, RuleGen};
+use nva::classifier::rulegen::{rules_toml, Rng, RuleGen};
+use nva::policy::model::{Action, Rule};
 use nva_tests::agent::RunningAgent;
 use nva_tests::traffic::{udp_delivered, SteadyFlow};
 use nva_tests::{require_root, Topology, NVA_IN_IF, NVA_OUT_IF};

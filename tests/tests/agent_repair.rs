@@ -330,7 +330,7 @@ fn pins_of_another_layout_version_are_refused_until_detached() {
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
         said.contains("layout v1")
-            && said.contains(&format!("layout {}", nva::pin::LAYOUT_VERSION))
+            && said.contains(&format!("layout {}", nva::datapath::pin::LAYOUT_VERSION))
             && said.contains("nva detach"),
         "the refusal names both layouts and the fix: {said}"
     );

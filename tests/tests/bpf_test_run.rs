@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use nva::compiler::{compile, linear_first_match};
+use nva::classifier::compiler::{compile, linear_first_match};
+use nva::classifier::rulegen::{Rng, RuleGen};
 use nva::datapath::DataPath;
-use nva::model::{Action, ManagementPort, PolicySettings, PortRange, Proto, Rule};
-use nva::rulegen::{Rng, RuleGen};
+use nva::policy::model::{Action, ManagementPort, PolicySettings, PortRange, Proto, Rule};
 use nva_common::{PacketReason, NO_RULE, PROTO_TCP};
 use nva_tests::frames::*;
 use nva_tests::test_run::{run, XDP_DROP, XDP_PASS};
@@ -31,7 +31,7 @@ fn tcp_rule(name: &str, dst: &[&str], dport: u16) -> Rule {
         .iter()
         .map(|c| {
             let (a, l) = c.split_once('/').unwrap();
-            nva::model::Cidr::new(a.parse().unwrap(), l.parse().unwrap())
+            nva::policy::model::Cidr::new(a.parse().unwrap(), l.parse().unwrap())
         })
         .collect();
     r.dport = vec![PortRange {

@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{line_col, parse_cidr, ConfigError};
-use crate::model::Cidr;
+use crate::policy::config::{line_col, parse_cidr, ConfigError};
+use crate::policy::model::Cidr;
 
 pub const DEFAULT_ELECTION_PATH: &str = "/nva/failover";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9190";

@@ -116,7 +116,7 @@ fn up() {
         a = a.name,
         pid_a = agents[0].child.as_ref().map_or(0, |c| c.pid()),
         bpffs_a = agents[0].bpffs,
-        layout = nva::pin::LAYOUT_VERSION,
+        layout = nva::datapath::pin::LAYOUT_VERSION,
         cfg_a = agents[0].config.display(),
         fo_cfg = daemons[0].config.display(),
     );

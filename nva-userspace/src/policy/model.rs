@@ -3,6 +3,9 @@
 
 use std::net::IpAddr;
 
+/// Default `policy.conntrack_max`.
+pub const DEFAULT_CONNTRACK_MAX: u32 = 1_048_576;
+
 /// An IP prefix, v4 or v6, with host bits cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
@@ -180,7 +183,7 @@ impl PolicySettings {
             fragments_allow: false,
             log_drops: false,
             management: Vec::new(),
-            conntrack_max: crate::config::DEFAULT_CONNTRACK_MAX,
+            conntrack_max: DEFAULT_CONNTRACK_MAX,
             timeouts: ConntrackTimeouts::default(),
         }
     }

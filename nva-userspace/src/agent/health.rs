@@ -8,10 +8,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use nva_common::{ACTION_ALLOW, NO_RULE, XDP_DROP, XDP_PASS};
 use serde::Serialize;
 
-use crate::compiler::{CompiledRuleSet, PacketView};
+use crate::classifier::compiler::{CompiledRuleSet, PacketView};
+use crate::datapath::pin::PinLayout;
 use crate::datapath::DataPath;
 use crate::datapath::{ifindex_by_name, pinned_link_target};
-use crate::pin::PinLayout;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
@@ -33,7 +33,7 @@ impl HealthReport {
 }
 
 /// Whether the pinned link of `iface` is attached to that interface.
-pub fn link_attached(layout: &crate::pin::PinLayout, iface: &str) -> bool {
+pub fn link_attached(layout: &crate::datapath::pin::PinLayout, iface: &str) -> bool {
     match (
         ifindex_by_name(iface),
         pinned_link_target(&layout.link(iface)),

@@ -17,9 +17,9 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{
+use crate::policy::model::{
     Action, AgentSettings, Cidr, Config, ConntrackTimeouts, ForwardMode, ManagementPort,
-    PolicySettings, PortRange, Proto, Rule, XdpModeSetting,
+    PolicySettings, PortRange, Proto, Rule, XdpModeSetting, DEFAULT_CONNTRACK_MAX,
 };
 
 /// Default `agent.health_listen`.
@@ -28,8 +28,6 @@ pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:9090";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/nva";
 /// Default `agent.health_interval_ms`: how often the data path is checked.
 pub const DEFAULT_HEALTH_INTERVAL_MS: u32 = 1000;
-/// Default `policy.conntrack_max`.
-pub const DEFAULT_CONNTRACK_MAX: u32 = 1_048_576;
 /// Longest conntrack timeout (seconds).
 pub const MAX_CONNTRACK_TIMEOUT_S: u32 = 86_400;
 /// Longest rule name (bytes).

@@ -12,10 +12,10 @@ use nva_common::{map_names as names, PacketReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::agent::health::HealthReport;
 use crate::agent::AgentState;
+use crate::datapath::pin::PinLayout;
 use crate::datapath::{open_pinned, read_counters, read_packet_counters};
-use crate::health::HealthReport;
-use crate::pin::PinLayout;
 
 /// What the endpoints serve.
 #[derive(Clone, Default)]

@@ -1,6 +1,6 @@
 use super::*;
-use crate::model::{Cidr, ManagementPort, PortRange};
-use crate::rulegen::{Rng, RuleGen};
+use crate::classifier::rulegen::{Rng, RuleGen};
+use crate::policy::model::{Cidr, ManagementPort, PortRange};
 use proptest::prelude::*;
 
 fn policy() -> PolicySettings {

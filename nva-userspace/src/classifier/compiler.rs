@@ -21,7 +21,7 @@ use nva_common::{
     PROTO_UDP,
 };
 
-use crate::model::{Action, Cidr, PolicySettings, Proto, Rule};
+use crate::policy::model::{Action, Cidr, PolicySettings, Proto, Rule};
 
 /// Memory budget for the rule tables of one rule set.
 pub const TABLE_BUDGET_BYTES: u64 = 64 << 20;
@@ -166,7 +166,7 @@ pub fn rule_matches(rule: &Rule, pkt: &PacketView) -> bool {
             return false;
         }
     }
-    let port_ok = |list: &[crate::model::PortRange], p: u16| {
+    let port_ok = |list: &[crate::policy::model::PortRange], p: u16| {
         list.is_empty() || list.iter().any(|r| r.contains(p))
     };
     if (proto == PROTO_TCP || proto == PROTO_UDP)
@@ -364,7 +364,7 @@ fn addr_classes(
 fn port_classes(
     rules: &[Rule],
     proto: Proto,
-    field: impl Fn(&Rule) -> &[crate::model::PortRange],
+    field: impl Fn(&Rule) -> &[crate::policy::model::PortRange],
     out: &mut [u32],
 ) -> (Vec<Vec<u32>>, u32) {
     // Sweep over range boundaries: each elementary interval has one set.

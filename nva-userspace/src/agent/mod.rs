@@ -6,6 +6,9 @@
 //! are indexed by a stable per-name counter index (kept in the state file),
 //! so they continue across reloads and restarts.
 
+pub mod health;
+pub mod http;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -13,12 +16,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use crate::compiler::{compile, CompiledRuleSet};
-use crate::config::load_config;
+use crate::agent::health::{HealthInputs, HealthProbe, HealthReport};
+use crate::classifier::compiler::{compile, CompiledRuleSet};
+use crate::datapath::pin::{ensure_bpffs, state_dir, PinLayout};
 use crate::datapath::{ifindex_by_name, Attachment, DataPath};
-use crate::health::{HealthInputs, HealthProbe, HealthReport};
-use crate::model::Config;
-use crate::pin::{ensure_bpffs, state_dir, PinLayout};
+use crate::policy::config::load_config;
+use crate::policy::model::Config;
 
 /// What outlives the agent besides the pins: rule names and their counter
 /// indexes, the generation, and the last reload's outcome.
@@ -231,7 +234,7 @@ impl Agent {
         let bpffs = config.agent.bpffs.clone();
         refuse_if_agent_running(&bpffs)?;
         ensure_bpffs(&bpffs)?;
-        crate::pin::refuse_other_versions(&bpffs)?;
+        crate::datapath::pin::refuse_other_versions(&bpffs)?;
         let layout = PinLayout::new(&bpffs);
         let adopting = layout.maps().exists();
         if adopting {
@@ -371,7 +374,7 @@ impl Agent {
     pub fn repair_attachments(&mut self) -> (Vec<String>, Vec<String>) {
         let (mut repaired, mut failed) = (Vec::new(), Vec::new());
         for iface in self.config.agent.interfaces.clone() {
-            if crate::health::link_attached(&self.layout, &iface) {
+            if crate::agent::health::link_attached(&self.layout, &iface) {
                 continue;
             }
             match self
@@ -397,7 +400,7 @@ impl Agent {
 
     /// Runs the health checks against the live data path.
     pub fn health(&self) -> HealthReport {
-        crate::health::check(&HealthInputs {
+        crate::agent::health::check(&HealthInputs {
             datapath: &self.datapath,
             layout: &self.layout,
             interfaces: &self.config.agent.interfaces,

@@ -4,8 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::compiler::PacketView;
-use crate::model::{Action, Cidr, PortRange, Proto, Rule};
+use crate::classifier::compiler::PacketView;
+use crate::policy::model::{Action, Cidr, PortRange, Proto, Rule};
 
 /// xorshift64*: small, fast, good enough for test data.
 pub struct Rng(u64);

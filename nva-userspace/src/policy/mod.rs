@@ -1,0 +1,5 @@
+//! The rule model ([`model`]) and the config file that describes it
+//! ([`config`]: TOML, validated with `FILE:LINE:COL` errors).
+
+pub mod config;
+pub mod model;

@@ -120,6 +120,45 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
     Ok(deleted)
 }
 
+/// One lookup-style batch call (`cmd`) of up to `count` entries into `keys`
+/// and `values`, continuing after `token` (None: from the start) and
+/// leaving the next token there. Returns the entries read and whether the
+/// map has no more.
+fn lookup_step<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    cmd: libc::c_long,
+    token: &mut Option<u64>,
+    keys: &mut [K],
+    values: &mut [V],
+    count: usize,
+) -> io::Result<(usize, bool)> {
+    // A hash map's token is a bucket index, an array's an index (u32 both);
+    // a u64 keeps room.
+    let mut token_in = token.unwrap_or(0);
+    let mut token_out = 0u64;
+    let mut attr = BatchAttr {
+        in_batch: if token.is_some() {
+            &mut token_in as *mut u64 as u64
+        } else {
+            0
+        },
+        out_batch: &mut token_out as *mut u64 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: count as u32,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    let result = bpf(cmd, &mut attr);
+    *token = Some(token_out);
+    let n = attr.count as usize;
+    match result {
+        Ok(()) => Ok((n, n == 0)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((n, true)),
+        Err(e) => Err(e),
+    }
+}
+
 fn walk<K: Pod + Default, V: Pod + Default>(
     map: BorrowedFd<'_>,
     cmd: libc::c_long,
@@ -127,39 +166,18 @@ fn walk<K: Pod + Default, V: Pod + Default>(
 ) -> io::Result<()> {
     let mut keys = vec![K::default(); CHUNK];
     let mut values = vec![V::default(); CHUNK];
-    // The batch token of a hash map is a bucket index (u32); keep room.
-    let mut token_in = 0u64;
-    let mut token_out = 0u64;
-    let mut first = true;
+    let mut token = None;
     loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &mut token_in as *mut u64 as u64
-            },
-            out_batch: &mut token_out as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        let result = bpf(cmd, &mut attr);
-        let n = attr.count as usize;
+        let (n, done) = lookup_step(map, cmd, &mut token, &mut keys, &mut values, CHUNK)?;
         let chunk: Vec<(K, V)> = keys[..n]
             .iter()
             .copied()
             .zip(values[..n].iter().copied())
             .collect();
         f(&chunk);
-        match result {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Err(e) => return Err(e),
+        if done {
+            return Ok(());
         }
-        token_in = token_out;
-        first = false;
     }
 }
 
@@ -174,37 +192,23 @@ pub fn percpu_array_prefix<V: Pod + Default>(
     // The kernel lays per-CPU values out 8-byte aligned; ours need no gaps.
     assert_eq!(std::mem::size_of::<V>() % 8, 0, "per-CPU value size");
     let mut out: Vec<V> = Vec::with_capacity(len as usize * ncpus);
-    let mut token_in = 0u32;
-    let mut token_out = 0u32;
-    let mut first = true;
+    let mut token = None;
     while out.len() < len as usize * ncpus {
         let want = (len as usize - out.len() / ncpus).min(CHUNK);
         let mut keys = vec![0u32; want];
         let mut values = vec![V::default(); want * ncpus];
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &mut token_in as *mut u32 as u64
-            },
-            out_batch: &mut token_out as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: want as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = attr.count as usize;
+        let (n, done) = lookup_step(
+            map,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut token,
+            &mut keys,
+            &mut values,
+            want,
+        )?;
         out.extend_from_slice(&values[..n * ncpus]);
-        match result {
-            Ok(()) if n > 0 => {}
-            Ok(()) => break,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => return Err(e),
+        if done {
+            break;
         }
-        token_in = token_out;
-        first = false;
     }
     Ok(out)
 }

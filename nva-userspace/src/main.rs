@@ -370,8 +370,8 @@ fn refresh(agent: &std::sync::Mutex<Agent>, shared: &nva::http::Shared) {
         tracing::warn!(error = %e, "updating local addresses");
     }
     let health = nva::health::check(&agent);
-    let was_healthy = shared.read().expect("snapshot lock").health.healthy;
-    if was_healthy != health.healthy {
+    let previous = nva::http::agent::current(shared);
+    if previous.health.healthy != health.healthy {
         if health.healthy {
             tracing::info!("data path healthy");
         } else {
@@ -384,15 +384,25 @@ fn refresh(agent: &std::sync::Mutex<Agent>, shared: &nva::http::Shared) {
         }
     }
     let mut status = agent.status();
-    let conntrack = shared.read().expect("snapshot lock").conntrack;
+    let conntrack = previous.conntrack;
     status["conntrack_entries"] = conntrack.entries.into();
     let _ = nva::agent::write_status(&agent.config.agent.bpffs, &status, &health);
-    *shared.write().expect("snapshot lock") = nva::http::Snapshot {
+    // The state (up to 131k rules) changes only in a reload, and every
+    // reload attempt bumps reload_seq: between reloads, keep sharing it.
+    let (was, now) = (&previous.state, &agent.state);
+    let state = if (was.pid, was.started_unix, was.reload_seq, was.generation)
+        == (now.pid, now.started_unix, now.reload_seq, now.generation)
+    {
+        previous.state.clone()
+    } else {
+        std::sync::Arc::new(now.clone())
+    };
+    *shared.write().expect("snapshot lock") = std::sync::Arc::new(nva::http::Snapshot {
         health,
-        state: agent.state.clone(),
+        state,
         status,
         conntrack,
-    };
+    });
 }
 
 /// Sweeps expired conntrack entries in the background, on its own map
@@ -409,7 +419,9 @@ async fn sweep_conntrack(layout: PinLayout, shared: nva::http::Shared) {
                     tracing::debug!(removed = next.expired_removed - summary.expired_removed, entries = next.entries, elapsed = ?started.elapsed(), "conntrack sweep");
                 }
                 summary = next;
-                shared.write().expect("snapshot lock").conntrack = summary;
+                // Copy-on-write: requests keep the snapshot they took.
+                std::sync::Arc::make_mut(&mut shared.write().expect("snapshot lock")).conntrack =
+                    summary;
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "conntrack sweep"),
             Err(e) => tracing::warn!(error = %e, "conntrack sweep task"),

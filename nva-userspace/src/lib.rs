@@ -11,7 +11,9 @@
 //!   model of the lookup that tests and the health check use;
 //! - [`policy`]: the rule model and the config file that describes it;
 //! - [`failover`]: the failover daemon (ZooKeeper election, probes,
-//!   decisions, the linux and azure providers), apart from the agent.
+//!   decisions, the linux and azure providers), apart from the agent;
+//! - [`http`]: the HTTP stack both serve their endpoints with, and the
+//!   Prometheus exposition helpers (the bottom layer, with `nva-common`).
 //!
 //! Forwarding, NAT and state sync add modules beside `conntrack` (and
 //! `datapath` maps), each owning its feature's userspace side.
@@ -21,4 +23,5 @@ pub mod classifier;
 pub mod conntrack;
 pub mod datapath;
 pub mod failover;
+pub mod http;
 pub mod policy;

@@ -4,197 +4,236 @@
 //! by the health checker and from the pinned counter maps, never from the
 //! agent itself, so they stay fast while a reload runs.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use nva_common::{map_names as names, PacketReason};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use nva_common::{map_names as names, PacketReason, RuleCounters};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use tokio::net::TcpListener;
 
-use crate::agent::health::HealthReport;
-use crate::agent::AgentState;
+use super::health::HealthReport;
+use super::AgentState;
 use crate::datapath::pin::PinLayout;
 use crate::datapath::{open_pinned, read_counters, read_packet_counters};
+use crate::http::exposition::{family, render, single, CONTENT_TYPE};
+use crate::http::server::{reply, Limits};
 
-/// What the endpoints serve.
+/// What the endpoints serve. Published whole and never changed in place:
+/// a request takes an `Arc` of it, not a copy of 131k rules.
 #[derive(Clone, Default)]
 pub struct Snapshot {
     pub health: HealthReport,
-    pub state: AgentState,
+    /// Shared between snapshots until a reload changes it.
+    pub state: Arc<AgentState>,
     pub status: serde_json::Value,
     /// From the last conntrack sweep.
     pub conntrack: crate::conntrack::Summary,
 }
 
-pub type Shared = Arc<RwLock<Snapshot>>;
+/// The current snapshot; writers publish a new `Arc`.
+pub type Shared = Arc<RwLock<Arc<Snapshot>>>;
 
-pub async fn serve(listener: TcpListener, shared: Shared, layout: PinLayout) -> anyhow::Result<()> {
+/// The snapshot in force now.
+pub fn current(shared: &Shared) -> Arc<Snapshot> {
+    shared.read().expect("snapshot lock").clone()
+}
+
+#[derive(Clone)]
+struct Endpoints {
+    shared: Shared,
+    layout: PinLayout,
+}
+
+pub async fn serve(listener: TcpListener, shared: Shared, layout: PinLayout) {
     tracing::info!(listen = ?listener.local_addr().ok(), "HTTP endpoints /health /status /metrics");
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let shared = shared.clone();
-        let layout = layout.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, shared, layout).await {
-                tracing::debug!(error = %e, "HTTP connection");
-            }
-        });
+    crate::http::server::serve(listener, router(shared, layout), Limits::default()).await;
+}
+
+fn router(shared: Shared, layout: PinLayout) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics_endpoint))
+        .fallback(|| async { reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()) })
+        .with_state(Endpoints { shared, layout })
+}
+
+/// Pretty JSON and a newline, as the CLI prints it.
+fn json(code: StatusCode, value: &serde_json::Value) -> Response {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => reply(code, "application/json", body + "\n"),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{}\n", HttpError::from(e)),
+        ),
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: Shared, layout: PinLayout) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    // Read the request head (bounded: 4 KiB, 2 s).
-    let read = async {
-        while len < buf.len() {
-            let n = stream.read(&mut buf[len..]).await?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-        }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(2), read).await??;
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (code, content_type, body) = if method != "GET" {
-        (405, "text/plain", "only GET\n".to_string())
+async fn health(State(e): State<Endpoints>) -> Response {
+    let snap = current(&e.shared);
+    let code = if snap.health.healthy {
+        StatusCode::OK
     } else {
-        let snap = shared.read().expect("snapshot lock").clone();
-        match path {
-            "/health" => {
-                let body = serde_json::to_string_pretty(&serde_json::json!({
-                    "healthy": snap.health.healthy,
-                    "failing": snap.health.failing(),
-                    "checks": snap.health.checks,
-                }))? + "\n";
-                let code = if snap.health.healthy { 200 } else { 503 };
-                (code, "application/json", body)
-            }
-            "/status" => (
-                200,
-                "application/json",
-                serde_json::to_string_pretty(&snap.status)? + "\n",
-            ),
-            "/metrics" => (
-                200,
-                "text/plain; version=0.0.4",
-                metrics(&snap, &layout).unwrap_or_else(|e| format!("# error: {e}\n")),
-            ),
-            _ => (404, "text/plain", "not found\n".to_string()),
-        }
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let response = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await?;
-    Ok(())
+    json(
+        code,
+        &serde_json::json!({
+            "healthy": snap.health.healthy,
+            "failing": snap.health.failing(),
+            "checks": snap.health.checks,
+        }),
+    )
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+async fn status(State(e): State<Endpoints>) -> Response {
+    json(StatusCode::OK, &current(&e.shared).status)
+}
+
+async fn metrics_endpoint(State(e): State<Endpoints>) -> Response {
+    let snap = current(&e.shared);
+    // Reading 131k per-CPU counters is blocking syscalls: off the workers
+    // that answer /health.
+    let text = tokio::task::spawn_blocking(move || metrics(snap, &e.layout))
+        .await
+        .map_err(HttpError::from)
+        .and_then(|r| r)
+        .unwrap_or_else(|e| format!("# error: {e}\n"));
+    reply(StatusCode::OK, CONTENT_TYPE, text)
 }
 
 /// Prometheus text exposition, read from the pinned maps.
-pub fn metrics(snap: &Snapshot, layout: &PinLayout) -> anyhow::Result<String> {
-    let mut out = String::new();
+pub fn metrics(snap: Arc<Snapshot>, layout: &PinLayout) -> Result<String, HttpError> {
     let packets = read_packet_counters(aya::maps::PerCpuArray::try_from(
         aya::maps::Map::PerCpuArray(open_pinned(layout, names::PACKET_COUNTERS)?),
     )?)?;
-    out.push_str("# HELP nva_packets_total Packets seen by the XDP program, by verdict and reason.\n# TYPE nva_packets_total counter\n");
-    for reason in PacketReason::ALL {
-        let _ = writeln!(
-            out,
-            "nva_packets_total{{verdict=\"{}\",reason=\"{}\"}} {}",
-            reason.verdict(),
-            reason.name(),
-            packets[reason as usize]
-        );
-    }
     let map = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open_pinned(
         layout,
         names::RULE_COUNTERS,
     )?))?;
     let indices: Vec<u32> = snap.state.rules.iter().map(|r| r.counter).collect();
-    let counters = read_counters(&map, &indices)?;
-    out.push_str("# HELP nva_rule_packets_total Packets matched by each rule.\n# TYPE nva_rule_packets_total counter\n");
-    for (r, c) in snap.state.rules.iter().zip(&counters) {
-        let _ = writeln!(
-            out,
-            "nva_rule_packets_total{{rule=\"{}\"}} {}",
-            escape(&r.name),
-            c.packets
-        );
+    let rules = read_counters(&map, &indices)?;
+    Ok(render(AgentMetrics {
+        snap,
+        packets,
+        rules,
+    })?)
+}
+
+/// One scrape's values: the snapshot and the counters read for it.
+struct AgentMetrics {
+    snap: Arc<Snapshot>,
+    /// Indexed by `PacketReason`.
+    packets: Vec<u64>,
+    /// In the order of `snap.state.rules`.
+    rules: Vec<RuleCounters>,
+}
+
+impl std::fmt::Debug for AgentMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentMetrics")
+            .field("rules", &self.rules.len())
+            .finish_non_exhaustive()
     }
-    out.push_str("# HELP nva_rule_bytes_total Bytes matched by each rule.\n# TYPE nva_rule_bytes_total counter\n");
-    for (r, c) in snap.state.rules.iter().zip(&counters) {
-        let _ = writeln!(
-            out,
-            "nva_rule_bytes_total{{rule=\"{}\"}} {}",
-            escape(&r.name),
-            c.bytes
-        );
+}
+
+impl Collector for AgentMetrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let snap = &self.snap;
+        family(
+            &mut enc,
+            "nva_packets",
+            "Packets seen by the XDP program, by verdict and reason.",
+            MetricType::Counter,
+            PacketReason::ALL.iter().map(|r| {
+                (
+                    [("verdict", r.verdict()), ("reason", r.name())],
+                    ConstCounter::new(self.packets.get(*r as usize).copied().unwrap_or(0)),
+                )
+            }),
+        )?;
+        let rule_names = || snap.state.rules.iter().map(|r| [("rule", r.name.as_str())]);
+        family(
+            &mut enc,
+            "nva_rule_packets",
+            "Packets matched by each rule.",
+            MetricType::Counter,
+            rule_names().zip(self.rules.iter().map(|c| ConstCounter::new(c.packets))),
+        )?;
+        family(
+            &mut enc,
+            "nva_rule_bytes",
+            "Bytes matched by each rule.",
+            MetricType::Counter,
+            rule_names().zip(self.rules.iter().map(|c| ConstCounter::new(c.bytes))),
+        )?;
+        let ct = &snap.conntrack;
+        single(
+            &mut enc,
+            "nva_conntrack_entries",
+            "Tracked connections (at the last sweep).",
+            ConstGauge::new(ct.entries),
+        )?;
+        for (name, help, value) in [
+            (
+                "nva_conntrack_created",
+                "Flows the data path started tracking.",
+                ct.created,
+            ),
+            (
+                "nva_conntrack_evictions",
+                "Flows evicted because the table was full (policy.conntrack_max).",
+                ct.evictions,
+            ),
+            (
+                "nva_conntrack_revoked",
+                "Flows dropped because a new rule set no longer allows them.",
+                ct.revoked,
+            ),
+            (
+                "nva_conntrack_expired",
+                "Expired flows removed by the agent's sweeps.",
+                ct.expired_removed,
+            ),
+        ] {
+            single(&mut enc, name, help, ConstCounter::new(value))?;
+        }
+        single(
+            &mut enc,
+            "nva_ruleset_generation",
+            "Generation of the active rule set.",
+            ConstGauge::new(snap.state.generation),
+        )?;
+        family(
+            &mut enc,
+            "nva_reloads",
+            "Rule-set reloads by result.",
+            MetricType::Counter,
+            [
+                ([("result", "ok")], ConstCounter::new(snap.state.reloads_ok)),
+                (
+                    [("result", "error")],
+                    ConstCounter::new(snap.state.reloads_error),
+                ),
+            ],
+        )?;
+        single(
+            &mut enc,
+            "nva_healthy",
+            "1 when every health check passes.",
+            ConstGauge::new(snap.health.healthy as u64),
+        )
     }
-    let ct = &snap.conntrack;
-    let _ = writeln!(
-        out,
-        "# HELP nva_conntrack_entries Tracked connections (at the last sweep).\n# TYPE nva_conntrack_entries gauge\nnva_conntrack_entries {}",
-        ct.entries
-    );
-    let _ = writeln!(
-        out,
-        "# HELP nva_conntrack_created_total Flows the data path started tracking.\n# TYPE nva_conntrack_created_total counter\nnva_conntrack_created_total {}",
-        ct.created
-    );
-    let _ = writeln!(
-        out,
-        "# HELP nva_conntrack_evictions_total Flows evicted because the table was full (policy.conntrack_max).\n# TYPE nva_conntrack_evictions_total counter\nnva_conntrack_evictions_total {}",
-        ct.evictions
-    );
-    let _ = writeln!(
-        out,
-        "# HELP nva_conntrack_revoked_total Flows dropped because a new rule set no longer allows them.\n# TYPE nva_conntrack_revoked_total counter\nnva_conntrack_revoked_total {}",
-        ct.revoked
-    );
-    let _ = writeln!(
-        out,
-        "# HELP nva_conntrack_expired_total Expired flows removed by the agent's sweeps.\n# TYPE nva_conntrack_expired_total counter\nnva_conntrack_expired_total {}",
-        ct.expired_removed
-    );
-    let _ = writeln!(
-        out,
-        "# HELP nva_ruleset_generation Generation of the active rule set.\n# TYPE nva_ruleset_generation gauge\nnva_ruleset_generation {}",
-        snap.state.generation
-    );
-    let _ = writeln!(
-        out,
-        "# HELP nva_reloads_total Rule-set reloads by result.\n# TYPE nva_reloads_total counter\nnva_reloads_total{{result=\"ok\"}} {}\nnva_reloads_total{{result=\"error\"}} {}",
-        snap.state.reloads_ok, snap.state.reloads_error
-    );
-    let _ = writeln!(
-        out,
-        "# HELP nva_healthy 1 when every health check passes.\n# TYPE nva_healthy gauge\nnva_healthy {}",
-        snap.health.healthy as u8
-    );
-    Ok(out)
 }
 
 /// Keeps a listener on `addr` open exactly while the snapshot is healthy,
@@ -202,7 +241,7 @@ pub fn metrics(snap: &Snapshot, layout: &PinLayout) -> anyhow::Result<String> {
 pub async fn tcp_probe(addr: SocketAddr, shared: Shared, interval: std::time::Duration) {
     let mut listener: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        let healthy = shared.read().expect("snapshot lock").health.healthy;
+        let healthy = current(&shared).health.healthy;
         match (healthy, listener.is_some()) {
             (true, false) => match TcpListener::bind(addr).await {
                 Ok(l) => {
@@ -225,5 +264,99 @@ pub async fn tcp_probe(addr: SocketAddr, shared: Shared, interval: std::time::Du
             _ => {}
         }
         tokio::time::sleep(interval / 4).await;
+    }
+}
+
+/// What can go wrong serving one of the agent's endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(transparent)]
+    DataPath(#[from] crate::datapath::DataPathError),
+    #[error("BPF map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("encoding the metrics: {0}")]
+    Encode(#[from] std::fmt::Error),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("request task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::RuleState;
+    use crate::http::exposition::parse;
+
+    fn rule(name: &str, counter: u32) -> RuleState {
+        RuleState {
+            name: name.into(),
+            action: "allow".into(),
+            counter,
+        }
+    }
+
+    #[test]
+    fn names_with_quotes_backslashes_and_newlines_are_escaped() {
+        let odd = "say \"hi\"\\now\nand then";
+        let state = AgentState {
+            generation: 3,
+            rules: std::sync::Arc::new(vec![rule(odd, 0), rule("plain", 1)]),
+            reloads_ok: 2,
+            ..Default::default()
+        };
+        let snap = Arc::new(Snapshot {
+            state: Arc::new(state),
+            health: HealthReport {
+                healthy: true,
+                checks: Vec::new(),
+            },
+            ..Default::default()
+        });
+        let mut packets = vec![0; PacketReason::ALL.len()];
+        packets[PacketReason::ALL[0] as usize] = 9;
+        let text = render(AgentMetrics {
+            snap,
+            packets,
+            rules: vec![
+                RuleCounters {
+                    packets: 5,
+                    bytes: 500,
+                },
+                RuleCounters {
+                    packets: 7,
+                    bytes: 700,
+                },
+            ],
+        })
+        .unwrap();
+        let samples = parse(&text);
+        let of = |name: &str, rule: &str| {
+            samples
+                .iter()
+                .find(|(n, l, _)| n == name && l == &[("rule".to_string(), rule.to_string())])
+                .map(|s| s.2)
+        };
+        assert_eq!(of("nva_rule_packets_total", odd), Some(5.0), "{text}");
+        assert_eq!(of("nva_rule_bytes_total", odd), Some(500.0), "{text}");
+        assert_eq!(of("nva_rule_packets_total", "plain"), Some(7.0), "{text}");
+        // The names, types and HELP texts as documented (DESIGN.md, README).
+        for line in [
+            "# HELP nva_packets_total Packets seen by the XDP program, by verdict and reason.\n# TYPE nva_packets_total counter\n",
+            "# HELP nva_rule_packets_total Packets matched by each rule.\n# TYPE nva_rule_packets_total counter\n",
+            "# HELP nva_conntrack_entries Tracked connections (at the last sweep).\n# TYPE nva_conntrack_entries gauge\nnva_conntrack_entries 0\n",
+            "# TYPE nva_conntrack_expired_total counter\nnva_conntrack_expired_total 0\n",
+            "# TYPE nva_ruleset_generation gauge\nnva_ruleset_generation 3\n",
+            "# TYPE nva_reloads_total counter\nnva_reloads_total{result=\"ok\"} 2\nnva_reloads_total{result=\"error\"} 0\n",
+            "# HELP nva_healthy 1 when every health check passes.\n# TYPE nva_healthy gauge\nnva_healthy 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let first = PacketReason::ALL[0];
+        assert!(text.contains(&format!(
+            "nva_packets_total{{verdict=\"{}\",reason=\"{}\"}} 9\n",
+            first.verdict(),
+            first.name()
+        )));
     }
 }

@@ -164,8 +164,8 @@ fn refresh(agent: &std::sync::Mutex<Agent>, shared: &nva::agent::http::Shared) {
         tracing::warn!(error = %e, "updating local addresses");
     }
     let health = agent.health();
-    let was_healthy = shared.read().expect("snapshot lock").health.healthy;
-    if was_healthy != health.healthy {
+    let previous = nva::agent::http::current(shared);
+    if previous.health.healthy != health.healthy {
         if health.healthy {
             tracing::info!("data path healthy");
         } else {
@@ -178,15 +178,17 @@ fn refresh(agent: &std::sync::Mutex<Agent>, shared: &nva::agent::http::Shared) {
         }
     }
     let mut status = agent.status();
-    let conntrack = shared.read().expect("snapshot lock").conntrack;
+    let conntrack = previous.conntrack;
     status["conntrack_entries"] = conntrack.entries.into();
     let _ = nva::agent::write_status(&agent.config.agent.bpffs, &status, &health);
-    *shared.write().expect("snapshot lock") = nva::agent::http::Snapshot {
+    // A new snapshot each tick; requests keep the one they took. The state
+    // is cheap to copy: its rule list is shared.
+    *shared.write().expect("snapshot lock") = std::sync::Arc::new(nva::agent::http::Snapshot {
         health,
-        state: agent.state.clone(),
+        state: std::sync::Arc::new(agent.state.clone()),
         status,
         conntrack,
-    };
+    });
 }
 
 /// Sweeps expired conntrack entries in the background, on its own map
@@ -203,7 +205,9 @@ async fn sweep_conntrack(layout: PinLayout, shared: nva::agent::http::Shared) {
                     tracing::debug!(removed = next.expired_removed - summary.expired_removed, entries = next.entries, elapsed = ?started.elapsed(), "conntrack sweep");
                 }
                 summary = next;
-                shared.write().expect("snapshot lock").conntrack = summary;
+                // Copy-on-write: requests keep the snapshot they took.
+                std::sync::Arc::make_mut(&mut shared.write().expect("snapshot lock")).conntrack =
+                    summary;
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "conntrack sweep"),
             Err(e) => tracing::warn!(error = %e, "conntrack sweep task"),

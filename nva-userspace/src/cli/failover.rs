@@ -121,20 +121,15 @@ async fn failover_status(
 }
 
 async fn http_status(addr: std::net::SocketAddr) -> anyhow::Result<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await??;
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: nva\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        s.read_to_string(&mut body),
-    )
-    .await??;
-    let json = body.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok(serde_json::from_str(json)?)
+    // The daemons' management addresses are never reached through a proxy.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()?;
+    let response = client
+        .get(format!("http://{addr}/status"))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(response.json().await?)
 }

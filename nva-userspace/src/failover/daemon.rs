@@ -6,14 +6,15 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::azure::AzureClient;
 use super::config::{FailoverConfig, NvaSettings, Provider};
 use super::coord::{Coordinator, Request, SharedState, ZkCoordinator};
 use super::decide::{decide, Decision, Situation};
 use super::linux;
-use super::probe::{probe, Health, HealthTracker};
+use super::probe::{Health, HealthTracker, Prober};
+// main.rs starts the endpoints from here.
+pub use super::http::serve;
 
 /// What /status and /metrics serve.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -68,6 +69,7 @@ pub struct Daemon {
     was_leader: bool,
     last_reconcile: Option<Instant>,
     azure: Option<AzureClient>,
+    prober: Prober,
 }
 
 impl Daemon {
@@ -101,8 +103,10 @@ impl Daemon {
             (Provider::Azure, Some(a)) => Some(AzureClient::new(a.clone())?),
             _ => None,
         };
+        let prober = Prober::new(Duration::from_millis(config.probe.timeout_ms as u64))?;
         Ok(Daemon {
             azure,
+            prober,
             config,
             trackers,
             coord,
@@ -129,9 +133,9 @@ impl Daemon {
     }
 
     async fn probe_all(&mut self) {
-        let timeout = Duration::from_millis(self.config.probe.timeout_ms as u64);
+        let prober = &self.prober;
         let results =
-            futures::future::join_all(self.config.nvas.iter().map(|n| probe(&n.probe, timeout)))
+            futures::future::join_all(self.config.nvas.iter().map(|n| prober.probe(&n.probe)))
                 .await;
         let mut status = self.status.write().expect("status lock");
         for (i, r) in results.iter().enumerate() {
@@ -503,129 +507,5 @@ impl Daemon {
             }
         })
         .await
-    }
-}
-
-/// Prometheus text of the daemon's metrics.
-pub fn metrics_text(s: &Status) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(out, "# HELP nva_failover_leader 1 when this daemon leads.\n# TYPE nva_failover_leader gauge\nnva_failover_leader {}", s.leader as u8);
-    out.push_str("# HELP nva_failover_nva_healthy 1 when probes say the NVA is up.\n# TYPE nva_failover_nva_healthy gauge\n");
-    for n in &s.nvas {
-        let _ = writeln!(
-            out,
-            "nva_failover_nva_healthy{{nva=\"{}\"}} {}",
-            n.name, n.healthy as u8
-        );
-    }
-    out.push_str("# HELP nva_failover_nva_active 1 for the NVA that should be active.\n# TYPE nva_failover_nva_active gauge\n");
-    for n in &s.nvas {
-        let _ = writeln!(
-            out,
-            "nva_failover_nva_active{{nva=\"{}\"}} {}",
-            n.name,
-            (s.active.as_deref() == Some(n.name.as_str())) as u8
-        );
-    }
-    out.push_str("# HELP nva_failover_probe_latency_seconds Latency of the last successful probe.\n# TYPE nva_failover_probe_latency_seconds gauge\n");
-    for (n, l) in s.nvas.iter().zip(&s.metrics.probe_latency_s) {
-        let _ = writeln!(
-            out,
-            "nva_failover_probe_latency_seconds{{nva=\"{}\"}} {l}",
-            n.name
-        );
-    }
-    out.push_str("# HELP nva_failover_probe_failures_total Failed probes.\n# TYPE nva_failover_probe_failures_total counter\n");
-    for (n, f) in s.nvas.iter().zip(&s.metrics.probe_failures) {
-        let _ = writeln!(
-            out,
-            "nva_failover_probe_failures_total{{nva=\"{}\"}} {f}",
-            n.name
-        );
-    }
-    let m = &s.metrics;
-    let _ = writeln!(out, "# HELP nva_failover_switches_total Failovers this daemon made (the first activation is not one).\n# TYPE nva_failover_switches_total counter\nnva_failover_switches_total {}", m.switches);
-    let _ = writeln!(out, "# HELP nva_failover_repairs_total Times the routes were repaired to match the desired state.\n# TYPE nva_failover_repairs_total counter\nnva_failover_repairs_total {}", m.repairs);
-    let _ = writeln!(out, "# HELP nva_failover_switch_phase_seconds Duration of each phase of the last switch.\n# TYPE nva_failover_switch_phase_seconds gauge\nnva_failover_switch_phase_seconds{{phase=\"state\"}} {}\nnva_failover_switch_phase_seconds{{phase=\"routes\"}} {}", m.phase_state_s, m.phase_routes_s);
-    let _ = writeln!(out, "# HELP nva_failover_detect_to_switch_seconds From the active NVA declared down to the routes switched (last switch).\n# TYPE nva_failover_detect_to_switch_seconds gauge\nnva_failover_detect_to_switch_seconds {}", m.detect_to_switch_s);
-    out
-}
-
-/// Serves /status (JSON) and /metrics.
-pub async fn serve(listener: tokio::net::TcpListener, status: SharedStatus) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let status = status.clone();
-        tokio::spawn(async move {
-            // Read the whole request head (it may come in several segments).
-            let mut buf = [0u8; 2048];
-            let mut n = 0;
-            while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf[n..])).await
-                {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(got)) => n += got,
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let snapshot = status.read().expect("status lock").clone();
-            let (code, ctype, body) = match path {
-                "/status" => (
-                    "200 OK",
-                    "application/json",
-                    serde_json::to_string(&snapshot).unwrap_or_default(),
-                ),
-                "/metrics" => (
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                    metrics_text(&snapshot),
-                ),
-                _ => (
-                    "404 Not Found",
-                    "text/plain",
-                    "not found: try /status or /metrics\n".into(),
-                ),
-            };
-            let resp = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_name_every_nva() {
-        let s = Status {
-            id: "fo-1".into(),
-            leader: true,
-            active: Some("nva-a".into()),
-            frozen: false,
-            nvas: vec![NvaStatus {
-                name: "nva-a".into(),
-                healthy: true,
-                health: Health::Up,
-            }],
-            metrics: Metrics {
-                probe_latency_s: vec![0.001],
-                probe_failures: vec![2],
-                switches: 1,
-                ..Default::default()
-            },
-        };
-        let text = metrics_text(&s);
-        assert!(text.contains("nva_failover_leader 1\n"), "{text}");
-        assert!(text.contains("nva_failover_nva_active{nva=\"nva-a\"} 1\n"));
-        assert!(text.contains("nva_failover_probe_failures_total{nva=\"nva-a\"} 2\n"));
-        assert!(text.contains("nva_failover_switches_total 1\n"));
     }
 }

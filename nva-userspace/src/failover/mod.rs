@@ -7,5 +7,6 @@ pub mod config;
 pub mod coord;
 pub mod daemon;
 pub mod decide;
+pub mod http;
 pub mod linux;
 pub mod probe;

@@ -1,59 +1,102 @@
 //! Health probes of the NVAs (HTTP GET of /health, or a TCP connect) and
 //! the rise/fall counting that turns probe results into up or down.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::config::ProbeTarget;
 
-/// One probe: Ok(latency) when healthy, Err(why) otherwise.
-pub async fn probe(target: &ProbeTarget, timeout: Duration) -> Result<Duration, String> {
-    let started = Instant::now();
-    let work = async {
-        match target {
-            ProbeTarget::Tcp(addr) => {
-                TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| format!("connect {addr}: {e}"))?;
-                Ok(())
-            }
-            ProbeTarget::Http { addr, path } => {
-                let mut s = TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| format!("connect {addr}: {e}"))?;
-                let req =
-                    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-                s.write_all(req.as_bytes())
-                    .await
-                    .map_err(|e| format!("send: {e}"))?;
-                // The status line is all we need.
-                let mut buf = [0u8; 64];
-                let mut n = 0;
-                while n < 12 {
-                    let got = s
-                        .read(&mut buf[n..])
+/// Why a probe failed (logged when an NVA's health changes).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connect {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("GET {url}: {message}")]
+    Http { url: String, message: String },
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Probes NVAs: one HTTP client for all of them, built once.
+pub struct Prober {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Prober {
+    pub fn new(timeout: Duration) -> Result<Prober, ProbeError> {
+        let http = reqwest::Client::builder()
+            // NVAs are probed directly: an HTTP(S)_PROXY in the daemon's
+            // environment is for the ARM endpoint, never for probes.
+            .no_proxy()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // Healthy is 200, not wherever a redirect leads.
+            .redirect(reqwest::redirect::Policy::none())
+            // A fresh connection per probe: accepting connections is part
+            // of being healthy (and the agent closes after each response).
+            .pool_max_idle_per_host(0)
+            .http1_only()
+            .user_agent(concat!("nva-failover/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Prober { http, timeout })
+    }
+
+    /// One probe: Ok(latency) when healthy.
+    pub async fn probe(&self, target: &ProbeTarget) -> Result<Duration, ProbeError> {
+        let started = Instant::now();
+        let work = async {
+            match target {
+                ProbeTarget::Tcp(addr) => {
+                    TcpStream::connect(addr)
                         .await
-                        .map_err(|e| format!("read: {e}"))?;
-                    if got == 0 {
-                        break;
-                    }
-                    n += got;
+                        .map_err(|source| ProbeError::Connect {
+                            addr: *addr,
+                            source,
+                        })?;
+                    Ok(())
                 }
-                let head = String::from_utf8_lossy(&buf[..n]);
-                match head.split_whitespace().nth(1) {
-                    Some("200") => Ok(()),
-                    Some(code) => Err(format!("HTTP {code}")),
-                    None => Err("no HTTP status line".into()),
-                }
+                ProbeTarget::Http { addr, path } => self.get(&format!("http://{addr}{path}")).await,
             }
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ProbeError::Timeout(self.timeout.as_millis())),
         }
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(())) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+
+    /// GET `url`: healthy on 200 (the body is not read).
+    async fn get(&self, url: &str) -> Result<(), ProbeError> {
+        let response = self.http.get(url).send().await.map_err(|e| {
+            if e.is_timeout() {
+                return ProbeError::Timeout(self.timeout.as_millis());
+            }
+            // reqwest's own message names only the URL; the cause is below.
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            ProbeError::Http {
+                url: url.to_string(),
+                message,
+            }
+        })?;
+        match response.status().as_u16() {
+            200 => Ok(()),
+            code => Err(ProbeError::Status(code)),
+        }
     }
 }
 
@@ -115,6 +158,8 @@ impl HealthTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     #[test]
     fn rise_and_fall() {
@@ -129,5 +174,71 @@ mod tests {
         assert_eq!(t.record(false), Some(Health::Down));
         assert_eq!(t.record(true), None);
         assert_eq!(t.record(true), Some(Health::Up));
+    }
+
+    /// A server that answers each connection with `response` after `delay`.
+    async fn server(response: &'static str, delay: Duration) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    tokio::time::sleep(delay).await;
+                    let _ = s.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn http(addr: SocketAddr) -> ProbeTarget {
+        ProbeTarget::Http {
+            addr,
+            path: "/health".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn status_codes_timeouts_and_refusals() {
+        let prober = Prober::new(Duration::from_millis(300)).unwrap();
+        let ok = server(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{}\n",
+            Duration::ZERO,
+        )
+        .await;
+        assert!(prober.probe(&http(ok)).await.is_ok());
+        assert!(prober.probe(&ProbeTarget::Tcp(ok)).await.is_ok());
+        let down = server(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        )
+        .await;
+        let e = prober.probe(&http(down)).await.unwrap_err();
+        assert!(matches!(e, ProbeError::Status(503)), "{e}");
+        let moved = server(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        )
+        .await;
+        let e = prober.probe(&http(moved)).await.unwrap_err();
+        assert!(
+            matches!(e, ProbeError::Status(302)),
+            "redirects are not followed: {e}"
+        );
+        let slow = server("HTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(2)).await;
+        let started = Instant::now();
+        let e = prober.probe(&http(slow)).await.unwrap_err();
+        assert!(matches!(e, ProbeError::Timeout(300)), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Nothing listens on a port just freed.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let e = prober.probe(&http(closed)).await.unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
     }
 }

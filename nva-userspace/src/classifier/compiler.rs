@@ -457,6 +457,71 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         return Err(CompileError::TooManyRules(rules.len()));
     }
     let started = std::time::Instant::now();
+    let mut out = rule_set_settings(rules, policy);
+    // Rules after the first catch-all can never match: leave them out.
+    let live = &rules[..rules.len().min(out.catch_all_rule as usize)];
+    let n = live.len();
+    let mut budget = Budget { visits: 0 };
+
+    // Address classes.
+    let mut next_src = 0;
+    let mut next_dst = 0;
+    let src4 = addr_classes(live, |r| &r.src, true, &mut next_src);
+    let src6 = addr_classes(live, |r| &r.src, false, &mut next_src);
+    let dst4 = addr_classes(live, |r| &r.dst, true, &mut next_dst);
+    let dst6 = addr_classes(live, |r| &r.dst, false, &mut next_dst);
+
+    let pair_classes = pair_phase(
+        live,
+        [(&src4, &dst4), (&src6, &dst6)],
+        &mut out,
+        &mut budget,
+    )?;
+    let pc_of_rule = pair_classes.containing(n);
+    let fields = l4_field_classes(live, &mut out);
+    let l4_classes = l4_phase(live, &fields, &mut out, &mut budget)?;
+    let lc_of_rule = l4_classes.containing(n);
+    out.verdicts = verdict_phase(&pc_of_rule, &lc_of_rule, &mut budget)?;
+
+    out.src_v4 = prefix_table(&src4.entries);
+    out.src_v6 = prefix_table(&src6.entries);
+    out.dst_v4 = prefix_table(&dst4.entries);
+    out.dst_v6 = prefix_table(&dst6.entries);
+
+    let sizes = TableSizes {
+        rules: rules.len(),
+        src_prefixes: out.src_v4.len() + out.src_v6.len(),
+        dst_prefixes: out.dst_v4.len() + out.dst_v6.len(),
+        src_classes: next_src as usize,
+        dst_classes: next_dst as usize,
+        port_classes: fields.port_classes as usize,
+        icmp_classes: fields.icmp_classes as usize,
+        pairs: out.pairs.len(),
+        dst_only: out.dst_only.len(),
+        src_only: out.src_only.len(),
+        pair_classes: pair_classes.sets.len(),
+        l4_entries: out.l4.len(),
+        l4_classes: l4_classes.sets.len(),
+        verdicts: out.verdicts.len(),
+        bytes: 0,
+    };
+    out.sizes = TableSizes {
+        bytes: estimate_bytes(&sizes),
+        ..sizes
+    };
+    if out.sizes.bytes > TABLE_BUDGET_BYTES {
+        return Err(CompileError::OverBudget {
+            phase: "the compiled tables",
+            limit: format!("{} MiB ({})", TABLE_BUDGET_BYTES >> 20, out.sizes),
+        });
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), sizes = %out.sizes, "compiled rule set");
+    Ok(out)
+}
+
+/// The rule set's settings and per-rule data: actions, management ports,
+/// the first catch-all rule and the first catch-all per protocol.
+fn rule_set_settings(rules: &[Rule], policy: &PolicySettings) -> CompiledRuleSet {
     let mut out = CompiledRuleSet {
         default_action: match policy.default {
             Action::Allow => ACTION_ALLOW,
@@ -492,7 +557,6 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
             _pad: 0,
         })
         .collect();
-    // Rules after the first catch-all can never match: leave them out.
     out.catch_all_rule = rules
         .iter()
         .position(|r| is_pair_wild(r) && is_l4_wild(r))
@@ -506,25 +570,25 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
             }
         }
     }
-    let n = live.len();
-    let mut budget = Budget { visits: 0 };
+    out
+}
 
-    // Address classes.
-    let mut next_src = 0;
-    let mut next_dst = 0;
-    let src4 = addr_classes(live, |r| &r.src, true, &mut next_src);
-    let src6 = addr_classes(live, |r| &r.src, false, &mut next_src);
-    let dst4 = addr_classes(live, |r| &r.dst, true, &mut next_dst);
-    let dst6 = addr_classes(live, |r| &r.dst, false, &mut next_dst);
-
-    // Phase 1: address classes -> pair class. Rules specific in both
-    // addresses are keyed by (src class, dst class); rules with one address
-    // "any" are keyed by the other class alone, so they never cross with
-    // the classes of the field they ignore.
+/// Phase 1: address classes -> pair class. Rules specific in both addresses
+/// are keyed by (src class, dst class); rules with one address "any" are
+/// keyed by the other class alone, so they never cross with the classes of
+/// the field they ignore. Fills the pair tables; returns the pair classes
+/// (one class space for all three: a class is a rule list, whichever table
+/// points at it).
+fn pair_phase(
+    live: &[Rule],
+    families: [(&AddrClasses, &AddrClasses); 2],
+    out: &mut CompiledRuleSet,
+    budget: &mut Budget,
+) -> Result<Classes, CompileError> {
     let mut pair_acc: HashMap<PairKey, PairAcc> = HashMap::new();
     let mut dst_only_acc: HashMap<u32, PairAcc> = HashMap::new();
     let mut src_only_acc: HashMap<u32, PairAcc> = HashMap::new();
-    for (src, dst) in [(&src4, &dst4), (&src6, &dst6)] {
+    for (src, dst) in families {
         for (i, r) in live.iter().enumerate() {
             let (src_any, dst_any) = (addr_field(&r.src).is_none(), addr_field(&r.dst).is_none());
             match (src_any, dst_any) {
@@ -558,8 +622,6 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
             }
         }
     }
-    // One class space for all three: a class is a rule list, whichever
-    // table points at it.
     let mut pair_classes = Classes::default();
     let mut intern = |acc: PairAcc| {
         let [a, b, c, d] = acc.proto_rule;
@@ -581,9 +643,26 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         .into_iter()
         .map(|(k, acc)| (k, intern(acc)))
         .collect();
-    let pc_of_rule = pair_classes.containing(n);
+    Ok(pair_classes)
+}
 
-    // L4 field classes.
+/// The classes of each L4 field, per rule, and their counts.
+struct L4Fields {
+    tcp_s: Vec<Vec<u32>>,
+    tcp_d: Vec<Vec<u32>>,
+    udp_s: Vec<Vec<u32>>,
+    udp_d: Vec<Vec<u32>>,
+    icmp4: Vec<Vec<u32>>,
+    icmp6: Vec<Vec<u32>>,
+    /// Interface names the rules use, sorted; class = index + 1.
+    iface_names: Vec<String>,
+    port_classes: u32,
+    icmp_classes: u32,
+}
+
+/// L4 field classes: fills the port and ICMP-type arrays and the interface
+/// classes of `out`.
+fn l4_field_classes(live: &[Rule], out: &mut CompiledRuleSet) -> L4Fields {
     out.port_class = vec![0; PORT_CLASS_ENTRIES as usize];
     let slot = |s: u32| (s as usize * 65_536)..((s as usize + 1) * 65_536);
     let (tcp_s, n_tcp_s) = port_classes(
@@ -629,8 +708,37 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         .enumerate()
         .map(|(i, name)| (name.clone(), i as u32 + 1))
         .collect();
+    L4Fields {
+        tcp_s,
+        tcp_d,
+        udp_s,
+        udp_d,
+        icmp4,
+        icmp6,
+        iface_names,
+        port_classes: n_tcp_s + n_tcp_d + n_udp_s + n_udp_d,
+        icmp_classes: n_icmp4 + n_icmp6,
+    }
+}
 
-    // Phase 2: (iface, proto, a, b) -> L4 class.
+/// Phase 2: (iface, proto, a, b) -> L4 class. Fills the L4 table; returns
+/// the L4 classes.
+fn l4_phase(
+    live: &[Rule],
+    fields: &L4Fields,
+    out: &mut CompiledRuleSet,
+    budget: &mut Budget,
+) -> Result<Classes, CompileError> {
+    let L4Fields {
+        tcp_s,
+        tcp_d,
+        udp_s,
+        udp_d,
+        icmp4,
+        icmp6,
+        iface_names,
+        ..
+    } = fields;
     let mut l4_acc: HashMap<L4Key, (Vec<u32>, u32)> = HashMap::new();
     for (i, r) in live.iter().enumerate() {
         if is_l4_wild(r) || pair_phase_only(r) {
@@ -670,10 +778,10 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
                 }
             };
             let (a_list, b_list) = match proto {
-                PROTO_TCP => (sports(&tcp_s), specific(r.dport.is_empty(), &tcp_d)),
-                PROTO_UDP => (sports(&udp_s), specific(r.dport.is_empty(), &udp_d)),
-                PROTO_ICMP => (vec![ANY_CLASS], specific(r.icmp_type.is_empty(), &icmp4)),
-                PROTO_ICMPV6 => (vec![ANY_CLASS], specific(r.icmp_type.is_empty(), &icmp6)),
+                PROTO_TCP => (sports(tcp_s), specific(r.dport.is_empty(), tcp_d)),
+                PROTO_UDP => (sports(udp_s), specific(r.dport.is_empty(), udp_d)),
+                PROTO_ICMP => (vec![ANY_CLASS], specific(r.icmp_type.is_empty(), icmp4)),
+                PROTO_ICMPV6 => (vec![ANY_CLASS], specific(r.icmp_type.is_empty(), icmp6)),
                 _ => (vec![ANY_CLASS], vec![ANY_CLASS]),
             };
             budget.spend(
@@ -716,16 +824,22 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
             },
         );
     }
-    let lc_of_rule = l4_classes.containing(n);
+    Ok(l4_classes)
+}
 
-    // Phase 3: (pair class, L4 class) -> first rule matching both. Rules are
-    // visited in order, so the first one stored is the first match.
-    for i in 0..n {
-        let (pcs, lcs) = (&pc_of_rule[i], &lc_of_rule[i]);
+/// Phase 3: (pair class, L4 class) -> first rule matching both. Rules are
+/// visited in order, so the first one stored is the first match.
+fn verdict_phase(
+    pc_of_rule: &[Vec<u32>],
+    lc_of_rule: &[Vec<u32>],
+    budget: &mut Budget,
+) -> Result<HashMap<VerdictKey, u32>, CompileError> {
+    let mut verdicts = HashMap::new();
+    for (i, (pcs, lcs)) in pc_of_rule.iter().zip(lc_of_rule).enumerate() {
         budget.spend((pcs.len() * lcs.len()) as u64, "the verdict table")?;
         for &pc in pcs {
             for &lc in lcs {
-                out.verdicts
+                verdicts
                     .entry(VerdictKey {
                         pair_class: pc,
                         l4_class: lc,
@@ -734,67 +848,27 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
             }
         }
     }
+    Ok(verdicts)
+}
 
-    let to4 = |entries: &[(Cidr, u32)]| -> Vec<PrefixClass<4>> {
-        entries
-            .iter()
-            .map(|(c, class)| PrefixClass {
-                addr: match c.addr {
-                    IpAddr::V4(a) => a.octets(),
-                    IpAddr::V6(_) => unreachable!("v4 table"),
-                },
+/// An LPM table of one family (`N` address bytes) from (prefix, class).
+fn prefix_table<const N: usize>(entries: &[(Cidr, u32)]) -> Vec<PrefixClass<N>> {
+    entries
+        .iter()
+        .map(|(c, class)| {
+            let mut addr = [0u8; N];
+            match c.addr {
+                IpAddr::V4(a) if N == 4 => addr.copy_from_slice(&a.octets()),
+                IpAddr::V6(a) if N == 16 => addr.copy_from_slice(&a.octets()),
+                _ => unreachable!("a table holds one family"),
+            }
+            PrefixClass {
+                addr,
                 len: c.len,
                 class: *class,
-            })
-            .collect()
-    };
-    let to6 = |entries: &[(Cidr, u32)]| -> Vec<PrefixClass<16>> {
-        entries
-            .iter()
-            .map(|(c, class)| PrefixClass {
-                addr: match c.addr {
-                    IpAddr::V6(a) => a.octets(),
-                    IpAddr::V4(_) => unreachable!("v6 table"),
-                },
-                len: c.len,
-                class: *class,
-            })
-            .collect()
-    };
-    out.src_v4 = to4(&src4.entries);
-    out.src_v6 = to6(&src6.entries);
-    out.dst_v4 = to4(&dst4.entries);
-    out.dst_v6 = to6(&dst6.entries);
-
-    let sizes = TableSizes {
-        rules: rules.len(),
-        src_prefixes: out.src_v4.len() + out.src_v6.len(),
-        dst_prefixes: out.dst_v4.len() + out.dst_v6.len(),
-        src_classes: next_src as usize,
-        dst_classes: next_dst as usize,
-        port_classes: (n_tcp_s + n_tcp_d + n_udp_s + n_udp_d) as usize,
-        icmp_classes: (n_icmp4 + n_icmp6) as usize,
-        pairs: out.pairs.len(),
-        dst_only: out.dst_only.len(),
-        src_only: out.src_only.len(),
-        pair_classes: pair_classes.sets.len(),
-        l4_entries: out.l4.len(),
-        l4_classes: l4_classes.sets.len(),
-        verdicts: out.verdicts.len(),
-        bytes: 0,
-    };
-    out.sizes = TableSizes {
-        bytes: estimate_bytes(&sizes),
-        ..sizes
-    };
-    if out.sizes.bytes > TABLE_BUDGET_BYTES {
-        return Err(CompileError::OverBudget {
-            phase: "the compiled tables",
-            limit: format!("{} MiB ({})", TABLE_BUDGET_BYTES >> 20, out.sizes),
-        });
-    }
-    tracing::debug!(elapsed = ?started.elapsed(), sizes = %out.sizes, "compiled rule set");
-    Ok(out)
+            }
+        })
+        .collect()
 }
 
 /// Rough kernel memory of the tables: preallocated hash elements carry about

@@ -729,16 +729,6 @@ fn l4_phase(
     out: &mut CompiledRuleSet,
     budget: &mut Budget,
 ) -> Result<Classes, CompileError> {
-    let L4Fields {
-        tcp_s,
-        tcp_d,
-        udp_s,
-        udp_d,
-        icmp4,
-        icmp6,
-        iface_names,
-        ..
-    } = fields;
     let mut l4_acc: HashMap<L4Key, (Vec<u32>, u32)> = HashMap::new();
     for (i, r) in live.iter().enumerate() {
         if is_l4_wild(r) || pair_phase_only(r) {
@@ -748,7 +738,13 @@ fn l4_phase(
         // not spread over every class: the program looks up each pattern.
         let ifaces: Vec<u32> = match &r.in_iface {
             Some(name) => {
-                vec![iface_names.binary_search(name).expect("collected above") as u32 + 1]
+                vec![
+                    fields
+                        .iface_names
+                        .binary_search(name)
+                        .expect("collected above") as u32
+                        + 1,
+                ]
             }
             None => vec![ANY_CLASS],
         };
@@ -778,10 +774,22 @@ fn l4_phase(
                 }
             };
             let (a_list, b_list) = match proto {
-                PROTO_TCP => (sports(tcp_s), specific(r.dport.is_empty(), tcp_d)),
-                PROTO_UDP => (sports(udp_s), specific(r.dport.is_empty(), udp_d)),
-                PROTO_ICMP => (vec![ANY_CLASS], specific(r.icmp_type.is_empty(), icmp4)),
-                PROTO_ICMPV6 => (vec![ANY_CLASS], specific(r.icmp_type.is_empty(), icmp6)),
+                PROTO_TCP => (
+                    sports(&fields.tcp_s),
+                    specific(r.dport.is_empty(), &fields.tcp_d),
+                ),
+                PROTO_UDP => (
+                    sports(&fields.udp_s),
+                    specific(r.dport.is_empty(), &fields.udp_d),
+                ),
+                PROTO_ICMP => (
+                    vec![ANY_CLASS],
+                    specific(r.icmp_type.is_empty(), &fields.icmp4),
+                ),
+                PROTO_ICMPV6 => (
+                    vec![ANY_CLASS],
+                    specific(r.icmp_type.is_empty(), &fields.icmp6),
+                ),
                 _ => (vec![ANY_CLASS], vec![ANY_CLASS]),
             };
             budget.spend(

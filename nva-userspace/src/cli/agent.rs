@@ -101,6 +101,7 @@ async fn log_events(
             return;
         }
     };
+    let mut names: (Option<u64>, std::collections::HashMap<u32, String>) = Default::default();
     loop {
         let Ok(mut guard) = fd.readable_mut().await else {
             return;
@@ -115,12 +116,23 @@ async fn log_events(
             let rule = if ev.counter == nva_common::NO_RULE {
                 "(default)".to_string()
             } else {
-                let snap = shared.read().expect("snapshot lock");
-                snap.state
-                    .rules
-                    .iter()
-                    .find(|r| r.counter == ev.counter)
-                    .map_or_else(|| format!("counter {}", ev.counter), |r| r.name.clone())
+                // Rule names by counter, rebuilt only when the rules change.
+                let snap = nva::agent::http::current(&shared);
+                if names.0 != Some(snap.state.reload_seq) {
+                    names = (
+                        Some(snap.state.reload_seq),
+                        snap.state
+                            .rules
+                            .iter()
+                            .map(|r| (r.counter, r.name.clone()))
+                            .collect(),
+                    );
+                }
+                names
+                    .1
+                    .get(&ev.counter)
+                    .cloned()
+                    .unwrap_or_else(|| format!("counter {}", ev.counter))
             };
             let addr = |b: [u8; 16]| -> std::net::IpAddr {
                 if ev.is_v6 != 0 {

@@ -14,11 +14,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use nva_common::{
-    pair_proto_slot, ClassMatch, L4Key, ManagementKey, PairKey, PairMatch, RuleAction, VerdictKey,
-    ACTION_ALLOW, ACTION_DROP, ANY_CLASS, ICMP_CLASS_ENTRIES, ICMP_SLOT_V4, ICMP_SLOT_V6,
-    MAX_RULES, NO_RULE, PORT_CLASS_ENTRIES, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT,
-    PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP,
-    PROTO_UDP,
+    l4_pattern, pair_proto_slot, ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey,
+    PairMatch, RuleAction, VerdictKey, ACTION_ALLOW, ACTION_DROP, ANY_CLASS, FRAGMENTS_ALLOW,
+    FRAGMENTS_DROP, ICMP_CLASS_ENTRIES, ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES, NO_RULE,
+    PAIR_GROUP_BOTH, PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_CLASS_ENTRIES,
+    PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::policy::model::{Action, Cidr, PolicySettings, Proto, Rule};
@@ -920,6 +921,81 @@ fn lpm_lookup<const N: usize>(index: &HashMap<(u8, [u8; N]), u32>, addr: [u8; N]
 }
 
 impl CompiledRuleSet {
+    /// Writes the tables into a slot through `sink`: rule i counts into
+    /// `counters[i]`; interface names resolve through `ifindex_of` (an
+    /// interface that does not exist cannot receive packets: left out).
+    pub fn write_tables<S: super::TableSink>(
+        &self,
+        sink: &mut S,
+        counters: &[u32],
+        ifindex_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<(), S::Error> {
+        use nva_common::map_names as names;
+        sink.prefixes_v4(names::SRC_V4, &self.src_v4)?;
+        sink.prefixes_v6(names::SRC_V6, &self.src_v6)?;
+        sink.prefixes_v4(names::DST_V4, &self.dst_v4)?;
+        sink.prefixes_v6(names::DST_V6, &self.dst_v6)?;
+        fn entries<K: Copy, V: Copy>(m: &HashMap<K, V>) -> Vec<(K, V)> {
+            m.iter().map(|(k, v)| (*k, *v)).collect()
+        }
+        sink.hash::<PairKey, PairMatch>(names::PAIRS, &entries(&self.pairs))?;
+        sink.hash::<u32, PairMatch>(names::DST_ONLY, &entries(&self.dst_only))?;
+        sink.hash::<u32, PairMatch>(names::SRC_ONLY, &entries(&self.src_only))?;
+        sink.hash::<L4Key, ClassMatch>(names::L4, &entries(&self.l4))?;
+        sink.hash::<VerdictKey, u32>(names::VERDICTS, &entries(&self.verdicts))?;
+        let ifaces: Vec<(u32, u32)> = self
+            .iface_class
+            .iter()
+            .filter_map(|(name, class)| ifindex_of(name).map(|i| (i, *class)))
+            .collect();
+        sink.hash(names::IFACE_CLASS, &ifaces)?;
+        let management: Vec<(ManagementKey, u8)> =
+            self.management.iter().map(|k| (*k, 1u8)).collect();
+        sink.hash(names::MANAGEMENT, &management)?;
+        sink.array(names::PORT_CLASS, &self.port_class)?;
+        sink.array(names::ICMP_CLASS, &self.icmp_class)?;
+        let actions: Vec<(u32, RuleAction)> = self
+            .rule_actions
+            .iter()
+            .zip(counters)
+            .enumerate()
+            .map(|(i, (a, &counter))| (i as u32, RuleAction { counter, ..*a }))
+            .collect();
+        sink.hash(names::RULE_ACTIONS, &actions)
+    }
+
+    /// The slot's settings for `generation`, marked ready: written last,
+    /// once the tables are complete.
+    pub fn slot_config(&self, generation: u64) -> DataPathConfig {
+        DataPathConfig {
+            generation,
+            catch_all_rule: self.catch_all_rule,
+            proto_catch_all: self.proto_catch_all,
+            default_action: self.default_action,
+            fragments: if self.fragments_allow {
+                FRAGMENTS_ALLOW
+            } else {
+                FRAGMENTS_DROP
+            },
+            ready: 1,
+            l4_patterns: self.l4.keys().fold(0, |m, k| m | 1 << l4_pattern(k)),
+            pair_groups: [
+                (PAIR_GROUP_BOTH, self.pairs.is_empty()),
+                (PAIR_GROUP_DST_ONLY, self.dst_only.is_empty()),
+                (PAIR_GROUP_SRC_ONLY, self.src_only.is_empty()),
+            ]
+            .iter()
+            .filter(|(_, empty)| !empty)
+            .fold(0, |m, (bit, _)| m | bit),
+            log_drops: self.log_drops as u8,
+            stateful: self.stateful as u8,
+            loose_tcp: self.loose_tcp as u8,
+            _pad: [0; 4],
+            timeouts_s: self.timeouts_s,
+            _pad_tail: 0,
+        }
+    }
+
     pub fn model(&self) -> LookupModel<'_> {
         LookupModel {
             set: self,

@@ -7,13 +7,12 @@ use std::time::Duration;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::Array;
 use nva_common::{
-    l4_pattern, map_names as names, ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey,
-    PairMatch, RuleAction, VerdictKey, FRAGMENTS_ALLOW, FRAGMENTS_DROP, MAX_RULES, PAIR_GROUP_BOTH,
-    PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY,
+    map_names as names, ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey, PairMatch,
+    VerdictKey, MAX_RULES,
 };
 
 use super::{map_err, map_fd, slot_name, ArrayShadow, DataPath, DataPathError};
-use crate::classifier::compiler::CompiledRuleSet;
+use crate::classifier::{CompiledRuleSet, PrefixClass, TableSink};
 
 /// Extra margin after the RCU grace period below.
 const GRACE: Duration = Duration::from_millis(5);
@@ -150,138 +149,94 @@ impl DataPath {
                 rules.rule_actions.len()
             )));
         }
-        macro_rules! fill_lpm {
-            ($base:expr, $entries:expr) => {{
-                let name = slot_name($base, slot);
-                let mut trie: LpmTrie<_, _, u32> =
-                    LpmTrie::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
-                for e in $entries {
-                    trie.insert(&Key::new(e.len as u32, e.addr), e.class, 0)
-                        .map_err(map_err(&name))?;
-                }
-            }};
-        }
-        macro_rules! fill_hash {
-            ($base:expr, $k:ty, $v:ty, $entries:expr) => {{
-                let name = slot_name($base, slot);
-                let entries: Vec<($k, $v)> = $entries.into_iter().map(|(k, v)| (*k, *v)).collect();
-                let fd = map_fd(self.map(&name)?)?;
-                crate::datapath::batch::update(fd, &entries).map_err(|e| DataPathError::Batch {
-                    name: name.clone(),
-                    source: e,
-                })?;
-            }};
-        }
-        fill_lpm!(names::SRC_V4, &rules.src_v4);
-        fill_lpm!(names::SRC_V6, &rules.src_v6);
-        fill_lpm!(names::DST_V4, &rules.dst_v4);
-        fill_lpm!(names::DST_V6, &rules.dst_v6);
-        fill_hash!(names::PAIRS, PairKey, PairMatch, &rules.pairs);
-        fill_hash!(names::DST_ONLY, u32, PairMatch, &rules.dst_only);
-        fill_hash!(names::SRC_ONLY, u32, PairMatch, &rules.src_only);
-        fill_hash!(names::L4, L4Key, ClassMatch, &rules.l4);
-        fill_hash!(names::VERDICTS, VerdictKey, u32, &rules.verdicts);
-        // An interface that does not exist (yet) cannot receive packets.
-        let ifaces: Vec<(u32, u32)> = rules
-            .iface_class
-            .iter()
-            .filter_map(|(name, class)| ifindex_of(name).map(|i| (i, *class)))
-            .collect();
-        fill_hash!(
-            names::IFACE_CLASS,
-            u32,
-            u32,
-            ifaces.iter().map(|(k, v)| (k, v))
-        );
-        fill_hash!(
-            names::MANAGEMENT,
-            ManagementKey,
-            u8,
-            rules.management.iter().map(|k| (k, &1u8))
-        );
-
-        // Arrays: write only what differs from what the slot holds.
-        let shadow = self.shadow[slot as usize].take();
-        for (base, new, old) in [
-            (
-                names::PORT_CLASS,
-                &rules.port_class,
-                shadow.as_ref().map(|s| &s.port_class),
-            ),
-            (
-                names::ICMP_CLASS,
-                &rules.icmp_class,
-                shadow.as_ref().map(|s| &s.icmp_class),
-            ),
-        ] {
-            let name = slot_name(base, slot);
-            let changed: Vec<(u32, u32)> = new
-                .iter()
-                .enumerate()
-                .filter(|(i, v)| old.is_none_or(|o| o.get(*i) != Some(*v)))
-                .map(|(i, v)| (i as u32, *v))
-                .collect();
-            let fd = map_fd(self.map(&name)?)?;
-            crate::datapath::batch::update(fd, &changed).map_err(|e| DataPathError::Batch {
-                name: name.clone(),
-                source: e,
-            })?;
-        }
-        self.shadow[slot as usize] = Some(ArrayShadow {
-            port_class: rules.port_class.clone(),
-            icmp_class: rules.icmp_class.clone(),
-        });
-        let name = slot_name(names::RULE_ACTIONS, slot);
-        let actions: Vec<(u32, RuleAction)> = rules
-            .rule_actions
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                (
-                    i as u32,
-                    RuleAction {
-                        counter: counters[i],
-                        ..*a
-                    },
-                )
-            })
-            .collect();
-        let fd = map_fd(self.map(&name)?)?;
-        crate::datapath::batch::update(fd, &actions).map_err(|e| DataPathError::Batch {
-            name: name.clone(),
-            source: e,
-        })?;
+        // Taken: after a failure the arrays are written whole next time.
+        let known = self.shadow[slot as usize].take().unwrap_or_default();
+        let mut sink = SlotSink {
+            datapath: self,
+            slot,
+            known,
+            written: ArrayShadow::new(),
+        };
+        rules.write_tables(&mut sink, counters, ifindex_of)?;
+        let written = sink.written;
+        self.shadow[slot as usize] = Some(written);
         // Last: the slot's settings, ready.
         let mut config: Array<_, DataPathConfig> =
             Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
-        let value = DataPathConfig {
-            generation,
-            catch_all_rule: rules.catch_all_rule,
-            proto_catch_all: rules.proto_catch_all,
-            default_action: rules.default_action,
-            fragments: if rules.fragments_allow {
-                FRAGMENTS_ALLOW
-            } else {
-                FRAGMENTS_DROP
-            },
-            ready: 1,
-            l4_patterns: rules.l4.keys().fold(0, |m, k| m | 1 << l4_pattern(k)),
-            pair_groups: [
-                (PAIR_GROUP_BOTH, rules.pairs.is_empty()),
-                (PAIR_GROUP_DST_ONLY, rules.dst_only.is_empty()),
-                (PAIR_GROUP_SRC_ONLY, rules.src_only.is_empty()),
-            ]
+        config
+            .set(slot, rules.slot_config(generation), 0)
+            .map_err(map_err(names::CONFIG))?;
+        Ok(())
+    }
+}
+
+/// The maps of the slot being filled, as the classifier sees them.
+struct SlotSink<'a> {
+    datapath: &'a mut DataPath,
+    slot: u32,
+    /// What the slot's arrays held before (empty: unknown).
+    known: ArrayShadow,
+    /// What they hold now.
+    written: ArrayShadow,
+}
+
+impl SlotSink<'_> {
+    fn prefixes<const N: usize>(
+        &mut self,
+        table: &'static str,
+        entries: &[PrefixClass<N>],
+    ) -> Result<(), DataPathError> {
+        let name = slot_name(table, self.slot);
+        let mut trie: LpmTrie<_, [u8; N], u32> =
+            LpmTrie::try_from(self.datapath.map_mut(&name)?).map_err(map_err(&name))?;
+        for e in entries {
+            trie.insert(&Key::new(e.len as u32, e.addr), e.class, 0)
+                .map_err(map_err(&name))?;
+        }
+        Ok(())
+    }
+}
+
+impl TableSink for SlotSink<'_> {
+    type Error = DataPathError;
+
+    fn prefixes_v4(
+        &mut self,
+        table: &'static str,
+        entries: &[PrefixClass<4>],
+    ) -> Result<(), DataPathError> {
+        self.prefixes(table, entries)
+    }
+
+    fn prefixes_v6(
+        &mut self,
+        table: &'static str,
+        entries: &[PrefixClass<16>],
+    ) -> Result<(), DataPathError> {
+        self.prefixes(table, entries)
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        table: &'static str,
+        entries: &[(K, V)],
+    ) -> Result<(), DataPathError> {
+        let name = slot_name(table, self.slot);
+        let fd = map_fd(self.datapath.map(&name)?)?;
+        crate::datapath::batch::update(fd, entries)
+            .map_err(|source| DataPathError::Batch { name, source })
+    }
+
+    fn array(&mut self, table: &'static str, values: &[u32]) -> Result<(), DataPathError> {
+        let old = self.known.get(table);
+        let changed: Vec<(u32, u32)> = values
             .iter()
-            .filter(|(_, empty)| !empty)
-            .fold(0, |m, (bit, _)| m | bit),
-            log_drops: rules.log_drops as u8,
-            stateful: rules.stateful as u8,
-            loose_tcp: rules.loose_tcp as u8,
-            _pad: [0; 4],
-            timeouts_s: rules.timeouts_s,
-            _pad_tail: 0,
-        };
-        config.set(slot, value, 0).map_err(map_err(names::CONFIG))?;
+            .enumerate()
+            .filter(|(i, v)| old.is_none_or(|o| o.get(*i) != Some(*v)))
+            .map(|(i, v)| (i as u32, *v))
+            .collect();
+        self.hash(table, &changed)?;
+        self.written.insert(table, values.to_vec());
         Ok(())
     }
 }

@@ -117,13 +117,10 @@ fn pinned_map_names() -> Vec<String> {
         .collect()
 }
 
-/// What is known of a slot's port/ICMP arrays, so a reload writes only the
-/// entries that change (the port array has 262,144 entries).
-#[derive(Clone, Default)]
-struct ArrayShadow {
-    port_class: Vec<u32>,
-    icmp_class: Vec<u32>,
-}
+/// What is known of a slot's arrays (by base table name), so a reload
+/// writes only the entries that change (the port array has 262,144
+/// entries).
+type ArrayShadow = std::collections::HashMap<&'static str, Vec<u32>>;
 
 /// A loaded XDP program with its maps.
 pub struct DataPath {
@@ -169,9 +166,17 @@ impl DataPath {
             .ok_or_else(|| DataPathError::Missing(XDP_PROGRAM.into()))?
             .try_into()?;
         prog.load()?;
-        let zeroed = fresh.then(|| ArrayShadow {
-            port_class: vec![0; nva_common::PORT_CLASS_ENTRIES as usize],
-            icmp_class: vec![0; nva_common::ICMP_CLASS_ENTRIES as usize],
+        let zeroed = fresh.then(|| {
+            ArrayShadow::from([
+                (
+                    names::PORT_CLASS,
+                    vec![0; nva_common::PORT_CLASS_ENTRIES as usize],
+                ),
+                (
+                    names::ICMP_CLASS,
+                    vec![0; nva_common::ICMP_CLASS_ENTRIES as usize],
+                ),
+            ])
         });
         Ok(DataPath {
             ebpf,

@@ -2,15 +2,29 @@
 //! drop reason of a truncated or malformed header instead of aborting.
 
 use aya_ebpf::programs::XdpContext;
+use network_types::eth::EthHdr;
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+use network_types::tcp::TcpHdr;
+use network_types::udp::UdpHdr;
+use network_types::vlan::VlanHdr;
 use nva_common::{
     ConntrackKey, PacketReason, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, PROTO_ICMP,
     PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
-const ETH_HDR_LEN: usize = 14;
-const VLAN_HDR_LEN: usize = 4;
-const IPV4_HDR_LEN: usize = 20;
-const IPV6_HDR_LEN: usize = 40;
+// Header layouts come from network-types; the parsers below read them
+// through bounds-checked pointers. Ipv4Hdr, Ipv6Hdr, TcpHdr and UdpHdr are
+// byte arrays and bytes (alignment 1): a reference to them in the packet is
+// sound at any offset. EthHdr and VlanHdr hold a u16 and are read by offset.
+const ETH_HDR_LEN: usize = EthHdr::LEN;
+const ETH_TYPE_OFFSET: usize = core::mem::offset_of!(EthHdr, ether_type);
+const VLAN_HDR_LEN: usize = VlanHdr::LEN;
+const IPV4_HDR_LEN: usize = Ipv4Hdr::LEN;
+const IPV6_HDR_LEN: usize = Ipv6Hdr::LEN;
+const _: () = assert!(core::mem::align_of::<Ipv4Hdr>() == 1);
+const _: () = assert!(core::mem::align_of::<Ipv6Hdr>() == 1);
+const _: () = assert!(core::mem::align_of::<TcpHdr>() == 1);
+const _: () = assert!(core::mem::align_of::<UdpHdr>() == 1);
 /// Extension headers walked at most; a longer chain is dropped, since the
 /// upper-layer header (and its ports) could not be reached.
 const MAX_IPV6_EXT_HEADERS: usize = 8;
@@ -67,7 +81,7 @@ fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
 /// Ethernet and up to two VLAN tags: returns (ethertype, L3 offset).
 #[inline(always)]
 fn parse_ethernet(ctx: &XdpContext, vlan: &mut [u16; 2]) -> Result<(u16, usize), PacketReason> {
-    let mut proto = read_be16(ctx, 12).ok_or(PacketReason::DropMalformedEthernet)?;
+    let mut proto = read_be16(ctx, ETH_TYPE_OFFSET).ok_or(PacketReason::DropMalformedEthernet)?;
     let mut off = ETH_HDR_LEN;
     // Two tags at most (802.1ad outer, 802.1Q inner); a third is refused.
     for tag in vlan.iter_mut() {
@@ -87,13 +101,13 @@ fn parse_ethernet(ctx: &XdpContext, vlan: &mut [u16; 2]) -> Result<(u16, usize),
 /// IPv4 with options. Returns the L4 offset.
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, PacketReason> {
-    let hdr = ptr_at::<[u8; IPV4_HDR_LEN]>(ctx, off).ok_or(PacketReason::DropMalformedIpv4)?;
-    // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a byte
-    // array needs no alignment.
+    let hdr = ptr_at::<Ipv4Hdr>(ctx, off).ok_or(PacketReason::DropMalformedIpv4)?;
+    // SAFETY: ptr_at checked that the header lies within the packet
+    // (data..data_end), and Ipv4Hdr needs no alignment.
     let hdr = unsafe { &*hdr };
-    let version = hdr[0] >> 4;
-    let hdr_len = ((hdr[0] & 0x0f) as usize) * 4;
-    let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+    let version = hdr.vihl >> 4;
+    let hdr_len = ((hdr.vihl & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes(hdr.tot_len) as usize;
     if version != 4 || hdr_len < IPV4_HDR_LEN || total_len < hdr_len {
         return Err(PacketReason::DropMalformedIpv4);
     }
@@ -101,11 +115,11 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, P
     if ctx.data() + off + total_len > ctx.data_end() {
         return Err(PacketReason::DropMalformedIpv4);
     }
-    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let frag = u16::from_be_bytes(hdr.frags);
     pkt.later_fragment = frag & 0x1fff != 0;
-    pkt.proto = hdr[9];
-    pkt.src[..4].copy_from_slice(&hdr[12..16]);
-    pkt.dst[..4].copy_from_slice(&hdr[16..20]);
+    pkt.proto = hdr.proto;
+    pkt.src[..4].copy_from_slice(&hdr.src_addr);
+    pkt.dst[..4].copy_from_slice(&hdr.dst_addr);
     Ok(off + hdr_len)
 }
 
@@ -113,20 +127,20 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, P
 /// fragment, AH). Returns the L4 offset.
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, PacketReason> {
-    let hdr = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, off).ok_or(PacketReason::DropMalformedIpv6)?;
-    // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a byte
-    // array needs no alignment.
+    let hdr = ptr_at::<Ipv6Hdr>(ctx, off).ok_or(PacketReason::DropMalformedIpv6)?;
+    // SAFETY: ptr_at checked that the header lies within the packet
+    // (data..data_end), and Ipv6Hdr needs no alignment.
     let hdr = unsafe { &*hdr };
-    if hdr[0] >> 4 != 6 {
+    if hdr.vcf[0] >> 4 != 6 {
         return Err(PacketReason::DropMalformedIpv6);
     }
-    let payload_len = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
+    let payload_len = u16::from_be_bytes(hdr.payload_len) as usize;
     if ctx.data() + off + IPV6_HDR_LEN + payload_len > ctx.data_end() {
         return Err(PacketReason::DropMalformedIpv6);
     }
-    pkt.src.copy_from_slice(&hdr[8..24]);
-    pkt.dst.copy_from_slice(&hdr[24..40]);
-    let mut next = hdr[6];
+    pkt.src.copy_from_slice(&hdr.src_addr);
+    pkt.dst.copy_from_slice(&hdr.dst_addr);
+    let mut next = hdr.next_hdr;
     let mut off = off + IPV6_HDR_LEN;
     // One more round than headers: the last one finds the upper layer.
     for _ in 0..=MAX_IPV6_EXT_HEADERS {
@@ -184,25 +198,32 @@ fn parse_l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Packet
     }
     match pkt.proto {
         PROTO_TCP => {
-            let hdr = ptr_at::<[u8; 20]>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
-            // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a
-            // byte array needs no alignment.
+            let hdr = ptr_at::<TcpHdr>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
+            // SAFETY: ptr_at checked that the header lies within the packet
+            // (data..data_end), and TcpHdr needs no alignment.
             let hdr = unsafe { &*hdr };
-            let data_off = ((hdr[12] >> 4) as usize) * 4;
-            if data_off < 20 || ctx.data() + off + data_off > ctx.data_end() {
+            let data_off = (hdr.doff() as usize) * 4;
+            if data_off < TcpHdr::LEN || ctx.data() + off + data_off > ctx.data_end() {
                 return Err(PacketReason::DropMalformedL4);
             }
-            pkt.sport = u16::from_be_bytes([hdr[0], hdr[1]]);
-            pkt.dport = u16::from_be_bytes([hdr[2], hdr[3]]);
-            pkt.tcp_flags = hdr[13];
+            pkt.sport = u16::from_be_bytes(hdr.source);
+            pkt.dport = u16::from_be_bytes(hdr.dest);
+            pkt.tcp_flags = (hdr.fin()
+                | hdr.syn() << 1
+                | hdr.rst() << 2
+                | hdr.psh() << 3
+                | hdr.ack() << 4
+                | hdr.urg() << 5
+                | hdr.ece() << 6
+                | hdr.cwr() << 7) as u8;
         }
         PROTO_UDP => {
-            let hdr = ptr_at::<[u8; 8]>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
-            // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a
-            // byte array needs no alignment.
+            let hdr = ptr_at::<UdpHdr>(ctx, off).ok_or(PacketReason::DropMalformedL4)?;
+            // SAFETY: ptr_at checked that the header lies within the packet
+            // (data..data_end), and UdpHdr needs no alignment.
             let hdr = unsafe { &*hdr };
-            pkt.sport = u16::from_be_bytes([hdr[0], hdr[1]]);
-            pkt.dport = u16::from_be_bytes([hdr[2], hdr[3]]);
+            pkt.sport = u16::from_be_bytes(hdr.src);
+            pkt.dport = u16::from_be_bytes(hdr.dst);
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             // Type, code, checksum.
@@ -244,34 +265,34 @@ pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) ->
     }
     let off = off + 8;
     let (proto, inner_l4) = if pkt.is_v6 {
-        let Some(hdr) = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, off) else {
+        let Some(hdr) = ptr_at::<Ipv6Hdr>(ctx, off) else {
             return false;
         };
-        // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a
-        // byte array needs no alignment.
+        // SAFETY: ptr_at checked that the header lies within the packet
+        // (data..data_end), and Ipv6Hdr needs no alignment.
         let hdr = unsafe { &*hdr };
-        if hdr[0] >> 4 != 6 {
+        if hdr.vcf[0] >> 4 != 6 {
             return false;
         }
-        key.addr_lo.copy_from_slice(&hdr[8..24]);
-        key.addr_hi.copy_from_slice(&hdr[24..40]);
-        (hdr[6], off + IPV6_HDR_LEN)
+        key.addr_lo = hdr.src_addr;
+        key.addr_hi = hdr.dst_addr;
+        (hdr.next_hdr, off + IPV6_HDR_LEN)
     } else {
-        let Some(hdr) = ptr_at::<[u8; IPV4_HDR_LEN]>(ctx, off) else {
+        let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, off) else {
             return false;
         };
-        // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a
-        // byte array needs no alignment.
+        // SAFETY: ptr_at checked that the header lies within the packet
+        // (data..data_end), and Ipv4Hdr needs no alignment.
         let hdr = unsafe { &*hdr };
-        let hdr_len = ((hdr[0] & 0x0f) as usize) * 4;
-        if hdr[0] >> 4 != 4 || hdr_len < IPV4_HDR_LEN {
+        let hdr_len = ((hdr.vihl & 0x0f) as usize) * 4;
+        if hdr.vihl >> 4 != 4 || hdr_len < IPV4_HDR_LEN {
             return false;
         }
         key.addr_lo = [0; 16];
         key.addr_hi = [0; 16];
-        key.addr_lo[..4].copy_from_slice(&hdr[12..16]);
-        key.addr_hi[..4].copy_from_slice(&hdr[16..20]);
-        (hdr[9], off + hdr_len)
+        key.addr_lo[..4].copy_from_slice(&hdr.src_addr);
+        key.addr_hi[..4].copy_from_slice(&hdr.dst_addr);
+        (hdr.proto, off + hdr_len)
     };
     let Some(l4) = ptr_at::<[u8; 8]>(ctx, inner_l4) else {
         return false;

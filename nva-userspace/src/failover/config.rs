@@ -1,14 +1,14 @@
 //! The failover daemon's config file (DESIGN.md, "Failover config file"):
-//! parsed and validated with FILE:LINE:COL errors, like the agent's.
+//! parsed and validated with FILE:LINE:COL errors through the toolkit the
+//! agent's config uses ([`crate::configfile`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::policy::config::{line_col, parse_cidr, ConfigError};
+use crate::configfile::{self, parse_addr_with_len, Checker, ConfigError};
 use crate::policy::model::Cidr;
 
 pub const DEFAULT_ELECTION_PATH: &str = "/nva/failover";
@@ -265,72 +265,14 @@ struct RawRoute {
     via: Spanned<String>,
 }
 
-struct Ctx<'a> {
-    file: &'a str,
-    text: &'a str,
-    errors: Vec<ConfigError>,
-}
+/// What `daemon.metrics_listen` and `tcp_probe` look like, for errors.
+const ADDR_HINT: &str = "like \"10.0.0.1:9090\"";
 
-impl Ctx<'_> {
-    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col) = line_col(self.text, span.start);
-        self.errors.push(ConfigError {
-            file: self.file.to_string(),
-            line,
-            col,
-            message: message.into(),
-        });
-    }
-
-    fn number(
-        &mut self,
-        key: &str,
-        v: &Option<Spanned<i64>>,
-        default: u32,
-        min: u32,
-        max: u32,
-    ) -> u32 {
-        let Some(v) = v else { return default };
-        match u32::try_from(*v.get_ref()) {
-            Ok(n) if (min..=max).contains(&n) => n,
-            _ => {
-                self.err(
-                    v.span(),
-                    format!("{key} = {} is out of range ({min} to {max})", v.get_ref()),
-                );
-                default
-            }
-        }
-    }
-
-    fn ip(&mut self, key: &str, v: &Spanned<String>) -> Option<IpAddr> {
-        match v.get_ref().parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.err(
-                    v.span(),
-                    format!("{key} = {:?} is not an IP address", v.get_ref()),
-                );
-                None
-            }
-        }
-    }
-
-    fn socket_addr(&mut self, key: &str, v: &Spanned<String>) -> Option<SocketAddr> {
-        match v.get_ref().parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.err(
-                    v.span(),
-                    format!(
-                        "{key} = {:?} is not an address with a port (like \"10.0.0.1:9090\")",
-                        v.get_ref()
-                    ),
-                );
-                None
-            }
-        }
-    }
+/// `azure.token`.
+#[derive(Clone, Copy)]
+enum TokenKind {
+    ManagedIdentity,
+    ServicePrincipal,
 }
 
 /// Parses "http://HOST:PORT/PATH" (HOST an IP address: probes must not
@@ -362,7 +304,7 @@ fn is_guid(s: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn azure_settings(cx: &mut Ctx, a: &Spanned<RawAzure>) -> Option<AzureSettings> {
+fn azure_settings(cx: &mut Checker, a: &Spanned<RawAzure>) -> Option<AzureSettings> {
     let r = a.get_ref();
     let client_id = match &r.client_id {
         Some(c) if is_guid(c.get_ref()) => Some(c.get_ref().clone()),
@@ -379,8 +321,20 @@ fn azure_settings(cx: &mut Ctx, a: &Spanned<RawAzure>) -> Option<AzureSettings> 
         None => None,
     };
     let client_id_bad = r.client_id.is_some() && client_id.is_none();
-    let token = match r.token.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
-        None | Some(("managed-identity", _)) => Some(TokenSource::ManagedIdentity {
+    let kind = match &r.token {
+        None => Some(TokenKind::ManagedIdentity),
+        Some(t) => cx.one_of(
+            "azure.token",
+            t,
+            &[
+                ("managed-identity", TokenKind::ManagedIdentity),
+                ("service-principal", TokenKind::ServicePrincipal),
+            ],
+        ),
+    };
+    let token_span = r.token.as_ref().map_or(0..0, Spanned::span);
+    let token = match kind {
+        Some(TokenKind::ManagedIdentity) => Some(TokenSource::ManagedIdentity {
             endpoint: r
                 .imds_endpoint
                 .clone()
@@ -388,7 +342,7 @@ fn azure_settings(cx: &mut Ctx, a: &Spanned<RawAzure>) -> Option<AzureSettings> 
             client_id,
         })
         .filter(|_| !client_id_bad),
-        Some(("service-principal", span)) => match (&r.tenant_id, client_id, &r.secret_file) {
+        Some(TokenKind::ServicePrincipal) => match (&r.tenant_id, client_id, &r.secret_file) {
             (Some(t), Some(c), Some(f)) => Some(TokenSource::ServicePrincipal {
                 authority: r
                     .authority
@@ -401,19 +355,13 @@ fn azure_settings(cx: &mut Ctx, a: &Spanned<RawAzure>) -> Option<AzureSettings> 
             _ if client_id_bad => None,
             _ => {
                 cx.err(
-                    span,
+                    token_span,
                     "azure.token = \"service-principal\" needs tenant_id, client_id and secret_file",
                 );
                 None
             }
         },
-        Some((other, span)) => {
-            cx.err(
-                span,
-                format!("azure.token = {other:?} is not valid; expected \"managed-identity\" or \"service-principal\""),
-            );
-            None
-        }
+        None => None,
     };
     let public_ip_id = match &r.public_ip_id {
         Some(p) if p.get_ref().starts_with("/subscriptions/") => Some(p.get_ref().clone()),
@@ -429,12 +377,11 @@ fn azure_settings(cx: &mut Ctx, a: &Spanned<RawAzure>) -> Option<AzureSettings> 
             None
         }
     };
-    let poll_interval_ms = cx.number(
+    let poll_interval_ms = cx.int_or(
         "azure.poll_interval_ms",
-        &r.poll_interval_ms,
+        r.poll_interval_ms.as_ref(),
         1000,
-        10,
-        60_000,
+        10..=60_000,
     );
     Some(AzureSettings {
         route_tables: r
@@ -456,39 +403,13 @@ fn azure_settings(cx: &mut Ctx, a: &Spanned<RawAzure>) -> Option<AzureSettings> 
 }
 
 pub fn load_failover_config(path: &Path) -> Result<FailoverConfig, Vec<ConfigError>> {
-    let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_failover_config(&file, &text),
-        Err(e) => Err(vec![ConfigError {
-            file,
-            line: 0,
-            col: 0,
-            message: format!("cannot read: {e}"),
-        }]),
-    }
+    let text = configfile::read(path)?;
+    parse_failover_config(&path.display().to_string(), &text)
 }
 
 pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, Vec<ConfigError>> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-        vec![ConfigError {
-            file: file.to_string(),
-            line,
-            col,
-            message: e
-                .message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; "),
-        }]
-    })?;
-    let mut cx = Ctx {
-        file,
-        text,
-        errors: Vec::new(),
-    };
+    let raw: RawFile = configfile::parse(file, text)?;
+    let mut cx = Checker::new(file, text);
     let d = raw.daemon.get_ref();
     let id = match &d.id {
         Some(v) if !v.get_ref().trim().is_empty() => v.get_ref().clone(),
@@ -532,68 +453,59 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
         None => DEFAULT_ELECTION_PATH.into(),
     };
     let metrics_listen = match &d.metrics_listen {
-        Some(v) => cx.socket_addr("daemon.metrics_listen", v),
+        Some(v) => cx.socket_addr("daemon.metrics_listen", v, ADDR_HINT),
         None => DEFAULT_METRICS_LISTEN.parse().ok(),
     };
-    let session_timeout_ms = cx.number(
+    let session_timeout_ms = cx.int_or(
         "daemon.session_timeout_ms",
-        &d.session_timeout_ms,
+        d.session_timeout_ms.as_ref(),
         2000,
-        400,
-        60_000,
+        400..=60_000,
     );
 
     let p = raw.probe.as_ref();
-    let none = None;
-    let interval_ms = cx.number(
+    let interval_ms = cx.int_or(
         "probe.interval_ms",
-        p.map_or(&none, |p| &p.interval_ms),
+        p.and_then(|p| p.interval_ms.as_ref()),
         1000,
-        10,
-        600_000,
+        10..=600_000,
     );
-    let timeout_ms = cx.number(
+    let timeout_ms = cx.int_or(
         "probe.timeout_ms",
-        p.map_or(&none, |p| &p.timeout_ms),
+        p.and_then(|p| p.timeout_ms.as_ref()),
         interval_ms.saturating_mul(4) / 5,
-        1,
-        600_000,
+        1..=600_000,
     );
     if let Some(t) = p.and_then(|p| p.timeout_ms.as_ref()) {
         if timeout_ms > interval_ms {
             cx.err(t.span(), format!("probe.timeout_ms = {timeout_ms} is longer than probe.interval_ms = {interval_ms}"));
         }
     }
-    let fall = cx.number("probe.fall", p.map_or(&none, |p| &p.fall), 3, 1, 100);
-    let rise = cx.number("probe.rise", p.map_or(&none, |p| &p.rise), 2, 1, 100);
+    let fall = cx.int_or("probe.fall", p.and_then(|p| p.fall.as_ref()), 3, 1..=100);
+    let rise = cx.int_or("probe.rise", p.and_then(|p| p.rise.as_ref()), 2, 1..=100);
 
     let s = raw.switch.as_ref();
-    let provider = match s.and_then(|s| s.provider.as_ref()) {
-        None => Provider::Linux,
-        Some(v) => {
-            match v.get_ref().as_str() {
-                "linux" => Provider::Linux,
-                "azure" => Provider::Azure,
-                other => {
-                    cx.err(v.span(), format!("switch.provider = {other:?} is not valid; expected \"linux\" or \"azure\""));
-                    Provider::Linux
-                }
-            }
-        }
-    };
-    let min_dwell_s = cx.number(
+    let provider = s
+        .and_then(|s| s.provider.as_ref())
+        .map_or(Provider::Linux, |v| {
+            cx.one_of(
+                "switch.provider",
+                v,
+                &[("linux", Provider::Linux), ("azure", Provider::Azure)],
+            )
+            .unwrap_or(Provider::Linux)
+        });
+    let min_dwell_s = cx.int_or(
         "switch.min_dwell_s",
-        s.map_or(&none, |s| &s.min_dwell_s),
+        s.and_then(|s| s.min_dwell_s.as_ref()),
         30,
-        0,
-        86_400,
+        0..=86_400,
     );
-    let max_failovers_per_hour = cx.number(
+    let max_failovers_per_hour = cx.int_or(
         "switch.max_failovers_per_hour",
-        s.map_or(&none, |s| &s.max_failovers_per_hour),
+        s.and_then(|s| s.max_failovers_per_hour.as_ref()),
         6,
-        1,
-        3600,
+        1..=3600,
     );
     let preempt = s.and_then(|s| s.preempt).unwrap_or(false);
     let azure = match (&raw.azure, provider) {
@@ -623,7 +535,9 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
                     None
                 }
             },
-            (None, Some(t)) => cx.socket_addr("tcp_probe", t).map(ProbeTarget::Tcp),
+            (None, Some(t)) => cx
+                .socket_addr("tcp_probe", t, ADDR_HINT)
+                .map(ProbeTarget::Tcp),
             _ => {
                 cx.err(
                     n.span(),
@@ -661,27 +575,21 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
 
     let mut linux_routes = Vec::new();
     for r in raw.linux.iter().flat_map(|l| &l.routes) {
-        let table = cx.number("linux.routes.table", &r.table, MAIN_TABLE, 1, u32::MAX - 1);
-        let prefix = match parse_cidr(r.prefix.get_ref()) {
-            Ok(c) => Some(c),
-            Err(m) => {
-                cx.err(r.prefix.span(), m);
-                None
-            }
-        };
-        let via = match r.via.get_ref().as_str() {
-            "internal_ip" => Some(Via::InternalIp),
-            "external_ip" => Some(Via::ExternalIp),
-            other => {
-                cx.err(
-                    r.via.span(),
-                    format!(
-                        "via = {other:?} is not valid; expected \"internal_ip\" or \"external_ip\""
-                    ),
-                );
-                None
-            }
-        };
+        let table = cx.int_or(
+            "linux.routes.table",
+            r.table.as_ref(),
+            MAIN_TABLE,
+            1..=u32::MAX - 1,
+        );
+        let prefix = cx.check(r.prefix.span(), Cidr::parse(r.prefix.get_ref()));
+        let via = cx.one_of(
+            "via",
+            &r.via,
+            &[
+                ("internal_ip", Via::InternalIp),
+                ("external_ip", Via::ExternalIp),
+            ],
+        );
         if via == Some(Via::ExternalIp) {
             if let Some(n) = raw.nvas.iter().find(|n| n.get_ref().external_ip.is_none()) {
                 cx.err(
@@ -706,31 +614,26 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
     for v in raw.linux.iter().flat_map(|l| &l.vips) {
         // An address with its prefix length: host bits are the point here.
         let text = v.address.get_ref();
-        let (addr, len) = text.split_once('/').unwrap_or((text, ""));
-        match (addr.parse::<IpAddr>(), len.parse::<u8>()) {
-            (Ok(a), Ok(l)) if l <= if a.is_ipv4() { 32 } else { 128 } => linux_vips.push(LinuxVip {
-                address: a,
-                prefix_len: l,
+        match parse_addr_with_len(text) {
+            Some((address, prefix_len)) => linux_vips.push(LinuxVip {
+                address,
+                prefix_len,
                 dev: v.dev.clone(),
             }),
-            _ => cx.err(
+            None => cx.err(
                 v.address.span(),
                 format!("linux.vips address {text:?} must be an address with its prefix length, like \"10.10.0.100/24\""),
             ),
         }
     }
-    if provider == Provider::Linux && linux_routes.is_empty() && cx.errors.is_empty() {
+    if provider == Provider::Linux && linux_routes.is_empty() && cx.is_clean() {
         cx.err(
             0..0,
             "switch.provider = \"linux\" needs at least one [[linux.routes]]",
         );
     }
 
-    if !cx.errors.is_empty() {
-        let mut e = cx.errors;
-        e.sort_by_key(|e| (e.line, e.col));
-        return Err(e);
-    }
+    cx.finish()?;
     Ok(FailoverConfig {
         daemon: DaemonSettings {
             id,

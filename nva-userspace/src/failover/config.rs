@@ -363,20 +363,18 @@ fn azure_settings(cx: &mut Checker, a: &Spanned<RawAzure>) -> Option<AzureSettin
         },
         None => None,
     };
-    let public_ip_id = match &r.public_ip_id {
-        Some(p) if p.get_ref().starts_with("/subscriptions/") => Some(p.get_ref().clone()),
-        Some(p) => {
-            cx.err(
-                p.span(),
-                "azure.public_ip_id must be an ARM resource id (/subscriptions/...)",
-            );
-            None
-        }
-        None => {
-            cx.err(a.span(), "azure.public_ip_id is required");
-            None
-        }
-    };
+    let public_ip_id =
+        match cx.required(&r.public_ip_id, a.span(), "azure.public_ip_id is required") {
+            Some(p) if p.get_ref().starts_with("/subscriptions/") => Some(p.get_ref().clone()),
+            Some(p) => {
+                cx.err(
+                    p.span(),
+                    "azure.public_ip_id must be an ARM resource id (/subscriptions/...)",
+                );
+                None
+            }
+            None => None,
+        };
     let poll_interval_ms = cx.int_or(
         "azure.poll_interval_ms",
         r.poll_interval_ms.as_ref(),
@@ -411,19 +409,17 @@ pub fn parse_failover_config(file: &str, text: &str) -> Result<FailoverConfig, V
     let raw: RawFile = configfile::parse(file, text)?;
     let mut cx = Checker::new(file, text);
     let d = raw.daemon.get_ref();
-    let id = match &d.id {
+    let id = match cx.required(
+        &d.id,
+        raw.daemon.span(),
+        "daemon.id is required (unique per daemon)",
+    ) {
         Some(v) if !v.get_ref().trim().is_empty() => v.get_ref().clone(),
         Some(v) => {
             cx.err(v.span(), "daemon.id must not be empty");
             String::new()
         }
-        None => {
-            cx.err(
-                raw.daemon.span(),
-                "daemon.id is required (unique per daemon)",
-            );
-            String::new()
-        }
+        None => String::new(),
     };
     let zookeeper = d.zookeeper.as_ref().map(|z| {
         let ok = z.get_ref().split(',').all(|h| {
@@ -840,6 +836,19 @@ via = "external_ip"
                 .contains("azure.token = \"password\" is not valid"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn missing_keys_point_at_their_table() {
+        let e =
+            parse_failover_config("f.toml", &EXAMPLE.replace("id = \"fo-1\"\n", "")).unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            "f.toml:2:1: daemon.id is required (unique per daemon)"
+        );
+        let e = parse_failover_config("f.toml", &EXAMPLE.replace("id = \"fo-1\"", "id = \" \""))
+            .unwrap_err();
+        assert_eq!(e[0].to_string(), "f.toml:3:6: daemon.id must not be empty");
     }
 
     #[test]

@@ -13,13 +13,17 @@
 //! - [`failover`]: the failover daemon (ZooKeeper election, probes,
 //!   decisions, the linux and azure providers), apart from the agent;
 //! - [`http`]: the HTTP stack both serve their endpoints with, and the
-//!   Prometheus exposition helpers (the bottom layer, with `nva-common`).
+//!   Prometheus exposition helpers;
+//! - [`configfile`]: the config-file toolkit both configs are read with
+//!   (TOML with spans, `FILE:LINE:COL` errors, typed checks); with `http`
+//!   and `nva-common`, the bottom layer.
 //!
 //! Forwarding, NAT and state sync add modules beside `conntrack` (and
 //! `datapath` maps), each owning its feature's userspace side.
 
 pub mod agent;
 pub mod classifier;
+pub mod configfile;
 pub mod conntrack;
 pub mod datapath;
 pub mod failover;

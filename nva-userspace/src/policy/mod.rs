@@ -1,5 +1,6 @@
 //! The rule model ([`model`]) and the config file that describes it
-//! ([`config`]: TOML, validated with `FILE:LINE:COL` errors).
+//! ([`config`]: TOML, validated with `FILE:LINE:COL` errors through
+//! [`crate::configfile`]).
 
 pub mod config;
 pub mod model;

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use crate::configfile::{network, parse_prefix};
+
 /// Default `policy.conntrack_max`.
 pub const DEFAULT_CONNTRACK_MAX: u32 = 1_048_576;
 
@@ -16,27 +18,15 @@ pub struct Cidr {
 impl Cidr {
     /// Builds a prefix, clearing host bits. `len` must fit the family.
     pub fn new(addr: IpAddr, len: u8) -> Self {
-        let addr = match addr {
-            IpAddr::V4(a) => {
-                let bits = u32::from(a);
-                let mask = if len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - len as u32)
-                };
-                IpAddr::V4((bits & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let bits = u128::from(a);
-                let mask = if len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - len as u32)
-                };
-                IpAddr::V6((bits & mask).into())
-            }
-        };
-        Cidr { addr, len }
+        Cidr {
+            addr: network(addr, len),
+            len,
+        }
+    }
+
+    /// Parses a prefix as config files write it ([`parse_prefix`]).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        parse_prefix(s).map(|(addr, len)| Cidr { addr, len })
     }
 
     pub fn is_v4(&self) -> bool {

@@ -1,0 +1,123 @@
+//! The agent's config file: TOML in, a validated [`model::Config`] out.
+//!
+//! Read with the shared toolkit ([`crate::configfile`]): serde reads the
+//! text into `Raw*` structs that keep the span of every value we validate;
+//! a syntax error, an unknown key or a value of the wrong type stops there
+//! with a single error. Validation then checks the meaning of every value
+//! and collects *all* problems at `FILE:LINE:COL`. One file per table:
+//! [`agent`] (`[agent]`), [`policy`] (`[policy]`), [`rules`] (`[[rules]]`).
+//!
+//! [`model::Config`]: crate::policy::model::Config
+
+mod agent;
+mod policy;
+mod rules;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::configfile::{self, Checker, ConfigError, Names};
+use crate::policy::model::{Action, Config};
+
+pub use agent::{
+    DEFAULT_BPFFS, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_LISTEN, MAX_IFACE_NAME_LEN,
+};
+pub use policy::MAX_CONNTRACK_TIMEOUT_S;
+pub use rules::MAX_RULE_NAME_LEN;
+
+/// Reads and validates the config file at `path`.
+pub fn load_config(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let text = configfile::read(path)?;
+    parse_config(&path.display().to_string(), &text)
+}
+
+/// Validates config `text`; `file_name` is only used in error messages.
+pub fn parse_config(file_name: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
+    parse(file_name, text, false)
+}
+
+/// Like [`parse_config`], but accepts settings that are valid yet not
+/// implemented in this release (`agent.forward = "xdp"`). For tests of code that is ahead of the release.
+pub fn parse_config_allow_unsupported(
+    file_name: &str,
+    text: &str,
+) -> Result<Config, Vec<ConfigError>> {
+    parse(file_name, text, true)
+}
+
+fn parse(file_name: &str, text: &str, allow_unsupported: bool) -> Result<Config, Vec<ConfigError>> {
+    let raw: RawFile = configfile::parse(file_name, text)?;
+    let mut cx = Ctx {
+        c: Checker::new(file_name, text),
+        allow_unsupported,
+    };
+    let config = cx.config(raw);
+    cx.c.finish()?;
+    // `config` is only `None` when an error was recorded.
+    config.ok_or_else(Vec::new)
+}
+
+/// The file, mirroring DESIGN.md "Config file (TOML)" key by key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    agent: Option<Spanned<agent::RawAgent>>,
+    policy: Option<Spanned<policy::RawPolicy>>,
+    #[serde(default)]
+    rules: Vec<Spanned<rules::RawRule>>,
+}
+
+/// The validation of one file.
+struct Ctx<'a> {
+    c: Checker<'a>,
+    allow_unsupported: bool,
+}
+
+impl Ctx<'_> {
+    fn config(&mut self, raw: RawFile) -> Option<Config> {
+        let agent = match raw.agent {
+            Some(a) => self.agent(a),
+            None => {
+                self.c
+                    .err(0..0, "missing [agent] table (agent.interfaces is required)");
+                None
+            }
+        };
+        let policy = match raw.policy {
+            Some(p) => self.policy(p, agent.as_ref()),
+            None => {
+                self.c
+                    .err(0..0, "missing [policy] table (policy.default is required)");
+                None
+            }
+        };
+        let ifaces: &[String] = agent.as_ref().map_or(&[], |a| &a.interfaces);
+        let mut names = Names::default();
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        let mut rules_ok = true;
+        for r in raw.rules {
+            match self.rule(r, ifaces, agent.is_some(), &mut names) {
+                Some(rule) => rules.push(rule),
+                None => rules_ok = false,
+            }
+        }
+        match (agent, policy, rules_ok) {
+            (Some(agent), Some(policy), true) => Some(Config {
+                agent,
+                policy,
+                rules,
+            }),
+            _ => None,
+        }
+    }
+
+    /// `policy.default` and a rule's `action`.
+    fn action(&mut self, key: &str, v: &Spanned<String>) -> Option<Action> {
+        self.c
+            .one_of(key, v, &[("allow", Action::Allow), ("drop", Action::Drop)])
+    }
+}

@@ -52,6 +52,11 @@ pub static CONNTRACK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CT_
 /// `ConntrackScratch` for why it is not on the stack).
 #[map]
 pub static CONNTRACK_SCRATCH: PerCpuArray<ConntrackScratch> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU time of the last diagnostic log record (aya-log): at most one
+/// a second, so diagnostics never cost every packet. Not pinned: each
+/// loaded program has its own, like aya-log's buffers.
+#[map]
+pub static DIAG_LAST_NS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The rule tables of one slot.
 pub trait Tables {

@@ -8,7 +8,8 @@ use nva_common::{
 };
 
 use crate::maps::{
-    self, Tables, ACTIVE, CONFIG, EVENTS, LOCAL_ADDRS, LOG_BUDGET, PACKET_COUNTERS, RULE_COUNTERS,
+    self, Tables, ACTIVE, CONFIG, DIAG_LAST_NS, EVENTS, LOCAL_ADDRS, LOG_BUDGET, PACKET_COUNTERS,
+    RULE_COUNTERS,
 };
 use crate::parse::{self, Packet, Parsed};
 use crate::{classify, conntrack};
@@ -37,6 +38,7 @@ fn decide_with<T: Tables>(ctx: &XdpContext, pkt: &mut Packet, slot: u32) -> Pack
         return PacketReason::PassNotReady;
     };
     if config.ready == 0 {
+        diagnose_not_ready(ctx, slot);
         return PacketReason::PassNotReady;
     }
     if pkt.later_fragment {
@@ -198,4 +200,30 @@ fn count_rule(ctx: &XdpContext, counter: u32) {
         counters.packets += 1;
         counters.bytes += (ctx.data_end() - ctx.data()) as u64;
     }
+}
+
+/// A rare diagnostic for the agent's log (aya-log, forwarded into its
+/// `tracing` output): packets pass because the active slot holds no complete
+/// rule set (only between a fresh load and the first install). At most one
+/// record a second per CPU.
+#[inline(never)]
+fn diagnose_not_ready(ctx: &XdpContext, slot: u32) {
+    let Some(last) = DIAG_LAST_NS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a BPF helper without arguments that only reads a clock.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    // SAFETY: the pointer comes from a successful per-CPU map lookup, so it
+    // is valid and aligned; the slot is this CPU's and XDP runs do not nest
+    // on a CPU, so nothing else writes it during this run.
+    let last = unsafe { &mut *last };
+    if *last != 0 && now.wrapping_sub(*last) < 1_000_000_000 {
+        return;
+    }
+    *last = now;
+    aya_log_ebpf::warn!(
+        ctx,
+        "slot {} holds no complete rule set: packets pass until one is installed",
+        slot
+    );
 }

@@ -557,3 +557,49 @@ fn real_program_agrees_with_linear_first_match() {
         }
     });
 }
+
+/// Collects the program's aya-log records.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn a_slot_without_rules_passes_and_says_so_at_most_once_a_second() {
+    require_root();
+    in_private_netns(&[], |_| {
+        // Loaded, nothing installed: the active slot is not ready.
+        let mut dp = DataPath::open(None, 1024).unwrap();
+        let capture = Capture::default();
+        let mut diagnostics = dp
+            .take_diagnostics(capture.clone())
+            .expect("the program has aya-log diagnostics");
+        let frame = ethernet(&[], ETH_P_IP, &v4_tcp(80));
+        for _ in 0..50 {
+            assert_eq!(run(&dp, &frame, 0).1, PacketReason::PassNotReady);
+        }
+        diagnostics.flush();
+        let records = capture.0.lock().unwrap().clone();
+        // One per CPU that ran the frames, within the same second.
+        assert!(
+            !records.is_empty() && records.len() <= 2,
+            "diagnostics for 50 frames: {records:?}"
+        );
+        assert!(
+            records[0].starts_with("WARN")
+                && records[0].contains("slot 0 holds no complete rule set"),
+            "{records:?}"
+        );
+    });
+}

@@ -48,6 +48,16 @@ pub(crate) fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()>
         if let Some(events) = agent.lock().expect("agent lock").datapath.take_events() {
             tokio::spawn(log_events(events, shared.clone()));
         }
+        // The program's rare diagnostics go through the `log` facade, which
+        // the tracing subscriber receives.
+        if let Some(diagnostics) = agent
+            .lock()
+            .expect("agent lock")
+            .datapath
+            .take_diagnostics(log::logger())
+        {
+            tokio::spawn(forward_diagnostics(diagnostics));
+        }
         tokio::spawn(sweep_conntrack(layout.clone(), shared.clone()));
         if let Some(addr) = settings.tcp_probe_listen {
             tokio::spawn(nva::agent::http::tcp_probe(addr, shared.clone(), interval));
@@ -81,6 +91,29 @@ pub(crate) fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()>
     agent.stop(detach_on_exit);
     runtime.shutdown_background();
     Ok(())
+}
+
+/// Forwards the program's aya-log records into the agent's log.
+async fn forward_diagnostics(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's map fd for as long as the
+    // AsyncFd holds it, and as_raw_fd() always returns that same fd.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "data path diagnostics unavailable");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
 }
 
 /// Writes the data path's sampled packet events as log lines.

@@ -244,6 +244,12 @@ impl DataPath {
         aya::maps::RingBuf::try_from(map).ok()
     }
 
+    /// Takes the reader of the program's rare diagnostics (aya-log
+    /// records), which writes them to `logger` when flushed (once).
+    pub fn take_diagnostics<T: log::Log>(&mut self, logger: T) -> Option<aya_log::EbpfLogger<T>> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger).ok()
+    }
+
     /// The kernel id of the loaded program.
     pub fn program_id(&self) -> Result<u32, DataPathError> {
         Ok(self.program()?.info()?.id())

@@ -68,6 +68,24 @@ fn assert_filters(t: &Topology, what: &str) {
     );
 }
 
+/// A restart (the agent was killed) repairs what `what` broke: healthy,
+/// filtering, the repair logged, the rule set and its counters (`counted`
+/// packets of "allowed" before) kept.
+fn restart_repairs(t: &Topology, agent: &mut RunningAgent, counted: u64, what: &str) {
+    agent.spawn(&t.nva);
+    until_health(t, 200, &format!("restarted after {what}"));
+    assert_filters(t, &format!("restarted after {what}"));
+    assert!(
+        agent.log().contains("repaired"),
+        "the agent logs what it repaired: {}",
+        agent.log()
+    );
+    assert!(
+        agent.packets_of("allowed") >= counted + 10,
+        "the rule set and its counters were kept"
+    );
+}
+
 /// `nva reload` repairs what `what` broke: healthy again, and filtering.
 fn reload_repairs(t: &Topology, agent: &RunningAgent, what: &str) {
     until_health(t, 503, what);
@@ -124,18 +142,7 @@ fn restart_and_reload_repair_an_external_detach() {
     agent.detach_link(NVA_IN_IF);
     until_health(&t, 503, "detached");
     agent.kill9();
-    agent.spawn(&t.nva);
-    until_health(&t, 200, "restarted after an external detach");
-    assert_filters(&t, "restarted after an external detach");
-    assert!(
-        agent.log().contains("repaired"),
-        "the agent logs what it repaired: {}",
-        agent.log()
-    );
-    assert!(
-        agent.packets_of("allowed") >= counted + 10,
-        "the rule set and its counters were kept"
-    );
+    restart_repairs(&t, &mut agent, counted, "an external detach");
     // Only the severed link was replaced; the good one was adopted (no gap).
     assert_eq!(
         attachments(&agent),
@@ -164,18 +171,7 @@ fn restart_and_reload_repair_recreated_interfaces() {
     let counted = agent.packets_of("allowed");
     agent.kill9();
     t.rewire();
-    agent.spawn(&t.nva);
-    until_health(&t, 200, "restarted after the interfaces were recreated");
-    assert_filters(&t, "restarted after the interfaces were recreated");
-    assert!(
-        agent.log().contains("repaired"),
-        "the agent logs what it repaired: {}",
-        agent.log()
-    );
-    assert!(
-        agent.packets_of("allowed") >= counted + 10,
-        "the rule set and its counters were kept"
-    );
+    restart_repairs(&t, &mut agent, counted, "the interfaces were recreated");
 
     // And while it runs: unhealthy until a reload.
     t.rewire();

@@ -734,20 +734,27 @@ fn forward(mut client: TcpStream, seen: &Mutex<Vec<String>>) -> std::io::Result<
     client.shutdown(std::net::Shutdown::Both)
 }
 
+/// Set in the child process of `imds_is_not_reached_through_the_proxy`.
+const IMDS_CHILD: &str = "NVA_TEST_IMDS_CHILD";
+
 /// IMDS is reached directly, whatever HTTP_PROXY says (ARM requests do go
-/// through the proxy). Runs the client in a child process whose
-/// environment names a proxy, so that no other test sees it.
+/// through the proxy). The client runs in a child process (this same test,
+/// re-run with IMDS_CHILD set) whose environment names a proxy, so that no
+/// other test sees it.
 #[test]
 fn imds_is_not_reached_through_the_proxy() {
+    if std::env::var_os(IMDS_CHILD).is_some() {
+        return imds_client_behind_a_proxy();
+    }
     let proxy = RecordingProxy::start();
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
-        "imds_child_behind_a_proxy",
-        "--ignored",
+        "imds_is_not_reached_through_the_proxy",
         "--nocapture",
         "--test-threads=1",
     ]);
+    cmd.env(IMDS_CHILD, "1");
     for v in [
         "NO_PROXY",
         "no_proxy",
@@ -780,9 +787,9 @@ fn imds_is_not_reached_through_the_proxy() {
     );
 }
 
-#[test]
-#[ignore = "run by imds_is_not_reached_through_the_proxy with HTTP_PROXY set"]
-fn imds_child_behind_a_proxy() {
+/// The child's part: one switch step through a client built while
+/// HTTP_PROXY names the recording proxy; IMDS answered once, directly.
+fn imds_client_behind_a_proxy() {
     assert!(std::env::var("HTTP_PROXY").is_ok());
     let (arm, client, _, b) = setup();
     runtime()

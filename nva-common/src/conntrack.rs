@@ -152,10 +152,12 @@ impl ConntrackKey {
     }
 
     /// Completes a key whose `lo` fields hold the source endpoint and `hi`
-    /// fields the destination, ordering the endpoints in place.
+    /// fields the destination, ordering the endpoints in place; returns
+    /// whether the source is (still) the `lo` endpoint.
     #[inline(always)]
-    pub fn normalize(&mut self, is_v6: bool, proto: u8, vlan: [u16; 2]) {
-        if !endpoint_lt(&self.addr_lo, self.port_lo, &self.addr_hi, self.port_hi) {
+    pub fn normalize(&mut self, is_v6: bool, proto: u8, vlan: [u16; 2]) -> bool {
+        let src_is_lo = endpoint_lt(&self.addr_lo, self.port_lo, &self.addr_hi, self.port_hi);
+        if !src_is_lo {
             core::mem::swap(&mut self.addr_lo, &mut self.addr_hi);
             core::mem::swap(&mut self.port_lo, &mut self.port_hi);
         }
@@ -163,6 +165,7 @@ impl ConntrackKey {
         self.proto = proto;
         self.family = if is_v6 { 6 } else { 4 };
         self._pad = 0;
+        src_is_lo
     }
 }
 
@@ -188,7 +191,9 @@ shared_type! {
         pub state: u8,
         /// 1 when the originator is the key's `lo` endpoint.
         pub origin_is_lo: u8,
-        pub _pad16: u16,
+        /// 1 when the flow is translated: its bindings are in the NAT map.
+        pub nat: u8,
+        pub _pad8: u8,
         pub _pad32: u32,
     }
     size = 72, align = 8;
@@ -223,11 +228,28 @@ shared_type! {
         /// its say (the conntrack lookup comes first, so that a tracked flow's
         /// packet costs one lookup).
         pub pending_drop: u8,
-        pub _pad: [u8; 2],
+        /// `CT_NAT_*`: what NAT does with this packet.
+        pub nat: u8,
+        pub _pad: u8,
         /// The entry of a new flow is built here, not on the stack.
         pub new_entry: ConntrackEntry,
+        /// New flow: NAT counter indexes of the deciding DNAT and SNAT atoms.
+        pub dnat_counter: u32,
+        pub snat_counter: u32,
+        /// New flow to SNAT: the new source address and the port range.
+        pub snat_to: [u8; 16],
+        pub snat_ports_lo: u16,
+        pub snat_ports_hi: u16,
+        /// New translated flow: the key of its translated tuple, and the
+        /// binding being built.
+        pub reverse_key: ConntrackKey,
+        pub binding: crate::nat::NatBinding,
+        /// The packet's verdict (a [`PacketReason`](crate::PacketReason)
+        /// number), passed through map memory so that the steps after it see
+        /// one value rather than one verifier state per reason.
+        pub verdict: u32,
     }
-    size = 136, align = 8;
+    size = 304, align = 8;
 }
 
 /// [`ConntrackScratch::kind`]: classify; on allow, track the new flow.
@@ -235,6 +257,17 @@ pub const CT_FLOW_NEW: u8 = 1;
 /// A flow admitted by an earlier rule set: classify the originator's tuple;
 /// allow keeps it, drop revokes it.
 pub const CT_FLOW_RECHECK: u8 = 2;
+
+/// [`ConntrackScratch::nat`] bits. New flow: the translations decided for
+/// it (`DNAT`, `SNAT`). Tracked flow: where the binding that rewrites this
+/// packet is (`FWD`: under `key`; `REV`: under `reverse_key`, the packet's
+/// own tuple). ICMP error: the binding under `key` (the quote's tuple) may
+/// rewrite it (`ERR`; `src_is_lo` then tells the error's direction).
+pub const CT_NAT_DNAT: u8 = 1;
+pub const CT_NAT_SNAT: u8 = 2;
+pub const CT_NAT_FWD: u8 = 4;
+pub const CT_NAT_REV: u8 = 8;
+pub const CT_NAT_ERR: u8 = 16;
 
 /// [`ConntrackScratch::pending_drop`] values.
 pub const CT_PENDING_NONE: u8 = 0;

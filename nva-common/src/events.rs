@@ -75,9 +75,15 @@ pub enum PacketReason {
     DropTcpState = 19,
     /// A flow an earlier rule set admitted that the current one refuses.
     DropRevoked = 20,
+    /// A new flow to SNAT found no free source port in `to_ports`.
+    DropNatPortsExhausted = 21,
+    /// A new flow to DNAT whose translated tuple is already a live flow.
+    DropNatClash = 22,
+    /// A packet of a translated flow whose NAT binding is gone (evicted).
+    DropNatBindingLost = 23,
 }
 
-pub const PACKET_REASONS: u32 = 21;
+pub const PACKET_REASONS: u32 = 24;
 
 impl PacketReason {
     pub const ALL: [PacketReason; PACKET_REASONS as usize] = [
@@ -102,12 +108,20 @@ impl PacketReason {
         Self::DropTcpNotTracked,
         Self::DropTcpState,
         Self::DropRevoked,
+        Self::DropNatPortsExhausted,
+        Self::DropNatClash,
+        Self::DropNatBindingLost,
     ];
 
     /// True for reasons whose verdict is XDP_PASS.
     #[inline(always)]
     pub const fn is_pass(self) -> bool {
-        let n = self as u32;
+        Self::code_is_pass(self as u32)
+    }
+
+    /// [`is_pass`](Self::is_pass) of a reason's number.
+    #[inline(always)]
+    pub const fn code_is_pass(n: u32) -> bool {
         n < Self::DropRule as u32
             || n == Self::PassEstablished as u32
             || n == Self::PassRelated as u32
@@ -143,6 +157,9 @@ impl PacketReason {
             Self::DropTcpNotTracked => "tcp_not_tracked",
             Self::DropTcpState => "tcp_invalid_state",
             Self::DropRevoked => "revoked",
+            Self::DropNatPortsExhausted => "nat_ports_exhausted",
+            Self::DropNatClash => "nat_clash",
+            Self::DropNatBindingLost => "nat_binding_lost",
         }
     }
 }

@@ -10,10 +10,11 @@
 //! - [`settings`]: the per-slot settings of a loaded rule set;
 //! - [`conntrack`]: the flow table;
 //! - [`events`]: sampled packet events and the packet counters' reasons;
+//! - [`nat`]: NAT entries, the bindings of translated flows, NAT counters;
 //! - [`map_names`], [`programs`]: names both sides look things up by;
 //! - [`layout`]: how shared types are declared, and the pinned layout version.
 //!
-//! Forwarding, NAT and state sync add their own modules here, each with its
+//! Forwarding and state sync add their own modules here, each with its
 //! types, and their maps' names in [`map_names`].
 #![cfg_attr(not(feature = "user"), no_std)]
 
@@ -24,6 +25,7 @@ pub mod classifier;
 pub mod conntrack;
 pub mod events;
 pub mod map_names;
+pub mod nat;
 pub mod programs;
 pub mod settings;
 pub mod wire;
@@ -32,6 +34,7 @@ pub use classifier::*;
 pub use conntrack::*;
 pub use events::*;
 pub use layout::LAYOUT_VERSION;
+pub use nat::*;
 pub use programs::*;
 pub use settings::*;
 pub use wire::*;

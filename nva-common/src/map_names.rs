@@ -27,3 +27,7 @@ pub const LOG_BUDGET: &str = "LOG_BUDGET";
 pub const CONNTRACK: &str = "CONNTRACK";
 pub const CONNTRACK_STATS: &str = "CONNTRACK_STATS";
 pub const CONNTRACK_SCRATCH: &str = "CONNTRACK_SCRATCH";
+pub const NAT_DNAT: &str = "NAT_DNAT";
+pub const NAT_SNAT: &str = "NAT_SNAT";
+pub const NAT_BINDINGS: &str = "NAT_BINDINGS";
+pub const NAT_COUNTERS: &str = "NAT_COUNTERS";

@@ -31,7 +31,13 @@ shared_type! {
         /// `policy.loose_tcp`: a mid-stream TCP packet a rule allows starts a
         /// tracked flow (after a failover without state sync).
         pub loose_tcp: u8,
-        pub _pad: [u8; 4],
+        /// Number of DNAT and SNAT atoms of this slot ([`NatMatch`](crate::NatMatch)).
+        pub nat_dnat: u8,
+        pub nat_snat: u8,
+        /// 1 while the NAT map may hold bindings: a conntrack miss then
+        /// looks for a reverse binding (a reply of a translated flow).
+        pub nat_bindings: u8,
+        pub _pad: u8,
         /// Idle timeout in seconds by [`ConntrackState`](crate::ConntrackState) (index 0 unused).
         pub timeouts_s: [u32; CT_STATES],
         /// Tail padding to the 8-byte alignment of `generation`, named so that

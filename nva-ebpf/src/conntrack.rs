@@ -7,12 +7,13 @@
 use aya_ebpf::programs::XdpContext;
 use nva_common::{
     ConntrackEntry, ConntrackScratch, ConntrackState, DataPathConfig, PacketReason, CT_FLOW_NEW,
-    CT_FLOW_RECHECK, CT_PENDING_NONE, CT_PENDING_TCP_FLAGS, CT_PENDING_TCP_NOT_TRACKED,
-    CT_STAT_CREATED, CT_STAT_REPLACED, CT_STAT_REVOKED, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    CT_FLOW_RECHECK, CT_NAT_FWD, CT_NAT_REV, CT_PENDING_NONE, CT_PENDING_TCP_FLAGS,
+    CT_PENDING_TCP_NOT_TRACKED, CT_STAT_CREATED, CT_STAT_REPLACED, CT_STAT_REVOKED, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
-use crate::maps::{CONNTRACK, CONNTRACK_SCRATCH, CONNTRACK_STATS};
+use crate::maps::{CONNTRACK, CONNTRACK_SCRATCH, CONNTRACK_STATS, NAT_BINDINGS};
+use crate::nat;
 
 /// What [`track`] returns when the packet must be classified (it is never
 /// one of its verdicts); the details are in the scratch.
@@ -141,7 +142,7 @@ fn tcp_next(state: u8, from_origin: bool, flags: u8) -> u8 {
 
 /// True when the entry has been idle longer than its state's timeout.
 #[inline(always)]
-fn expired(entry: &ConntrackEntry, config: &DataPathConfig, now: u64) -> bool {
+pub fn expired(entry: &ConntrackEntry, config: &DataPathConfig, now: u64) -> bool {
     let timeout_s = config
         .timeouts_s
         .get(entry.state as usize)
@@ -167,6 +168,7 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
     let flow = unsafe { &mut *flow };
     flow.kind = CT_FLOW_NEW;
     flow.state = UNTRACKED;
+    flow.nat = 0;
     if config.stateful == 0 {
         return CLASSIFY;
     }
@@ -198,10 +200,7 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
         PROTO_UDP => (pkt.sport, pkt.dport),
         PROTO_ICMP | PROTO_ICMPV6 => {
             if parse::is_icmp_error(pkt) {
-                if related(ctx, pkt, config, flow) {
-                    return PacketReason::PassRelated;
-                }
-                return CLASSIFY;
+                return related(ctx, pkt, config, flow);
             }
             let (request, reply) = if pkt.is_v6 {
                 (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
@@ -226,21 +225,29 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
         pkt.is_v6, pkt.proto, pkt.vlan, &pkt.src, sport, &pkt.dst, dport,
     );
     flow.src_is_lo = src_is_lo as u8;
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
+    let mut entry = CONNTRACK.get_ptr_mut(&flow.key);
+    if entry.is_none() && config.nat_bindings != 0 {
+        // Perhaps a reply of a translated flow (then flow.nat = CT_NAT_REV
+        // and flow.key is the flow's).
+        entry = nat::reply_flow(flow, src_is_lo);
+    }
+    if let Some(entry) = entry {
         // SAFETY: the pointer comes from a successful lookup and stays valid for this run (RCU),
         // even if the entry is evicted meanwhile; another CPU may update the same flow at once, the
         // accepted race of per-flow state in BPF: at worst an increment or a timestamp is lost.
         let e = unsafe { &mut *entry };
         if expired(e, config, flow.now) {
+            nat::own_tuple(flow);
             flow.replaced = 1;
         } else {
-            let from_origin = src_is_lo == (e.origin_is_lo != 0);
+            let from_origin = flow.nat != CT_NAT_REV && src_is_lo == (e.origin_is_lo != 0);
             // Echo requests belong to the originator, replies to the
             // responder: the other way round is another exchange, which
             // the rules decide without disturbing this one.
             if (pkt.proto == PROTO_ICMP || pkt.proto == PROTO_ICMPV6)
                 && (new_state == ICMP_ECHO) != from_origin
             {
+                nat::own_tuple(flow);
                 return CLASSIFY;
             }
             let next = match pkt.proto {
@@ -253,9 +260,15 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
                 return PacketReason::DropTcpState;
             }
             if next == TCP_REOPEN {
+                nat::own_tuple(flow);
                 flow.state = SYN_SENT;
                 flow.replaced = 1;
                 return CLASSIFY;
+            }
+            // A translated flow's packet from its originator: rewritten by
+            // the forward binding once the verdict stands.
+            if e.nat != 0 && from_origin {
+                flow.nat = CT_NAT_FWD;
             }
             if e.generation != config.generation {
                 flow.kind = CT_FLOW_RECHECK;
@@ -301,6 +314,11 @@ pub fn classify_as_origin(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     if flow.kind != CT_FLOW_RECHECK {
         return ingress;
     }
+    // The rules saw the originator's packet after DNAT and before SNAT:
+    // of this packet's rewrite, only the destination's applies.
+    if flow.nat != 0 {
+        nat::as_classified(pkt, flow);
+    }
     if flow.src_is_lo == 0 {
         core::mem::swap(&mut pkt.src, &mut pkt.dst);
         core::mem::swap(&mut pkt.sport, &mut pkt.dport);
@@ -309,22 +327,31 @@ pub fn classify_as_origin(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     flow.origin_ifindex
 }
 
-/// An ICMP error passes as related when the flow it quotes is tracked.
+/// An ICMP error passes as related when the flow it quotes is tracked; if
+/// that flow is translated, the error is translated with it.
 #[inline(always)]
 fn related(
     ctx: &XdpContext,
     pkt: &Packet,
     config: &DataPathConfig,
     flow: &mut ConntrackScratch,
-) -> bool {
-    if !parse::icmp_quote_key(ctx, pkt, &mut flow.key) {
-        return false;
-    }
+) -> PacketReason {
+    let Some(quote_src_is_lo) = parse::icmp_quote_key(ctx, pkt, &mut flow.key) else {
+        return CLASSIFY;
+    };
     // SAFETY: read only, during this run (RCU keeps the element allocated); a concurrent update can
     // only make the expiry check see the newer timestamp.
     match unsafe { CONNTRACK.get(&flow.key) } {
-        Some(entry) => !expired(entry, config, flow.now),
-        None => false,
+        Some(entry) if !expired(entry, config, flow.now) => {
+            if entry.nat != 0 {
+                nat::error_of_flow(flow, quote_src_is_lo);
+            }
+            PacketReason::PassRelated
+        }
+        None if config.nat_bindings != 0 && nat::error_of_reply(flow, config, quote_src_is_lo) => {
+            PacketReason::PassRelated
+        }
+        _ => CLASSIFY,
     }
 }
 
@@ -378,6 +405,8 @@ pub fn after_classify(
             if CONNTRACK.remove(&flow.key).is_ok() {
                 count(CT_STAT_REVOKED);
             }
+            // The reverse binding, now dead, is reclaimed by the agent's sweep.
+            let _ = NAT_BINDINGS.remove(&flow.key);
             return PacketReason::DropRevoked;
         }
         // Looked up again rather than carried across the classifier.
@@ -411,14 +440,29 @@ pub fn after_classify(
         e.origin_ifindex = ctx.ingress_ifindex() as u32;
         e.state = flow.state;
         e.origin_is_lo = flow.src_is_lo;
-        e._pad16 = 0;
+        e.nat = (flow.nat != 0) as u8;
+        e._pad8 = 0;
         e._pad32 = 0;
-        if CONNTRACK.insert(&flow.key, &flow.new_entry, 0).is_ok() {
+        // A flow to translate is tracked once it is bound (`nat::apply`).
+        if flow.nat == 0 && CONNTRACK.insert(&flow.key, &flow.new_entry, 0).is_ok() {
             count(CT_STAT_CREATED);
             if flow.replaced != 0 {
                 count(CT_STAT_REPLACED);
             }
         }
+    } else {
+        flow.nat = 0;
     }
     reason
+}
+
+/// Tracks the new flow built in the scratch (a translated one, once bound).
+#[inline(always)]
+pub fn insert_new(flow: &ConntrackScratch) {
+    if CONNTRACK.insert(&flow.key, &flow.new_entry, 0).is_ok() {
+        count(CT_STAT_CREATED);
+        if flow.replaced != 0 {
+            count(CT_STAT_REPLACED);
+        }
+    }
 }

@@ -6,7 +6,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use nva_common::{XDP_DROP, XDP_PASS};
+use nva_common::{PacketReason, XDP_DROP, XDP_PASS};
 use nva_ebpf::parse::{self, Parsed};
 use nva_ebpf::verdict::{count_packet, decide};
 
@@ -14,7 +14,7 @@ use nva_ebpf::verdict::{count_packet, decide};
 pub fn nva_xdp(ctx: XdpContext) -> u32 {
     let reason = decide(&ctx);
     count_packet(reason);
-    if reason.is_pass() {
+    if PacketReason::code_is_pass(reason) {
         XDP_PASS
     } else {
         XDP_DROP

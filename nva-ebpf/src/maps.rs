@@ -12,9 +12,10 @@ use aya_ebpf::{
 };
 use nva_common::{
     ClassMatch, ConntrackEntry, ConntrackKey, ConntrackScratch, DataPathConfig, L4Key, LogBudget,
-    ManagementKey, PairKey, PairMatch, RuleAction, RuleCounters, VerdictKey, CAPACITY_ADDR_TABLE,
-    CAPACITY_JOIN_TABLE, CAPACITY_PREFIXES, CT_STATS, ICMP_CLASS_ENTRIES, MAX_RULES,
-    PACKET_REASONS, PORT_CLASS_ENTRIES,
+    ManagementKey, NatBinding, NatCounters, NatMatch, PairKey, PairMatch, RuleAction, RuleCounters,
+    VerdictKey, CAPACITY_ADDR_TABLE, CAPACITY_JOIN_TABLE, CAPACITY_PREFIXES, CT_STATS,
+    ICMP_CLASS_ENTRIES, MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES, PACKET_REASONS,
+    PORT_CLASS_ENTRIES,
 };
 
 /// Index (0 or 1) of the slot the program uses.
@@ -52,6 +53,21 @@ pub static CONNTRACK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CT_
 /// `ConntrackScratch` for why it is not on the stack).
 #[map]
 pub static CONNTRACK_SCRATCH: PerCpuArray<ConntrackScratch> = PerCpuArray::with_max_entries(1, 0);
+/// Bindings of translated flows: a forward one under the flow's conntrack
+/// key, a reverse one under its translated tuple. Not preallocated (memory
+/// follows the translated flows); the agent sizes it at twice
+/// `policy.conntrack_max` and sweeps the bindings of flows that are gone.
+#[map]
+pub static NAT_BINDINGS: HashMap<ConntrackKey, NatBinding> =
+    HashMap::with_max_entries(131_072, BPF_F_NO_PREALLOC);
+/// Per-`[[nat]]`-entry counters, by the entry's stable counter index.
+#[map]
+pub static NAT_COUNTERS: PerCpuArray<NatCounters> = PerCpuArray::with_max_entries(MAX_NAT_RULES, 0);
+/// The parsed packet, in map memory rather than on the small stack; the
+/// classifier's rewrites of it (see `verdict::decide_with`) are then
+/// invisible to the verifier. Not pinned: only a run's scratch.
+#[map]
+pub static PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU time of the last diagnostic log record (aya-log): at most one
 /// a second, so diagnostics never cost every packet. Not pinned: each
 /// loaded program has its own, like aya-log's buffers.
@@ -83,10 +99,13 @@ pub trait Tables {
     fn rule_actions() -> &'static Array<RuleAction>;
     /// Management (failsafe) ports.
     fn management() -> &'static HashMap<ManagementKey, u8>;
+    /// DNAT and SNAT atoms, in order (counts in the slot's config).
+    fn nat_dnat() -> &'static Array<NatMatch>;
+    fn nat_snat() -> &'static Array<NatMatch>;
 }
 
 macro_rules! slot_tables {
-    ($slot:ident, $src_v4:literal, $src_v6:literal, $dst_v4:literal, $dst_v6:literal, $port_class:literal, $icmp_class:literal, $iface_class:literal, $pairs:literal, $dst_only:literal, $src_only:literal, $l4:literal, $verdicts:literal, $rule_actions:literal, $management:literal) => {
+    ($slot:ident, $src_v4:literal, $src_v6:literal, $dst_v4:literal, $dst_v6:literal, $port_class:literal, $icmp_class:literal, $iface_class:literal, $pairs:literal, $dst_only:literal, $src_only:literal, $l4:literal, $verdicts:literal, $rule_actions:literal, $management:literal, $nat_dnat:literal, $nat_snat:literal) => {
         pub mod $slot {
             use super::*;
 
@@ -123,6 +142,10 @@ macro_rules! slot_tables {
             static RULE_ACTIONS: Array<RuleAction> = Array::with_max_entries(MAX_RULES, 0);
             #[map(name = $management)]
             static MANAGEMENT: HashMap<ManagementKey, u8> = HashMap::with_max_entries(64, 0);
+            #[map(name = $nat_dnat)]
+            static NAT_DNAT: Array<NatMatch> = Array::with_max_entries(MAX_NAT_ATOMS, 0);
+            #[map(name = $nat_snat)]
+            static NAT_SNAT: Array<NatMatch> = Array::with_max_entries(MAX_NAT_ATOMS, 0);
 
             pub struct Slot;
 
@@ -183,6 +206,14 @@ macro_rules! slot_tables {
                 fn management() -> &'static HashMap<ManagementKey, u8> {
                     &MANAGEMENT
                 }
+                #[inline(always)]
+                fn nat_dnat() -> &'static Array<NatMatch> {
+                    &NAT_DNAT
+                }
+                #[inline(always)]
+                fn nat_snat() -> &'static Array<NatMatch> {
+                    &NAT_SNAT
+                }
             }
         }
     };
@@ -203,7 +234,9 @@ slot_tables!(
     "L4_0",
     "VERDICTS_0",
     "RULE_ACTIONS_0",
-    "MANAGEMENT_0"
+    "MANAGEMENT_0",
+    "NAT_DNAT_0",
+    "NAT_SNAT_0"
 );
 slot_tables!(
     slot1,
@@ -220,5 +253,7 @@ slot_tables!(
     "L4_1",
     "VERDICTS_1",
     "RULE_ACTIONS_1",
-    "MANAGEMENT_1"
+    "MANAGEMENT_1",
+    "NAT_DNAT_1",
+    "NAT_SNAT_1"
 );

@@ -62,7 +62,7 @@ pub enum Parsed {
 
 /// Bounds-checked pointer to a `T` at `offset` in the packet.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -80,7 +80,7 @@ fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
 
 /// Ethernet and up to two VLAN tags: returns (ethertype, L3 offset).
 #[inline(always)]
-fn parse_ethernet(ctx: &XdpContext, vlan: &mut [u16; 2]) -> Result<(u16, usize), PacketReason> {
+pub fn parse_ethernet(ctx: &XdpContext, vlan: &mut [u16; 2]) -> Result<(u16, usize), PacketReason> {
     let mut proto = read_be16(ctx, ETH_TYPE_OFFSET).ok_or(PacketReason::DropMalformedEthernet)?;
     let mut off = ETH_HDR_LEN;
     // Two tags at most (802.1ad outer, 802.1Q inner); a third is refused.
@@ -257,36 +257,37 @@ pub fn is_icmp_error(pkt: &Packet) -> bool {
 /// the 8-byte ICMP header and the first 8 bytes of its L4 header (all an
 /// error must carry). IPv6 extension headers in the quote are not walked.
 /// Writes into `key` (map memory) rather than the stack: stack is scarce.
+/// Returns whether the quoted packet's source is the key's `lo` endpoint.
 #[inline(always)]
-pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) -> bool {
+pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) -> Option<bool> {
     let off = pkt.l4_off as usize;
     if off > MAX_L4_OFFSET {
-        return false;
+        return None;
     }
     let off = off + 8;
     let (proto, inner_l4) = if pkt.is_v6 {
         let Some(hdr) = ptr_at::<Ipv6Hdr>(ctx, off) else {
-            return false;
+            return None;
         };
         // SAFETY: ptr_at checked that the header lies within the packet
         // (data..data_end), and Ipv6Hdr needs no alignment.
         let hdr = unsafe { &*hdr };
         if hdr.vcf[0] >> 4 != 6 {
-            return false;
+            return None;
         }
         key.addr_lo = hdr.src_addr;
         key.addr_hi = hdr.dst_addr;
         (hdr.next_hdr, off + IPV6_HDR_LEN)
     } else {
         let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, off) else {
-            return false;
+            return None;
         };
         // SAFETY: ptr_at checked that the header lies within the packet
         // (data..data_end), and Ipv4Hdr needs no alignment.
         let hdr = unsafe { &*hdr };
         let hdr_len = ((hdr.vihl & 0x0f) as usize) * 4;
         if hdr.vihl >> 4 != 4 || hdr_len < IPV4_HDR_LEN {
-            return false;
+            return None;
         }
         key.addr_lo = [0; 16];
         key.addr_hi = [0; 16];
@@ -295,7 +296,7 @@ pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) ->
         (hdr.proto, off + hdr_len)
     };
     let Some(l4) = ptr_at::<[u8; 8]>(ctx, inner_l4) else {
-        return false;
+        return None;
     };
     // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a byte
     // array needs no alignment.
@@ -316,16 +317,22 @@ pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) ->
     // order them like any key.
     key.port_lo = sport;
     key.port_hi = dport;
-    key.normalize(pkt.is_v6, proto, pkt.vlan);
-    true
+    Some(key.normalize(pkt.is_v6, proto, pkt.vlan))
 }
 
 /// Parses the frame up to the L4 header.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Parsed, PacketReason> {
-    let mut vlan = [0u16; 2];
-    let (ethertype, l3_off) = parse_ethernet(ctx, &mut vlan)?;
-    let mut pkt = Packet {
+    let mut pkt = Packet::EMPTY;
+    if parse_into(ctx, &mut pkt)? {
+        Ok(Parsed::Ip(pkt))
+    } else {
+        Ok(Parsed::NonIp)
+    }
+}
+
+impl Packet {
+    pub const EMPTY: Packet = Packet {
         is_v6: false,
         src: [0; 16],
         dst: [0; 16],
@@ -336,19 +343,28 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, PacketReason> {
         icmp_type: 0,
         tcp_flags: 0,
         icmp_id: 0,
-        vlan,
+        vlan: [0; 2],
         l4_off: 0,
     };
+}
+
+/// Parses the frame up to the L4 header into `pkt` (which may be map
+/// memory: the data path keeps it off its small stack). Ok(false) for a
+/// frame that is not IP.
+#[inline(always)]
+pub fn parse_into(ctx: &XdpContext, pkt: &mut Packet) -> Result<bool, PacketReason> {
+    *pkt = Packet::EMPTY;
+    let (ethertype, l3_off) = parse_ethernet(ctx, &mut pkt.vlan)?;
     let l4_off = match ethertype {
-        ETH_P_IP => parse_ipv4(ctx, l3_off, &mut pkt)?,
+        ETH_P_IP => parse_ipv4(ctx, l3_off, pkt)?,
         ETH_P_IPV6 => {
             pkt.is_v6 = true;
-            parse_ipv6(ctx, l3_off, &mut pkt)?
+            parse_ipv6(ctx, l3_off, pkt)?
         }
-        _ => return Ok(Parsed::NonIp),
+        _ => return Ok(false),
     };
     if !pkt.later_fragment {
-        parse_l4(ctx, l4_off, &mut pkt)?;
+        parse_l4(ctx, l4_off, pkt)?;
     }
-    Ok(Parsed::Ip(pkt))
+    Ok(true)
 }

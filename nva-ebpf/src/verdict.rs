@@ -8,26 +8,37 @@ use nva_common::{
 };
 
 use crate::maps::{
-    self, Tables, ACTIVE, CONFIG, DIAG_LAST_NS, EVENTS, LOCAL_ADDRS, LOG_BUDGET, PACKET_COUNTERS,
-    RULE_COUNTERS,
+    self, Tables, ACTIVE, CONFIG, DIAG_LAST_NS, EVENTS, LOCAL_ADDRS, LOG_BUDGET, PACKET,
+    PACKET_COUNTERS, RULE_COUNTERS,
 };
-use crate::parse::{self, Packet, Parsed};
-use crate::{classify, conntrack};
+use crate::parse::{self, Packet};
+use crate::{classify, conntrack, nat};
 
-/// The verdict for one frame: parse, conntrack, management failsafe, rules.
+/// The verdict for one frame (a [`PacketReason`] number): parse,
+/// conntrack, management failsafe, rules, then NAT.
 #[inline(always)]
-pub fn decide(ctx: &XdpContext) -> PacketReason {
-    let mut pkt = match parse::parse(ctx) {
-        Ok(Parsed::Ip(pkt)) => pkt,
-        Ok(Parsed::NonIp) => return PacketReason::PassNonIp,
-        Err(reason) => return reason,
+pub fn decide(ctx: &XdpContext) -> u32 {
+    // The parsed packet lives in map memory, off the program's small stack.
+    let Some(pkt) = PACKET.get_ptr_mut(0) else {
+        return PacketReason::PassNotReady as u32;
     };
+    // SAFETY: the pointer comes from a successful per-CPU map lookup, so it is valid and aligned
+    // for the value; the slot is this CPU's, XDP runs do not nest on a CPU, and nothing else
+    // references it during this run.
+    let pkt = unsafe { &mut *pkt };
+    match parse::parse_into(ctx, pkt) {
+        Ok(true) => {}
+        Ok(false) => return PacketReason::PassNonIp as u32,
+        Err(reason) => return reason as u32,
+    }
     // One read decides the rule set for this packet: a reload flips ACTIVE
     // only once the other slot is complete.
-    match ACTIVE.get(0).copied().unwrap_or(0) {
-        0 => decide_with::<maps::slot0::Slot>(ctx, &mut pkt, 0),
-        _ => decide_with::<maps::slot1::Slot>(ctx, &mut pkt, 1),
-    }
+    let reason = match ACTIVE.get(0).copied().unwrap_or(0) {
+        0 => decide_with::<maps::slot0::Slot>(ctx, pkt, 0),
+        _ => decide_with::<maps::slot1::Slot>(ctx, pkt, 1),
+    };
+    // NAT rewrites what passes, in this (the shallowest) stack frame.
+    nat::apply(ctx, pkt, reason)
 }
 
 // A function of its own (a BPF-to-BPF call) per slot: each gets its own
@@ -64,8 +75,17 @@ fn decide_with<T: Tables>(ctx: &XdpContext, pkt: &mut Packet, slot: u32) -> Pack
     if let Some(drop) = conntrack::pending_drop() {
         return drop;
     }
+    // From here `pkt` is the packet as the classifier sees it (turned
+    // around for a re-check, DNAT applied). It is map memory, so these
+    // rewrites are invisible to the verifier, which explores the classifier
+    // once per slot rather than once per rewrite.
     let ifindex = conntrack::classify_as_origin(ctx, pkt);
+    // Netfilter's order: DNAT before the rules, SNAT after them.
+    nat::dnat::<T>(pkt, ifindex, config);
     let (reason, counter) = rule_verdict::<T>(ctx, pkt, ifindex, config);
+    if reason.is_pass() {
+        nat::snat::<T>(pkt, ifindex, config);
+    }
     conntrack::after_classify(ctx, reason, counter, config)
 }
 
@@ -177,10 +197,10 @@ fn is_management<T: Tables>(pkt: &Packet) -> bool {
     unsafe { LOCAL_ADDRS.get(&local) }.is_some()
 }
 
-/// Counts a verdict by reason (per CPU).
+/// Counts a verdict by reason (its number; per CPU).
 #[inline(always)]
-pub fn count_packet(reason: PacketReason) {
-    if let Some(counter) = PACKET_COUNTERS.get_ptr_mut(reason as u32) {
+pub fn count_packet(reason: u32) {
+    if let Some(counter) = PACKET_COUNTERS.get_ptr_mut(reason) {
         // SAFETY: the pointer comes from a successful per-CPU map lookup, so it is valid and
         // aligned for the value; the slot is this CPU's and XDP runs do not nest on a CPU, so
         // nothing else writes it during this run (userspace only reads it, or zeroes slots not in

@@ -28,4 +28,5 @@ pub mod conntrack;
 pub mod datapath;
 pub mod failover;
 pub mod http;
+pub mod nat;
 pub mod policy;

@@ -491,7 +491,8 @@ fn rule_change_revokes_flows_the_new_rules_refuse() {
         // Generation 2 no longer allows tcp/80.
         let compiled = compile(&outbound_rules(false), &policy(false, Default::default())).unwrap();
         let counters: Vec<u32> = (0..compiled.rule_actions.len() as u32).collect();
-        dp.install(&compiled, 2, &counters, &|_| None).unwrap();
+        dp.install(&compiled, &Default::default(), 2, &counters, &|_| None)
+            .unwrap();
         // The next packet of the web flow, from either side, is dropped and
         // the flow forgotten.
         assert_eq!(
@@ -537,7 +538,8 @@ fn full_table_evicts_least_recent_flows_and_keeps_admitting() {
         let compiled = compile(&outbound_rules(true), &policy(false, Default::default())).unwrap();
         let mut dp = DataPath::open(None, TABLE).unwrap();
         let counters: Vec<u32> = (0..compiled.rule_actions.len() as u32).collect();
-        dp.install(&compiled, 1, &counters, &|_| None).unwrap();
+        dp.install(&compiled, &Default::default(), 1, &counters, &|_| None)
+            .unwrap();
         let (b, c) = (BACKEND, CLIENT);
         for sport in 0..FLOWS {
             assert_eq!(run(&dp, &udp4(b, 10_000 + sport, c, 53), 0).1, R::PassRule);

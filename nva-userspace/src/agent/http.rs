@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use nva_common::{map_names as names, PacketReason, RuleCounters};
+use nva_common::{map_names as names, NatCounters, PacketReason, RuleCounters};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use super::health::HealthReport;
 use super::AgentState;
 use crate::datapath::pin::PinLayout;
-use crate::datapath::{open_pinned, read_counters, read_packet_counters};
+use crate::datapath::{open_pinned, read_counters, read_nat_counters, read_packet_counters};
 use crate::http::exposition::{family, render, single, CONTENT_TYPE};
 use crate::http::server::{reply, Limits};
 
@@ -123,10 +123,17 @@ pub fn metrics(snap: Arc<Snapshot>, layout: &PinLayout) -> Result<String, HttpEr
     )?))?;
     let indices: Vec<u32> = snap.state.rules.iter().map(|r| r.counter).collect();
     let rules = read_counters(&map, &indices)?;
+    let nat_map = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open_pinned(
+        layout,
+        names::NAT_COUNTERS,
+    )?))?;
+    let nat_indices: Vec<u32> = snap.state.nat.iter().map(|r| r.counter).collect();
+    let nat = read_nat_counters(&nat_map, &nat_indices)?;
     Ok(render(AgentMetrics {
         snap,
         packets,
         rules,
+        nat,
     })?)
 }
 
@@ -137,6 +144,8 @@ struct AgentMetrics {
     packets: Vec<u64>,
     /// In the order of `snap.state.rules`.
     rules: Vec<RuleCounters>,
+    /// In the order of `snap.state.nat`.
+    nat: Vec<NatCounters>,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -176,6 +185,25 @@ impl Collector for AgentMetrics {
             "Bytes matched by each rule.",
             MetricType::Counter,
             rule_names().zip(self.rules.iter().map(|c| ConstCounter::new(c.bytes))),
+        )?;
+        let nat_names = || snap.state.nat.iter().map(|r| [("rule", r.name.as_str())]);
+        family(
+            &mut enc,
+            "nva_nat_translations",
+            "Flows translated by each [[nat]] entry.",
+            MetricType::Counter,
+            nat_names().zip(self.nat.iter().map(|c| ConstCounter::new(c.translations))),
+        )?;
+        family(
+            &mut enc,
+            "nva_nat_port_exhausted",
+            "New flows of each SNAT entry dropped because no port of to_ports was free.",
+            MetricType::Counter,
+            nat_names().zip(
+                self.nat
+                    .iter()
+                    .map(|c| ConstCounter::new(c.ports_exhausted)),
+            ),
         )?;
         let ct = &snap.conntrack;
         single(

@@ -20,6 +20,7 @@ use crate::agent::health::{HealthInputs, HealthProbe, HealthReport};
 use crate::classifier::compiler::{compile, CompiledRuleSet};
 use crate::datapath::pin::{ensure_bpffs, state_dir, PinLayout};
 use crate::datapath::{ifindex_by_name, Attachment, DataPath};
+use crate::nat::CompiledNat;
 use crate::policy::config::load_config;
 use crate::policy::model::Config;
 
@@ -32,6 +33,9 @@ pub struct AgentState {
     pub ruleset_hash: String,
     /// Shared: the state is copied into every published snapshot.
     pub rules: std::sync::Arc<Vec<RuleState>>,
+    /// `[[nat]]` entries and their NAT counter indexes (`action` is the kind).
+    #[serde(default)]
+    pub nat: std::sync::Arc<Vec<RuleState>>,
     pub pid: u32,
     pub started_unix: u64,
     pub reloads_ok: u64,
@@ -164,7 +168,7 @@ pub fn read_status(bpffs: &Path) -> anyhow::Result<serde_json::Value> {
 fn ruleset_hash(config: &Config) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    format!("{:?}{:?}", config.rules, config.policy).hash(&mut h);
+    format!("{:?}{:?}{:?}", config.rules, config.policy, config.nat).hash(&mut h);
     format!("{:016x}", h.finish())
 }
 
@@ -172,7 +176,10 @@ fn ruleset_hash(config: &Config) -> String {
 /// no rule of the previous set used, so a counter freed by this reload is
 /// reused only by a later one (after it was zeroed). Returns (indexes per
 /// rule, indexes freed, indexes newly taken).
-fn assign_counters(previous: &[RuleState], config: &Config) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+fn assign_counters<'a>(
+    previous: &[RuleState],
+    names: impl Iterator<Item = &'a str>,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let old: HashMap<&str, u32> = previous
         .iter()
         .map(|r| (r.name.as_str(), r.counter))
@@ -180,10 +187,8 @@ fn assign_counters(previous: &[RuleState], config: &Config) -> (Vec<u32>, Vec<u3
     let mut used: std::collections::HashSet<u32> = previous.iter().map(|r| r.counter).collect();
     let mut next_free = 0u32;
     let mut taken = Vec::new();
-    let counters: Vec<u32> = config
-        .rules
-        .iter()
-        .map(|r| match old.get(r.name.as_str()) {
+    let counters: Vec<u32> = names
+        .map(|name| match old.get(name) {
             Some(&c) => c,
             None => {
                 while used.contains(&next_free) {
@@ -249,12 +254,15 @@ impl Agent {
         };
         let (_, active_cfg) = datapath.active()?;
         let generation = previous.generation.max(active_cfg.generation) + 1;
-        let (counters, freed, taken) = assign_counters(&previous.rules, &config);
+        let (counters, freed, taken) = assign_counters(&previous.rules, rule_names(&config));
+        let (nat_counters, _, nat_taken) = assign_counters(&previous.nat, nat_names(&config));
         datapath.set_local_addrs(&crate::datapath::local_addrs())?;
         // New rules start from zero (their index may have served a rule
         // removed by an earlier reload).
         datapath.reset_counters(&taken)?;
-        datapath.install(&compiled, generation, &counters, &ifindex_by_name)?;
+        datapath.reset_nat_counters(&nat_taken)?;
+        let nat = CompiledNat::compile(&config.nat).tables(&nat_counters, &ifindex_by_name);
+        datapath.install(&compiled, &nat, generation, &counters, &ifindex_by_name)?;
         if let Err(e) = datapath.reset_counters(&freed) {
             tracing::warn!(error = %e, "zeroing counters of removed rules");
         }
@@ -272,6 +280,7 @@ impl Agent {
             generation,
             ruleset_hash: ruleset_hash(&config),
             rules: std::sync::Arc::new(rule_states(&config, &counters)),
+            nat: std::sync::Arc::new(nat_states(&config, &nat_counters)),
             pid: std::process::id(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -346,17 +355,21 @@ impl Agent {
         let compiled = compile(&config.rules, &config.policy)?;
         let compile_time = started.elapsed();
         let generation = self.state.generation + 1;
-        let (counters, freed, taken) = assign_counters(&self.state.rules, &config);
+        let (counters, freed, taken) = assign_counters(&self.state.rules, rule_names(&config));
+        let (nat_counters, _, nat_taken) = assign_counters(&self.state.nat, nat_names(&config));
         self.datapath.reset_counters(&taken)?;
-        let cleanup = self
-            .datapath
-            .install(&compiled, generation, &counters, &ifindex_by_name)?;
+        self.datapath.reset_nat_counters(&nat_taken)?;
+        let nat = CompiledNat::compile(&config.nat).tables(&nat_counters, &ifindex_by_name);
+        let cleanup =
+            self.datapath
+                .install(&compiled, &nat, generation, &counters, &ifindex_by_name)?;
         // Live since the switch; freeing the old slot came after it.
         let live_after = started.elapsed().saturating_sub(cleanup);
         // Live from here: record it before anything else can fail.
         self.state.generation = generation;
         self.state.ruleset_hash = ruleset_hash(&config);
         self.state.rules = std::sync::Arc::new(rule_states(&config, &counters));
+        self.state.nat = std::sync::Arc::new(nat_states(&config, &nat_counters));
         if let Err(e) = self.datapath.reset_counters(&freed) {
             tracing::warn!(error = %e, "zeroing counters of removed rules");
         }
@@ -451,6 +464,27 @@ impl Agent {
             tracing::info!("exiting; the data path keeps enforcing the last rule set");
         }
     }
+}
+
+fn rule_names(config: &Config) -> impl Iterator<Item = &str> {
+    config.rules.iter().map(|r| r.name.as_str())
+}
+
+fn nat_names(config: &Config) -> impl Iterator<Item = &str> {
+    config.nat.iter().map(|n| n.name.as_str())
+}
+
+fn nat_states(config: &Config, counters: &[u32]) -> Vec<RuleState> {
+    config
+        .nat
+        .iter()
+        .zip(counters)
+        .map(|(n, &counter)| RuleState {
+            name: n.name.clone(),
+            action: format!("{:?}", n.kind).to_lowercase(),
+            counter,
+        })
+        .collect()
 }
 
 fn rule_states(config: &Config, counters: &[u32]) -> Vec<RuleState> {

@@ -2,7 +2,7 @@
 //! packet reason, summed over CPUs.
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
-use nva_common::{map_names as names, RuleCounters, PACKET_REASONS};
+use nva_common::{map_names as names, NatCounters, RuleCounters, PACKET_REASONS};
 
 use super::{map_err, DataPath, DataPathError};
 
@@ -88,6 +88,21 @@ impl DataPath {
         Ok(())
     }
 
+    /// Zeroes NAT counters (of `[[nat]]` entries new to the rule set).
+    pub fn reset_nat_counters(&mut self, indices: &[u32]) -> Result<(), DataPathError> {
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| DataPathError::Capacity(e.to_string()))?;
+        let mut map: PerCpuArray<_, NatCounters> = self
+            .map_mut(names::NAT_COUNTERS)?
+            .try_into()
+            .map_err(map_err(names::NAT_COUNTERS))?;
+        for &i in indices {
+            let zeros = PerCpuValues::try_from(vec![NatCounters::default(); ncpu])
+                .map_err(|e| DataPathError::Capacity(e.to_string()))?;
+            map.set(i, zeros, 0).map_err(map_err(names::NAT_COUNTERS))?;
+        }
+        Ok(())
+    }
+
     /// Packet counters by reason, summed over CPUs.
     pub fn packet_counters(&self) -> Result<Vec<u64>, DataPathError> {
         read_packet_counters(
@@ -96,4 +111,23 @@ impl DataPath {
                 .map_err(map_err(names::PACKET_COUNTERS))?,
         )
     }
+}
+
+/// Sums per-CPU NAT counters at `indices`.
+pub fn read_nat_counters<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, NatCounters>,
+    indices: &[u32],
+) -> Result<Vec<NatCounters>, DataPathError> {
+    indices
+        .iter()
+        .map(|&i| {
+            let per_cpu = map.get(&i, 0).map_err(map_err(names::NAT_COUNTERS))?;
+            Ok(per_cpu
+                .iter()
+                .fold(NatCounters::default(), |acc, c| NatCounters {
+                    translations: acc.translations + c.translations,
+                    ports_exhausted: acc.ports_exhausted + c.ports_exhausted,
+                }))
+        })
+        .collect()
 }

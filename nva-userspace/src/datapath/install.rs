@@ -7,11 +7,11 @@ use std::time::Duration;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::Array;
 use nva_common::{
-    map_names as names, ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey, PairMatch,
-    VerdictKey, MAX_RULES,
+    map_names as names, ClassMatch, ConntrackKey, DataPathConfig, L4Key, ManagementKey, NatBinding,
+    NatMatch, PairKey, PairMatch, VerdictKey, MAX_NAT_ATOMS, MAX_RULES,
 };
 
-use super::{map_err, map_fd, slot_name, ArrayShadow, DataPath, DataPathError};
+use super::{map_err, map_fd, slot_name, ArrayShadow, DataPath, DataPathError, NatTables};
 use crate::classifier::{CompiledRuleSet, PrefixClass, TableSink};
 
 /// Extra margin after the RCU grace period below.
@@ -41,6 +41,7 @@ impl DataPath {
     pub fn install(
         &mut self,
         rules: &CompiledRuleSet,
+        nat: &NatTables,
         generation: u64,
         counters: &[u32],
         ifindex_of: &dyn Fn(&str) -> Option<u32>,
@@ -48,7 +49,7 @@ impl DataPath {
         let (active, _) = self.active()?;
         let target = 1 - active;
         self.clear_slot(target)?;
-        self.write_slot(target, rules, generation, counters, ifindex_of)?;
+        self.write_slot(target, rules, nat, generation, counters, ifindex_of)?;
         // The switch: one write; each packet reads ACTIVE once.
         let mut flag: Array<_, u32> =
             Array::try_from(self.map_mut(names::ACTIVE)?).map_err(map_err(names::ACTIVE))?;
@@ -137,6 +138,7 @@ impl DataPath {
         &mut self,
         slot: u32,
         rules: &CompiledRuleSet,
+        nat: &NatTables,
         generation: u64,
         counters: &[u32],
         ifindex_of: &dyn Fn(&str) -> Option<u32>,
@@ -160,13 +162,42 @@ impl DataPath {
         rules.write_tables(&mut sink, counters, ifindex_of)?;
         let written = sink.written;
         self.shadow[slot as usize] = Some(written);
+        for (table, atoms) in [(names::NAT_DNAT, &nat.dnat), (names::NAT_SNAT, &nat.snat)] {
+            if atoms.len() > MAX_NAT_ATOMS as usize {
+                return Err(DataPathError::Capacity(format!(
+                    "{} {table} matches (at most {MAX_NAT_ATOMS})",
+                    atoms.len()
+                )));
+            }
+            let name = slot_name(table, slot);
+            let mut map: Array<_, NatMatch> =
+                Array::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
+            for (i, m) in atoms.iter().enumerate() {
+                map.set(i as u32, m, 0).map_err(map_err(&name))?;
+            }
+        }
+        // Replies of translated flows are looked up while bindings may
+        // exist: with NAT configured, or bindings left from before.
+        let bindings = !nat.dnat.is_empty() || !nat.snat.is_empty() || self.nat_bindings_exist()?;
+        let mut slot_config = rules.slot_config(generation);
+        slot_config.nat_dnat = nat.dnat.len() as u8;
+        slot_config.nat_snat = nat.snat.len() as u8;
+        slot_config.nat_bindings = bindings as u8;
         // Last: the slot's settings, ready.
         let mut config: Array<_, DataPathConfig> =
             Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
         config
-            .set(slot, rules.slot_config(generation), 0)
+            .set(slot, slot_config, 0)
             .map_err(map_err(names::CONFIG))?;
         Ok(())
+    }
+
+    /// True when the NAT map holds any binding.
+    fn nat_bindings_exist(&self) -> Result<bool, DataPathError> {
+        let map: aya::maps::HashMap<_, ConntrackKey, NatBinding> =
+            aya::maps::HashMap::try_from(self.map(names::NAT_BINDINGS)?)
+                .map_err(map_err(names::NAT_BINDINGS))?;
+        Ok(map.keys().next().is_some())
     }
 }
 

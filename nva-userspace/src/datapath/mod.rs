@@ -9,7 +9,7 @@ mod install;
 pub mod pin;
 
 pub use attach::{pinned_link_target, Attachment};
-pub use counters::{read_counters, read_packet_counters};
+pub use counters::{read_counters, read_nat_counters, read_packet_counters};
 
 use std::time::Duration;
 
@@ -21,12 +21,13 @@ use nva_common::{map_names as names, DataPathConfig, XDP_PROGRAM};
 
 use crate::classifier::compiler::CompiledRuleSet;
 use crate::datapath::pin::PinLayout;
+pub use crate::nat::NatTables;
 
 /// The XDP object built by build.rs from nva-ebpf.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nva"));
 
 /// Rule tables that exist once per slot (named `{NAME}_{slot}`).
-const SLOT_MAPS: [&str; 14] = [
+const SLOT_MAPS: [&str; 16] = [
     names::SRC_V4,
     names::SRC_V6,
     names::DST_V4,
@@ -41,8 +42,10 @@ const SLOT_MAPS: [&str; 14] = [
     names::VERDICTS,
     names::RULE_ACTIONS,
     names::MANAGEMENT,
+    names::NAT_DNAT,
+    names::NAT_SNAT,
 ];
-const GLOBAL_MAPS: [&str; 7] = [
+const GLOBAL_MAPS: [&str; 9] = [
     names::ACTIVE,
     names::CONFIG,
     names::RULE_COUNTERS,
@@ -50,6 +53,8 @@ const GLOBAL_MAPS: [&str; 7] = [
     names::LOCAL_ADDRS,
     names::CONNTRACK,
     names::CONNTRACK_STATS,
+    names::NAT_BINDINGS,
+    names::NAT_COUNTERS,
 ];
 
 /// Conntrack table size of [`DataPath::load`] (tests and one-shot tools).
@@ -152,6 +157,8 @@ impl DataPath {
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, conntrack_max);
+        // A translated flow has two bindings; not preallocated.
+        loader.map_max_entries(names::NAT_BINDINGS, conntrack_max.saturating_mul(2));
         let all = pinned_map_names();
         let paths: Vec<(String, std::path::PathBuf)> = match pins {
             Some(p) => all.iter().map(|n| (n.clone(), p.map(n))).collect(),
@@ -195,7 +202,13 @@ impl DataPath {
         let mut dp = DataPath::open(None, UNPINNED_CONNTRACK_MAX)?;
         dp.set_local_addrs(&local_addrs())?;
         let counters: Vec<u32> = (0..rules.rule_actions.len() as u32).collect();
-        dp.install(rules, generation, &counters, ifindex_of)?;
+        dp.install(
+            rules,
+            &NatTables::default(),
+            generation,
+            &counters,
+            ifindex_of,
+        )?;
         Ok(dp)
     }
 

@@ -231,10 +231,71 @@ impl ConntrackTimeouts {
     }
 }
 
+/// What a `[[nat]]` entry translates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NatKind {
+    /// A new destination, decided before the rules.
+    Dnat,
+    /// A new source, decided after the rules.
+    Snat,
+}
+
+/// Default `to_ports` of an SNAT entry.
+pub const DEFAULT_SNAT_PORTS: PortRange = PortRange {
+    lo: 1024,
+    hi: 65535,
+};
+
+/// One `[[nat]]` entry, validated. `matches` holds the match fields (its
+/// `action` and `log` mean nothing here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nat {
+    pub name: String,
+    pub kind: NatKind,
+    pub matches: Rule,
+    /// The new destination (DNAT) or source (SNAT) address.
+    pub to: IpAddr,
+    /// DNAT: the new destination port (None: keep the packet's).
+    pub to_port: Option<u16>,
+    /// SNAT: the source ports to allocate from.
+    pub to_ports: PortRange,
+}
+
+impl Nat {
+    /// The address families the entry translates: those of `to` that its
+    /// match admits (NAT keeps the family).
+    pub fn family_v4(&self) -> bool {
+        self.to.is_ipv4()
+    }
+
+    /// How many data-path matches (atoms) the entry takes: one per
+    /// combination of its source and destination prefixes (of `to`'s
+    /// family), port ranges and ICMP types.
+    pub fn atom_count(&self) -> usize {
+        let m = &self.matches;
+        let v4 = self.family_v4();
+        let prefixes = |l: &[Cidr]| {
+            if l.is_empty() {
+                1
+            } else {
+                l.iter().filter(|c| c.is_v4() == v4).count()
+            }
+        };
+        let n = |len: usize| len.max(1);
+        prefixes(&m.src)
+            * prefixes(&m.dst)
+            * n(m.sport.len())
+            * n(m.dport.len())
+            * n(m.icmp_type.len())
+    }
+}
+
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub agent: AgentSettings,
     pub policy: PolicySettings,
     pub rules: Vec<Rule>,
+    /// `[[nat]]` entries, in file order.
+    pub nat: Vec<Nat>,
 }

@@ -5,11 +5,13 @@
 //! a syntax error, an unknown key or a value of the wrong type stops there
 //! with a single error. Validation then checks the meaning of every value
 //! and collects *all* problems at `FILE:LINE:COL`. One file per table:
-//! [`agent`] (`[agent]`), [`policy`] (`[policy]`), [`rules`] (`[[rules]]`).
+//! [`agent`] (`[agent]`), [`policy`] (`[policy]`), [`rules`] (`[[rules]]`),
+//! [`nat`] (`[[nat]]`).
 //!
 //! [`model::Config`]: crate::policy::model::Config
 
 mod agent;
+mod nat;
 mod policy;
 mod rules;
 #[cfg(test)]
@@ -22,6 +24,7 @@ use toml::Spanned;
 
 use crate::configfile::{self, Checker, ConfigError, Names};
 use crate::policy::model::{Action, Config};
+use rules::MatchTable;
 
 pub use agent::{
     DEFAULT_BPFFS, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_LISTEN, MAX_IFACE_NAME_LEN,
@@ -69,6 +72,8 @@ struct RawFile {
     policy: Option<Spanned<policy::RawPolicy>>,
     #[serde(default)]
     rules: Vec<Spanned<rules::RawRule>>,
+    #[serde(default)]
+    nat: Vec<Spanned<nat::RawNat>>,
 }
 
 /// The validation of one file.
@@ -100,16 +105,18 @@ impl Ctx<'_> {
         let mut rules = Vec::with_capacity(raw.rules.len());
         let mut rules_ok = true;
         for r in raw.rules {
-            match self.rule(r, ifaces, agent.is_some(), &mut names) {
+            match self.rule(r, ifaces, agent.is_some(), &mut names, MatchTable::Rules) {
                 Some(rule) => rules.push(rule),
                 None => rules_ok = false,
             }
         }
-        match (agent, policy, rules_ok) {
-            (Some(agent), Some(policy), true) => Some(Config {
+        let nat = self.nat_entries(raw.nat, ifaces, agent.is_some(), policy.as_ref());
+        match (agent, policy, rules_ok, nat) {
+            (Some(agent), Some(policy), true, Some(nat)) => Some(Config {
                 agent,
                 policy,
                 rules,
+                nat,
             }),
             _ => None,
         }

@@ -14,16 +14,39 @@ pub const MAX_RULE_NAME_LEN: usize = 63;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
-    name: Option<Spanned<String>>,
-    action: Option<Spanned<String>>,
-    proto: Option<Spanned<String>>,
-    src: Option<Spanned<OneOrMany>>,
-    dst: Option<Spanned<OneOrMany>>,
-    sport: Option<Spanned<OneOrMany>>,
-    dport: Option<Spanned<OneOrMany>>,
-    icmp_type: Option<Spanned<OneOrMany>>,
-    in_iface: Option<Spanned<String>>,
-    log: Option<bool>,
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) action: Option<Spanned<String>>,
+    pub(super) proto: Option<Spanned<String>>,
+    pub(super) src: Option<Spanned<OneOrMany>>,
+    pub(super) dst: Option<Spanned<OneOrMany>>,
+    pub(super) sport: Option<Spanned<OneOrMany>>,
+    pub(super) dport: Option<Spanned<OneOrMany>>,
+    pub(super) icmp_type: Option<Spanned<OneOrMany>>,
+    pub(super) in_iface: Option<Spanned<String>>,
+    pub(super) log: Option<bool>,
+}
+
+/// The table a set of match fields comes from: `[[rules]]` (with an
+/// action) or `[[nat]]` (the match of a translation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum MatchTable {
+    Rules,
+    Nat,
+}
+
+impl MatchTable {
+    fn noun(self) -> &'static str {
+        match self {
+            MatchTable::Rules => "rule",
+            MatchTable::Nat => "nat entry",
+        }
+    }
+    fn table(self) -> &'static str {
+        match self {
+            MatchTable::Rules => "[[rules]]",
+            MatchTable::Nat => "[[nat]]",
+        }
+    }
 }
 
 /// Which address families a list of prefixes admits (empty list: both).
@@ -59,7 +82,9 @@ impl Ctx<'_> {
         ifaces: &[String],
         ifaces_known: bool,
         names: &mut Names,
+        table: MatchTable,
     ) -> Option<Rule> {
+        let noun = table.noun();
         let rule_span = raw.span();
         let raw = raw.into_inner();
         let mark = self.c.mark();
@@ -68,7 +93,10 @@ impl Ctx<'_> {
             None => {
                 self.c.err(
                     rule_span.clone(),
-                    "rule without a name: every [[rules]] needs a unique name",
+                    format!(
+                        "{noun} without a name: every {} needs a unique name",
+                        table.table()
+                    ),
                 );
                 String::new()
             }
@@ -78,39 +106,42 @@ impl Ctx<'_> {
                     self.c.err(
                         v.span(),
                         format!(
-                            "rule name {name:?} must be 1 to {MAX_RULE_NAME_LEN} bytes long (it is {})",
+                            "{noun} name {name:?} must be 1 to {MAX_RULE_NAME_LEN} bytes long (it is {})",
                             name.len()
                         ),
                     );
                 } else if name.chars().any(char::is_control) {
                     self.c.err(
                         v.span(),
-                        format!("rule name {name:?} contains control characters"),
+                        format!("{noun} name {name:?} contains control characters"),
                     );
                 } else if let Some(first) = names.first_use(name, v.span().start) {
                     let first = self.c.line_of(first);
                     self.c.err(
                         v.span(),
-                        format!("duplicate rule name {name:?} (first used on line {first})"),
+                        format!("duplicate {noun} name {name:?} (first used on line {first})"),
                     );
                 }
                 name.clone()
             }
         };
         let what = if name.is_empty() {
-            "rule".to_string()
+            noun.to_string()
         } else {
-            format!("rule {name:?}")
+            format!("{noun} {name:?}")
         };
 
-        let action = self
-            .c
-            .required(
-                &raw.action,
-                rule_span.clone(),
-                format!("{what} has no action (\"allow\" or \"drop\")"),
-            )
-            .and_then(|v| self.action("action", v));
+        let action = if table == MatchTable::Nat {
+            Some(crate::policy::model::Action::Allow)
+        } else {
+            self.c
+                .required(
+                    &raw.action,
+                    rule_span.clone(),
+                    format!("{what} has no action (\"allow\" or \"drop\")"),
+                )
+                .and_then(|v| self.action("action", v))
+        };
 
         let proto = match &raw.proto {
             None => Some(Proto::Any),

@@ -131,3 +131,125 @@ pub fn frame_for(pkt: &PacketView) -> Vec<u8> {
         _ => panic!("mixed address families"),
     }
 }
+
+/// The Internet checksum (RFC 1071) of `data`, with `initial` (a partial
+/// sum, e.g. of a pseudo-header) folded in.
+pub fn internet_checksum(initial: u32, data: &[u8]) -> u16 {
+    let mut sum = initial;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn sum_words(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum()
+}
+
+/// Where the headers of an untagged IPv4 or IPv6 frame are: (is_v6, L3
+/// offset, protocol, L4 offset, L4 length).
+fn layout(frame: &[u8]) -> (bool, usize, u8, usize, usize) {
+    let is_v6 = u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_IPV6;
+    if is_v6 {
+        let plen = u16::from_be_bytes([frame[18], frame[19]]) as usize;
+        (true, 14, frame[20], 54, plen)
+    } else {
+        let ihl = ((frame[14] & 0x0f) as usize) * 4;
+        let total = u16::from_be_bytes([frame[16], frame[17]]) as usize;
+        (false, 14, frame[23], 14 + ihl, total - ihl)
+    }
+}
+
+/// Offset of the checksum within an L4 header of protocol `proto`.
+fn l4_check_offset(proto: u8) -> Option<usize> {
+    match proto {
+        6 => Some(16),
+        17 => Some(6),
+        1 | 58 => Some(2),
+        _ => None,
+    }
+}
+
+/// The pseudo-header sum of an IP packet at `l3` (none for ICMPv4).
+fn pseudo_sum(pkt: &[u8], l3: usize, is_v6: bool, proto: u8, l4_len: usize) -> u32 {
+    if proto == 1 {
+        return 0;
+    }
+    let addrs = if is_v6 {
+        &pkt[l3 + 8..l3 + 40]
+    } else {
+        &pkt[l3 + 12..l3 + 20]
+    };
+    sum_words(addrs) + proto as u32 + l4_len as u32
+}
+
+/// Computes every checksum of an untagged IPv4/IPv6 frame (IPv4 header,
+/// TCP, UDP, ICMP, ICMPv6) from scratch, as a sender would.
+pub fn with_checksums(mut frame: Vec<u8>) -> Vec<u8> {
+    let (is_v6, l3, proto, l4, l4_len) = layout(&frame);
+    if !is_v6 {
+        let ihl = ((frame[l3] & 0x0f) as usize) * 4;
+        frame[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+        let c = internet_checksum(0, &frame[l3..l3 + ihl]);
+        frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+    }
+    if let Some(off) = l4_check_offset(proto) {
+        frame[l4 + off..l4 + off + 2].copy_from_slice(&[0, 0]);
+        let pseudo = pseudo_sum(&frame, l3, is_v6, proto, l4_len);
+        let mut c = internet_checksum(pseudo, &frame[l4..l4 + l4_len]);
+        if proto == 17 && c == 0 {
+            c = 0xffff;
+        }
+        frame[l4 + off..l4 + off + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    frame
+}
+
+/// Checks every checksum of an untagged IPv4/IPv6 frame as a receiver
+/// would; an IPv4 UDP checksum of zero means none. Err names the first
+/// wrong one.
+pub fn check_checksums(frame: &[u8]) -> Result<(), String> {
+    let (is_v6, l3, proto, l4, l4_len) = layout(frame);
+    if !is_v6 {
+        let ihl = ((frame[l3] & 0x0f) as usize) * 4;
+        if internet_checksum(0, &frame[l3..l3 + ihl]) != 0 {
+            return Err("IPv4 header checksum".into());
+        }
+    }
+    if l4_check_offset(proto).is_some() {
+        if proto == 17 && !is_v6 && frame[l4 + 6..l4 + 8] == [0, 0] {
+            return Ok(());
+        }
+        let pseudo = pseudo_sum(frame, l3, is_v6, proto, l4_len);
+        if internet_checksum(pseudo, &frame[l4..l4 + l4_len]) != 0 {
+            return Err(format!("L4 checksum (protocol {proto})"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the checksums of the packet an ICMP error quotes (its IP header
+/// and, when the quote holds the whole L4 segment, its L4 checksum).
+pub fn check_quoted_checksums(frame: &[u8]) -> Result<(), String> {
+    let (is_v6, _, _, l4, _) = layout(frame);
+    let mut inner = frame[..14].to_vec();
+    inner.extend_from_slice(&frame[l4 + 8..]);
+    let (_, l3, _, _, _) = layout(&inner);
+    if !is_v6 {
+        let ihl = ((inner[l3] & 0x0f) as usize) * 4;
+        if internet_checksum(0, &inner[l3..l3 + ihl]) != 0 {
+            return Err("quoted IPv4 header checksum".into());
+        }
+    }
+    check_checksums(&inner).map_err(|e| format!("quoted {e}"))
+}

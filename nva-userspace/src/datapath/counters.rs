@@ -88,6 +88,15 @@ impl DataPath {
         Ok(())
     }
 
+    /// NAT counters at the given indices, summed over CPUs.
+    pub fn nat_counters(&self, indices: &[u32]) -> Result<Vec<NatCounters>, DataPathError> {
+        let map: PerCpuArray<_, NatCounters> = self
+            .map(names::NAT_COUNTERS)?
+            .try_into()
+            .map_err(map_err(names::NAT_COUNTERS))?;
+        read_nat_counters(&map, indices)
+    }
+
     /// Zeroes NAT counters (of `[[nat]]` entries new to the rule set).
     pub fn reset_nat_counters(&mut self, indices: &[u32]) -> Result<(), DataPathError> {
         let ncpu = aya::util::nr_cpus().map_err(|(_, e)| DataPathError::Capacity(e.to_string()))?;

@@ -199,16 +199,20 @@ impl DataPath {
         generation: u64,
         ifindex_of: &dyn Fn(&str) -> Option<u32>,
     ) -> Result<DataPath, DataPathError> {
+        DataPath::load_with_nat(rules, &NatTables::default(), generation, ifindex_of)
+    }
+
+    /// Like [`load`](Self::load), with NAT atoms.
+    pub fn load_with_nat(
+        rules: &CompiledRuleSet,
+        nat: &NatTables,
+        generation: u64,
+        ifindex_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<DataPath, DataPathError> {
         let mut dp = DataPath::open(None, UNPINNED_CONNTRACK_MAX)?;
         dp.set_local_addrs(&local_addrs())?;
         let counters: Vec<u32> = (0..rules.rule_actions.len() as u32).collect();
-        dp.install(
-            rules,
-            &NatTables::default(),
-            generation,
-            &counters,
-            ifindex_of,
-        )?;
+        dp.install(rules, nat, generation, &counters, ifindex_of)?;
         Ok(dp)
     }
 
@@ -321,6 +325,27 @@ impl DataPath {
         }
         let result = self.program()?.test_run(opts)?;
         Ok(result.return_value)
+    }
+
+    /// Like [`test_run`](Self::test_run), also returning the frame as the
+    /// program left it (rewritten by NAT, for one).
+    pub fn test_run_out(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+    ) -> Result<(u32, Vec<u8>), DataPathError> {
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
+        let md_bytes: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        if ingress_ifindex != 0 {
+            opts.ctx_in = Some(&md_bytes);
+        }
+        let result = self.program()?.test_run(opts)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     /// Runs `frame` `repeat` times in the kernel; returns the action and

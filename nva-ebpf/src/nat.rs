@@ -508,6 +508,9 @@ fn fold(check: [u8; 2], acc: u32) -> [u8; 2] {
 /// The header of type `T` at `off`, writable. Fields are then reached
 /// through this one pointer: pointers rebuilt from offsets lose the bounds
 /// check in the verifier's eyes.
+// The frame's bytes are not borrowed from `ctx` (which only locates them):
+// a shared context hands out the one writable view of a header at a time.
+#[allow(clippy::mut_from_ref)]
 #[inline(always)]
 fn header<T>(ctx: &XdpContext, off: usize) -> Option<&mut T> {
     let p = ptr_at::<T>(ctx, off)? as *mut T;

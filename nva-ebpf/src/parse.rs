@@ -266,9 +266,7 @@ pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) ->
     }
     let off = off + 8;
     let (proto, inner_l4) = if pkt.is_v6 {
-        let Some(hdr) = ptr_at::<Ipv6Hdr>(ctx, off) else {
-            return None;
-        };
+        let hdr = ptr_at::<Ipv6Hdr>(ctx, off)?;
         // SAFETY: ptr_at checked that the header lies within the packet
         // (data..data_end), and Ipv6Hdr needs no alignment.
         let hdr = unsafe { &*hdr };
@@ -279,9 +277,7 @@ pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) ->
         key.addr_hi = hdr.dst_addr;
         (hdr.next_hdr, off + IPV6_HDR_LEN)
     } else {
-        let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, off) else {
-            return None;
-        };
+        let hdr = ptr_at::<Ipv4Hdr>(ctx, off)?;
         // SAFETY: ptr_at checked that the header lies within the packet
         // (data..data_end), and Ipv4Hdr needs no alignment.
         let hdr = unsafe { &*hdr };
@@ -295,9 +291,7 @@ pub fn icmp_quote_key(ctx: &XdpContext, pkt: &Packet, key: &mut ConntrackKey) ->
         key.addr_hi[..4].copy_from_slice(&hdr.dst_addr);
         (hdr.proto, off + hdr_len)
     };
-    let Some(l4) = ptr_at::<[u8; 8]>(ctx, inner_l4) else {
-        return None;
-    };
+    let l4 = ptr_at::<[u8; 8]>(ctx, inner_l4)?;
     // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a byte
     // array needs no alignment.
     let l4 = unsafe { &*l4 };

@@ -356,6 +356,7 @@ mod tests {
                     bytes: 700,
                 },
             ],
+            nat: Vec::new(),
         })
         .unwrap();
         let samples = parse(&text);

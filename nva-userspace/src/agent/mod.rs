@@ -276,6 +276,9 @@ impl Agent {
             }
             attachments.push((iface.clone(), how));
         }
+        if !config.nat.is_empty() {
+            accept_local_sources(&config.agent.interfaces);
+        }
         let state = AgentState {
             generation,
             ruleset_hash: ruleset_hash(&config),
@@ -370,6 +373,9 @@ impl Agent {
         self.state.ruleset_hash = ruleset_hash(&config);
         self.state.rules = std::sync::Arc::new(rule_states(&config, &counters));
         self.state.nat = std::sync::Arc::new(nat_states(&config, &nat_counters));
+        if !config.nat.is_empty() {
+            accept_local_sources(&config.agent.interfaces);
+        }
         if let Err(e) = self.datapath.reset_counters(&freed) {
             tracing::warn!(error = %e, "zeroing counters of removed rules");
         }
@@ -462,6 +468,20 @@ impl Agent {
             tracing::info!("detached and removed pinned state");
         } else {
             tracing::info!("exiting; the data path keeps enforcing the last rule set");
+        }
+    }
+}
+
+/// NAT hands the kernel packets whose source is one of the NVA's own
+/// addresses (an SNAT'd packet, the reply of a DNAT'd flow) to forward;
+/// Linux drops those as martians unless the interface they arrive on has
+/// `accept_local`. Set on the agent's interfaces while NAT is configured.
+fn accept_local_sources(interfaces: &[String]) {
+    for iface in interfaces {
+        let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+        match std::fs::write(&path, "1") {
+            Ok(()) => tracing::info!(iface, "net.ipv4.conf.{iface}.accept_local = 1 (NAT forwards packets from the NVA's own addresses)"),
+            Err(e) => tracing::warn!(iface, error = %e, "cannot set accept_local: translated packets from the NVA's own addresses may be dropped by the kernel"),
         }
     }
 }

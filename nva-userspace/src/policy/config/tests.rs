@@ -141,6 +141,7 @@ fn design_example_parses() {
             in_iface: Some("eth0".into()),
             log: false,
         }],
+        nat: Vec::new(),
     };
     assert_eq!(c, expected);
 
@@ -495,4 +496,63 @@ fn load_config_reads_file() {
     let c = load_config(&path);
     std::fs::remove_file(&path).unwrap();
     assert_eq!(c.unwrap().agent.interfaces, vec!["eth0".to_string()]);
+}
+
+const STATEFUL: &str =
+    "[agent]\ninterfaces = [\"eth0\"]\n\n[policy]\ndefault = \"drop\"\nstateful = true\n";
+
+#[test]
+fn nat_entries_parse() {
+    let c = ok(&format!(
+        "{STATEFUL}[[nat]]\nname = \"in\"\nkind = \"dnat\"\nproto = \"tcp\"\ndst = [\"10.0.1.4/32\"]\ndport = [\"443\"]\nto = \"10.0.2.10:8443\"\n\n[[nat]]\nname = \"in6\"\nkind = \"dnat\"\nproto = \"tcp\"\ndst = [\"2001:db8::4/128\"]\nto = \"[fd00::10]:8443\"\n\n[[nat]]\nname = \"out\"\nkind = \"snat\"\nsrc = [\"10.0.2.0/24\"]\nto = \"10.0.1.4\"\n"
+    ));
+    assert_eq!(c.nat.len(), 3);
+    assert_eq!(c.nat[0].to_port, Some(8443));
+    assert_eq!(c.nat[1].to.to_string(), "fd00::10");
+    assert_eq!(c.nat[2].to_ports, crate::policy::model::DEFAULT_SNAT_PORTS);
+}
+
+#[test]
+fn nat_refusals_name_file_line_col() {
+    // NAT without stateful tracking.
+    let e = one_err(
+        "[[nat]]\nname = \"x\"\nkind = \"snat\"\nsrc = [\"10.0.0.0/8\"]\nto = \"192.0.2.1\"\n",
+    );
+    assert!(
+        e.starts_with("f.toml:6:1: [[nat]] needs policy.stateful = true"),
+        "{e}"
+    );
+    let one = |rest: &str| {
+        let e = errs(&format!("{STATEFUL}{rest}"));
+        assert_eq!(e.len(), 1, "{e:#?}");
+        e[0].clone()
+    };
+    // An SNAT address of the other family.
+    let e = one(
+        "[[nat]]\nname = \"x\"\nkind = \"snat\"\nsrc = [\"10.0.0.0/8\"]\nto = \"2001:db8::1\"\n",
+    );
+    assert!(e.starts_with("f.toml:11:6: nat entry \"x\": to = 2001:db8::1 is IPv6 but the entry matches IPv4 only"), "{e}");
+    // An empty port range.
+    let e = one(
+        "[[nat]]\nname = \"x\"\nkind = \"snat\"\nto = \"192.0.2.1\"\nto_ports = \"3000-2000\"\n",
+    );
+    assert!(
+        e.starts_with("f.toml:11:12: to_ports = \"3000-2000\" is an empty range"),
+        "{e}"
+    );
+    // Duplicate names.
+    let e = one("[[nat]]\nname = \"x\"\nkind = \"snat\"\nto = \"192.0.2.1\"\n\n[[nat]]\nname = \"x\"\nkind = \"snat\"\nto = \"192.0.2.2\"\n");
+    assert!(
+        e.starts_with("f.toml:13:8: duplicate nat entry name \"x\" (first used on line 8)"),
+        "{e}"
+    );
+    // A kind that does not exist, and no target.
+    let e = errs(&format!(
+        "{STATEFUL}[[nat]]\nname = \"x\"\nkind = \"masquerade\"\n"
+    ));
+    assert!(
+        e.iter().any(|e| e.contains("kind = \"masquerade\"")),
+        "{e:#?}"
+    );
+    assert!(e.iter().any(|e| e.contains("has no `to`")), "{e:#?}");
 }

@@ -272,7 +272,16 @@ fn bind(pkt: &Packet, flow: &mut ConntrackScratch, config: &DataPathConfig) -> P
         if i >= tries {
             break;
         }
-        port = (lo + (start + i) % range) as u16;
+        // A range no larger than the tries is walked whole; a larger one is
+        // probed at independent random places (no clustering as the range
+        // fills, unlike walking on from one random place).
+        let offset = if range <= NAT_PORT_TRIES {
+            (start + i) % range
+        } else {
+            // SAFETY: a BPF helper without arguments that returns a random number.
+            (unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() }) % range
+        };
+        port = (lo + offset) as u16;
         if claim(flow, config, port, how) {
             found = true;
             break;

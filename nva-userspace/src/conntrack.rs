@@ -8,8 +8,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
 use nva_common::{
-    map_names as names, ConntrackEntry, ConntrackKey, ConntrackState, CT_STATS, CT_STAT_CREATED,
-    CT_STAT_REPLACED, CT_STAT_REVOKED, CT_STAT_USER_REMOVED, NO_RULE,
+    map_names as names, ConntrackEntry, ConntrackKey, ConntrackState, NatBinding, CT_STATS,
+    CT_STAT_CREATED, CT_STAT_REPLACED, CT_STAT_REVOKED, CT_STAT_USER_REMOVED, NAT_REVERSE,
+    NAT_REWRITE_DST, NAT_REWRITE_SRC, NO_RULE,
 };
 use serde::Serialize;
 
@@ -45,10 +46,12 @@ pub fn remaining_ns(entry: &ConntrackEntry, timeouts_s: &[u32], now: u64) -> u64
     timeout.saturating_sub(idle)
 }
 
-/// The conntrack maps of an agent's pin layout.
+/// The conntrack maps of an agent's pin layout, with the NAT bindings of
+/// translated flows.
 pub struct Table {
     flows: Map,
     stats: Map,
+    nat: Map,
 }
 
 impl Table {
@@ -56,6 +59,7 @@ impl Table {
         Ok(Table {
             flows: Map::LruHashMap(open_pinned(layout, names::CONNTRACK)?),
             stats: Map::PerCpuArray(open_pinned(layout, names::CONNTRACK_STATS)?),
+            nat: Map::HashMap(open_pinned(layout, names::NAT_BINDINGS)?),
         })
     }
 
@@ -65,6 +69,7 @@ impl Table {
         Ok(Table {
             flows: Map::LruHashMap(datapath.map_handle(names::CONNTRACK)?),
             stats: Map::PerCpuArray(datapath.map_handle(names::CONNTRACK_STATS)?),
+            nat: Map::HashMap(datapath.map_handle(names::NAT_BINDINGS)?),
         })
     }
 
@@ -73,6 +78,50 @@ impl Table {
             Map::LruHashMap(d) => d.fd().as_fd(),
             _ => unreachable!("opened as an LRU hash"),
         }
+    }
+
+    fn nat_fd(&self) -> BorrowedFd<'_> {
+        match &self.nat {
+            Map::HashMap(d) => d.fd().as_fd(),
+            _ => unreachable!("opened as a hash"),
+        }
+    }
+
+    /// Every NAT binding (a snapshot taken a chunk at a time).
+    pub fn bindings(
+        &self,
+    ) -> Result<std::collections::HashMap<ConntrackKey, NatBinding>, ConntrackError> {
+        let mut out = std::collections::HashMap::new();
+        crate::datapath::batch::for_each::<ConntrackKey, NatBinding>(self.nat_fd(), &mut |c| {
+            out.extend(c.iter().copied())
+        })?;
+        Ok(out)
+    }
+
+    /// Removes the bindings whose flow is gone (expired and swept, evicted,
+    /// revoked). A binding is removed only if its flow is still missing
+    /// when it is looked at again: the program stores a new flow's reverse
+    /// binding an instant before the flow itself. Returns how many.
+    pub fn sweep_bindings(&mut self) -> Result<usize, ConntrackError> {
+        let bindings = self.bindings()?;
+        if bindings.is_empty() {
+            return Ok(0);
+        }
+        let flows: aya::maps::HashMap<&MapData, ConntrackKey, ConntrackEntry> =
+            aya::maps::HashMap::try_from(&self.flows)?;
+        let orphan = |b: &NatBinding| !matches!(flows.get(&b.flow, 0), Ok(e) if e.nat != 0);
+        let candidates: Vec<ConntrackKey> = bindings
+            .iter()
+            .filter(|(_, b)| orphan(b))
+            .map(|(k, _)| *k)
+            .collect();
+        let nat: aya::maps::HashMap<&MapData, ConntrackKey, NatBinding> =
+            aya::maps::HashMap::try_from(&self.nat)?;
+        let confirmed: Vec<ConntrackKey> = candidates
+            .into_iter()
+            .filter(|k| matches!(nat.get(k, 0), Ok(b) if orphan(&b)))
+            .collect();
+        Ok(crate::datapath::batch::delete(self.nat_fd(), &confirmed)?)
     }
 
     /// Every entry (a snapshot taken a chunk at a time).
@@ -100,6 +149,7 @@ impl Table {
     pub fn flush(&mut self) -> Result<usize, ConntrackError> {
         let n = crate::datapath::batch::drain::<ConntrackKey, ConntrackEntry>(self.fd())?;
         self.add_user_removed(n as u64)?;
+        crate::datapath::batch::drain::<ConntrackKey, NatBinding>(self.nat_fd())?;
         Ok(n)
     }
 
@@ -214,6 +264,10 @@ pub fn sweep_once(layout: &PinLayout, previous: &Summary) -> Result<Summary, Con
     let timeouts = active_timeouts(layout)?;
     let mut table = Table::open(layout)?;
     let (left, removed) = table.sweep(&timeouts)?;
+    let unbound = table.sweep_bindings()?;
+    if unbound > 0 {
+        tracing::debug!(unbound, "removed the NAT bindings of flows that are gone");
+    }
     let stats = table.stats()?;
     Ok(Summary {
         entries: left as u64,
@@ -243,6 +297,45 @@ pub struct FlowView {
     pub packets_reply: u64,
     pub bytes_reply: u64,
     pub vlan: [u16; 2],
+    /// Translated flows: the `[[nat]]` entries that translate it (DNAT,
+    /// then SNAT, joined by "+"), and the tuple its originator's packets
+    /// leave with.
+    pub nat: Option<String>,
+    pub translated_src: Option<String>,
+    pub translated_dst: Option<String>,
+}
+
+impl FlowView {
+    /// Adds the translation of a flow from its forward binding;
+    /// `nat_name` maps a NAT counter index to the entry's name.
+    pub fn with_nat(
+        mut self,
+        b: &NatBinding,
+        family: u8,
+        proto: u8,
+        nat_name: &dyn Fn(u32) -> Option<String>,
+    ) -> FlowView {
+        if b.flags & NAT_REVERSE != 0 {
+            return self;
+        }
+        let names: Vec<String> = [b.dnat_counter, b.snat_counter]
+            .iter()
+            .filter(|c| **c != NO_RULE)
+            .map(|c| nat_name(*c).unwrap_or_else(|| "?".into()))
+            .collect();
+        self.nat = Some(names.join("+"));
+        self.translated_src = Some(if b.flags & NAT_REWRITE_SRC != 0 {
+            endpoint(addr(&b.src, family), b.sport, proto)
+        } else {
+            self.src.clone()
+        });
+        self.translated_dst = Some(if b.flags & NAT_REWRITE_DST != 0 {
+            endpoint(addr(&b.dst, family), b.dport, proto)
+        } else {
+            self.dst.clone()
+        });
+        self
+    }
 }
 
 fn addr(bytes: &[u8; 16], family: u8) -> IpAddr {
@@ -309,6 +402,9 @@ pub fn view(
         packets_reply: e.packets[1],
         bytes_reply: e.bytes[1],
         vlan: key.vlan,
+        nat: None,
+        translated_src: None,
+        translated_dst: None,
     }
 }
 

@@ -1,9 +1,12 @@
-//! NAT with real sockets through `nva agent`, in the Azure shape: the
-//! client side is the internet, the NVA's client-side address is the public
-//! one, the server namespace holds the workload. DNAT brings the client to
-//! the workload (which sees the client's real address), SNAT takes the
-//! workload out (the peer sees the NVA's address and a port from
-//! `to_ports`); replies, ping and ICMP errors come back translated.
+//! NAT with real sockets through `nva agent`, in the Azure shape, with
+//! nftables NAT as the oracle: the client side is the internet, the NVA's
+//! client-side address is the public one, the server namespace holds the
+//! workloads. DNAT brings the client to a workload (which sees the
+//! client's real address), SNAT takes the workloads out (the peer sees the
+//! NVA's address and a port from `to_ports`); replies, ping and ICMP
+//! errors come back translated. The same scenarios run once through nva
+//! and once through nftables' NAT on the same topology shape, and must be
+//! seen the same way by the endpoints.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -12,8 +15,22 @@ use std::time::Duration;
 use nva_tests::agent::RunningAgent;
 use nva_tests::{in_netns, require_root, Topology};
 
+/// SNAT's port range: ten times the flows opened at once (netfilter, too,
+/// gives up on a range that is nearly full: it probes a bounded number of
+/// ports).
 const FROM: u16 = 20000;
-const TO: u16 = 20999;
+const TO: u16 = 29999;
+/// Concurrent SNAT flows opened at once.
+const MANY: usize = 1000;
+/// A multiple of the pattern's period (251): every chunk is the same.
+const CHUNK: usize = 251 * 4096;
+/// Just over 100 MiB.
+const TRANSFER: usize = CHUNK * 102;
+
+/// The second workload (for the colliding pair).
+fn workload2_v4(t: &Topology) -> String {
+    format!("10.{}.2.3", t.id)
+}
 
 fn config_text(t: &Topology) -> String {
     format!(
@@ -35,9 +52,16 @@ dst = ["{s4}", "{s6}"]
 dport = ["80"]
 
 [[rules]]
-name = "workload-out"
+name = "dns"
 action = "allow"
-src = ["{s4}", "{s6}"]
+proto = "udp"
+dst = ["{s4}"]
+dport = ["53"]
+
+[[rules]]
+name = "workloads-out"
+action = "allow"
+src = ["10.{id}.2.0/24", "fd00:{id}:2::/64"]
 
 [[rules]]
 name = "neighbour-discovery"
@@ -70,19 +94,28 @@ dport = ["8081"]
 to = "{s4}:81"
 
 [[nat]]
+name = "dns-in"
+kind = "dnat"
+proto = "udp"
+dst = ["{p4}/32"]
+dport = ["5353"]
+to = "{s4}:53"
+
+[[nat]]
 name = "egress"
 kind = "snat"
-src = ["{s4}/32"]
+src = ["10.{id}.2.0/24"]
 to = "{p4}"
 to_ports = "{FROM}-{TO}"
 
 [[nat]]
 name = "egress6"
 kind = "snat"
-src = ["{s6}/128"]
+src = ["fd00:{id}:2::/64"]
 to = "{p6}"
 to_ports = "{FROM}-{TO}"
 "#,
+        id = t.id,
         n0 = nva_tests::NVA_IN_IF,
         n1 = nva_tests::NVA_OUT_IF,
         s4 = t.server_v4(),
@@ -92,86 +125,161 @@ to_ports = "{FROM}-{TO}"
     )
 }
 
-/// The client connects to the public address; the workload sees the
-/// client's own address; bytes go both ways.
-fn dnat_tcp(t: &Topology, public: &str, workload: &str, client: &str) {
-    let listen: SocketAddr = SocketAddr::new(workload.parse().unwrap(), 80);
+/// The same policy in nftables (the oracle): NAT in prerouting and
+/// postrouting, the rules in the forward hook.
+fn nft_ruleset(t: &Topology) -> String {
+    format!(
+        r#"
+table ip oracle_nat {{
+  chain pre {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr {p4} tcp dport 8080 dnat to {s4}:80
+    ip daddr {p4} tcp dport 8081 dnat to {s4}:81
+    ip daddr {p4} udp dport 5353 dnat to {s4}:53
+  }}
+  chain post {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr 10.{id}.2.0/24 meta l4proto {{ tcp, udp }} snat to {p4}:{FROM}-{TO}
+    ip saddr 10.{id}.2.0/24 snat to {p4}
+  }}
+}}
+table ip6 oracle_nat6 {{
+  chain pre {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip6 daddr {p6} tcp dport 8080 dnat to [{s6}]:80
+  }}
+  chain post {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip6 saddr fd00:{id}:2::/64 meta l4proto {{ tcp, udp }} snat to [{p6}]:{FROM}-{TO}
+    ip6 saddr fd00:{id}:2::/64 snat to {p6}
+  }}
+}}
+table inet oracle_filter {{
+  chain forward_filter {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    ip daddr {s4} tcp dport 80 accept
+    ip6 daddr {s6} tcp dport 80 accept
+    ip daddr {s4} udp dport 53 accept
+    ip saddr 10.{id}.2.0/24 accept
+    ip6 saddr fd00:{id}:2::/64 accept
+  }}
+}}
+"#,
+        id = t.id,
+        s4 = t.server_v4(),
+        s6 = t.server_v6(),
+        p4 = t.nva_in_v4(),
+        p6 = t.nva_in_v6(),
+    )
+}
+
+/// What the endpoints saw; equal for nva and the oracle.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    /// DNAT TCP (v4, v6): the workload saw the client's own address, the
+    /// client talked to the public address, bytes went both ways.
+    dnat_tcp: [bool; 2],
+    /// DNAT UDP: the reply came from the address the client used.
+    dnat_udp_reply_from_public: bool,
+    /// A DNAT to a port no rule allows: the connection fails.
+    closed_dnat_refused: bool,
+    /// SNAT TCP (v4, v6): the peer saw the public address and a port from
+    /// to_ports, and the reply came back.
+    snat_tcp: [bool; 2],
+    /// UDP to a closed port through SNAT: the workload gets ECONNREFUSED.
+    udp_refused_through_snat: bool,
+    /// Ping through SNAT (v4, v6).
+    ping: [bool; 2],
+    /// MANY concurrent SNAT flows: distinct source ports seen by the peer,
+    /// all within to_ports, and replies back at their own socket.
+    many_distinct_ports: usize,
+    many_in_range: bool,
+    many_replies: usize,
+    /// Two workloads, the same source port, the same destination: the peer
+    /// sees two different ports, and both replies arrive.
+    colliding_pair_distinct: bool,
+    colliding_pair_replies: usize,
+    /// 100 MiB through DNAT arrived intact.
+    transfer_intact: bool,
+}
+
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+fn dnat_tcp(t: &Topology, public: &str, workload: &str, client: &str) -> bool {
+    let listen = SocketAddr::new(workload.parse().unwrap(), 80);
     let listener = in_netns(&t.server, || TcpListener::bind(listen).unwrap());
     let target = SocketAddr::new(public.parse().unwrap(), 8080);
-    let mut conn = in_netns(&t.client, || {
+    let Ok(mut conn) = in_netns(&t.client, || {
         TcpStream::connect_timeout(&target, Duration::from_secs(3))
-    })
-    .unwrap_or_else(|e| panic!("client reaches the workload through {target}: {e}"));
+    }) else {
+        return false;
+    };
     let (mut accepted, peer) = listener.accept().unwrap();
-    assert_eq!(
-        peer.ip().to_string(),
-        client,
-        "the workload sees the client's real address"
-    );
     conn.write_all(b"hello through dnat").unwrap();
     let mut buf = [0u8; 18];
     accepted.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"hello through dnat");
     accepted.write_all(b"answer").unwrap();
     let mut ans = [0u8; 6];
     conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    conn.read_exact(&mut ans).unwrap();
-    assert_eq!(&ans, b"answer");
-    assert_eq!(
-        conn.peer_addr().unwrap(),
-        target,
-        "the client talks to the public address"
-    );
+    let answered = conn.read_exact(&mut ans).is_ok() && &ans == b"answer";
+    peer.ip().to_string() == client
+        && conn.peer_addr().unwrap() == target
+        && &buf == b"hello through dnat"
+        && answered
 }
 
-/// The workload reaches a server on the client side; the server sees the
-/// NVA's address and a port from to_ports.
-fn snat_tcp(t: &Topology, server_side: &str, public: &str) {
+fn dnat_udp(t: &Topology) -> bool {
+    let workload = in_netns(&t.server, || {
+        UdpSocket::bind(SocketAddr::new(t.server_v4().parse().unwrap(), 53)).unwrap()
+    });
+    let client = in_netns(&t.client, || UdpSocket::bind("0.0.0.0:0").unwrap());
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    workload
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let public = SocketAddr::new(t.nva_in_v4().parse().unwrap(), 5353);
+    client.send_to(b"query", public).unwrap();
+    let mut buf = [0u8; 16];
+    let Ok((_, from)) = workload.recv_from(&mut buf) else {
+        return false;
+    };
+    workload.send_to(b"answer", from).unwrap();
+    matches!(client.recv_from(&mut buf), Ok((6, src)) if src == public)
+}
+
+fn closed_dnat_refused(t: &Topology) -> bool {
+    let closed = SocketAddr::new(t.nva_in_v4().parse().unwrap(), 8081);
+    in_netns(&t.client, || {
+        TcpStream::connect_timeout(&closed, Duration::from_secs(1))
+    })
+    .is_err()
+}
+
+fn snat_tcp(t: &Topology, server_side: &str, public: &str) -> bool {
     let listen = SocketAddr::new(server_side.parse().unwrap(), 7000);
     let listener = in_netns(&t.client, || TcpListener::bind(listen).unwrap());
-    let mut conn = in_netns(&t.server, || {
+    let Ok(mut conn) = in_netns(&t.server, || {
         TcpStream::connect_timeout(&listen, Duration::from_secs(3))
-    })
-    .unwrap_or_else(|e| panic!("workload reaches {listen} through SNAT: {e}"));
+    }) else {
+        return false;
+    };
     let (mut accepted, peer) = listener.accept().unwrap();
-    assert_eq!(
-        peer.ip().to_string(),
-        public,
-        "the peer sees the NVA's address"
-    );
-    assert!(
-        (FROM..=TO).contains(&peer.port()),
-        "port {} from to_ports",
-        peer.port()
-    );
     accepted.write_all(b"pong").unwrap();
     let mut got = [0u8; 4];
     conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    conn.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"pong");
+    conn.read_exact(&mut got).is_ok()
+        && &got == b"pong"
+        && peer.ip().to_string() == public
+        && (FROM..=TO).contains(&peer.port())
 }
 
-#[test]
-fn dnat_and_snat_with_real_sockets() {
-    require_root();
-    let t = Topology::new(224);
-    let agent = RunningAgent::start(&t, &config_text(&t), true);
-
-    dnat_tcp(&t, &t.nva_in_v4(), &t.server_v4(), &t.client_v4());
-    dnat_tcp(&t, &t.nva_in_v6(), &t.server_v6(), &t.client_v6());
-    snat_tcp(&t, &t.client_v4(), &t.nva_in_v4());
-    snat_tcp(&t, &t.client_v6(), &t.nva_in_v6());
-
-    // Rules apply after DNAT: port 81 of the workload is allowed by no rule.
-    let closed = SocketAddr::new(t.nva_in_v4().parse().unwrap(), 8081);
-    let r = in_netns(&t.client, || {
-        TcpStream::connect_timeout(&closed, Duration::from_secs(1))
-    });
-    assert!(r.is_err(), "a DNAT to a port no rule allows stays dropped");
-
-    // UDP through SNAT, and the port unreachable that comes back: the
-    // workload's socket gets ECONNREFUSED.
-    let refused = in_netns(&t.server, || {
+fn udp_refused(t: &Topology) -> bool {
+    let got = in_netns(&t.server, || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.connect(SocketAddr::new(t.client_v4().parse().unwrap(), 9))
             .unwrap();
@@ -180,35 +288,319 @@ fn dnat_and_snat_with_real_sockets() {
         let mut buf = [0u8; 16];
         s.recv(&mut buf)
     });
-    assert_eq!(
-        refused.as_ref().map_err(|e| e.kind()).unwrap_err(),
-        std::io::ErrorKind::ConnectionRefused,
-        "ICMP port unreachable comes back through SNAT: {refused:?}"
-    );
+    matches!(got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
 
-    // Ping through SNAT, both families.
-    for dst in [t.client_v4(), t.client_v6()] {
-        let out = t.server.exec(&["ping", "-c", "2", "-W", "2", &dst]);
-        assert!(
-            out.status.success(),
-            "ping {dst} through SNAT: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+fn ping(t: &Topology, dst: &str) -> bool {
+    t.server
+        .exec(&["ping", "-c", "2", "-W", "2", dst])
+        .status
+        .success()
+}
+
+/// A UDP echo service on the client side that records each datagram's
+/// source; stops after `expect` distinct sources or 10 s.
+fn echo_server(t: &Topology, port: u16, expect: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+    let sock = in_netns(&t.client, || {
+        UdpSocket::bind(SocketAddr::new(t.client_v4().parse().unwrap(), port)).unwrap()
+    });
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Room for a burst of MANY datagrams while the thread catches up.
+    force_rcvbuf(&sock, 8 << 20);
+    std::thread::spawn(move || {
+        let mut seen: Vec<SocketAddr> = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 64];
+        while seen.len() < expect && std::time::Instant::now() < deadline {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+                if !seen.contains(&from) {
+                    seen.push(from);
+                }
+            }
+        }
+        seen
+    })
+}
+
+/// Opens `MANY` UDP flows from the workload at once (each its own socket,
+/// all kept open) and counts the replies each gets back.
+fn many_snat_flows(t: &Topology) -> (usize, bool, usize) {
+    raise_fd_limit(4 * MANY as u64);
+    let echo = echo_server(t, 7100, MANY);
+    let dst = SocketAddr::new(t.client_v4().parse().unwrap(), 7100);
+    let socks: Vec<UdpSocket> = in_netns(&t.server, || {
+        (0..MANY)
+            .map(|_| {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.set_nonblocking(true).unwrap();
+                s
+            })
+            .collect()
+    });
+    let mut replied = vec![false; MANY];
+    let mut buf = [0u8; 64];
+    // Bounded retries for datagrams lost on the way (a burst can overrun
+    // a queue, with nftables as with nva).
+    for _round in 0..5 {
+        for (i, s) in socks.iter().enumerate() {
+            if !replied[i] {
+                let _ = s.send_to(format!("flow {i}").as_bytes(), dst);
+            }
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for (i, s) in socks.iter().enumerate() {
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                if &buf[..n] == format!("flow {i}").as_bytes() {
+                    replied[i] = true;
+                }
+            }
+        }
+        if replied.iter().all(|r| *r) {
+            break;
+        }
     }
+    let seen = echo.join().unwrap();
+    let mut ports: Vec<u16> = seen.iter().map(|a| a.port()).collect();
+    let in_range = ports.iter().all(|p| (FROM..=TO).contains(p))
+        && seen.iter().all(|a| a.ip().to_string() == t.nva_in_v4());
+    ports.sort();
+    ports.dedup();
+    (
+        ports.len(),
+        in_range,
+        replied.iter().filter(|r| **r).count(),
+    )
+}
 
-    // The translations are counted by entry, and conntrack shows them.
+fn force_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt with a valid int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &bytes as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
+fn raise_fd_limit(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if lim.rlim_cur < n {
+            lim.rlim_cur = n.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Two workloads send from the same source port to the same destination.
+fn colliding_pair(t: &Topology) -> (bool, usize) {
+    let echo = echo_server(t, 7200, 2);
+    let dst = SocketAddr::new(t.client_v4().parse().unwrap(), 7200);
+    let socks: Vec<UdpSocket> = in_netns(&t.server, || {
+        [t.server_v4(), workload2_v4(t)]
+            .iter()
+            .map(|w| {
+                let s = UdpSocket::bind(SocketAddr::new(w.parse().unwrap(), 6000)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s
+            })
+            .collect()
+    });
+    let mut replies = 0;
+    for s in &socks {
+        s.send_to(b"same port", dst).unwrap();
+    }
+    let mut buf = [0u8; 16];
+    for s in &socks {
+        if s.recv_from(&mut buf).is_ok() {
+            replies += 1;
+        }
+    }
+    let seen = echo.join().unwrap();
+    let distinct = seen.len() == 2 && seen[0].port() != seen[1].port();
+    (distinct, replies)
+}
+
+fn transfer_through_dnat(t: &Topology) -> bool {
+    let listen = SocketAddr::new(t.server_v4().parse().unwrap(), 80);
+    let listener = in_netns(&t.server, || TcpListener::bind(listen).unwrap());
+    let target = SocketAddr::new(t.nva_in_v4().parse().unwrap(), 8080);
+    let Ok(mut conn) = in_netns(&t.client, || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(3))
+    }) else {
+        return false;
+    };
+    let sender = std::thread::spawn(move || {
+        let chunk: Vec<u8> = (0..CHUNK).map(pattern).collect();
+        for _ in 0..TRANSFER / CHUNK {
+            conn.write_all(&chunk).unwrap();
+        }
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let (mut accepted, _) = listener.accept().unwrap();
+    accepted
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut received = 0usize;
+    let mut intact = true;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match accepted.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                intact &= buf[..n]
+                    .iter()
+                    .enumerate()
+                    .all(|(k, b)| *b == pattern(received + k));
+                received += n;
+            }
+            Err(_) => {
+                intact = false;
+                break;
+            }
+        }
+    }
+    sender.join().unwrap();
+    intact && received == TRANSFER
+}
+
+/// Runs every scenario on a topology whose NVA translates (nva or nftables).
+fn scenarios(t: &Topology) -> Seen {
+    let (many_distinct_ports, many_in_range, many_replies) = many_snat_flows(t);
+    let (colliding_pair_distinct, colliding_pair_replies) = colliding_pair(t);
+    Seen {
+        dnat_tcp: [
+            dnat_tcp(t, &t.nva_in_v4(), &t.server_v4(), &t.client_v4()),
+            dnat_tcp(t, &t.nva_in_v6(), &t.server_v6(), &t.client_v6()),
+        ],
+        dnat_udp_reply_from_public: dnat_udp(t),
+        closed_dnat_refused: closed_dnat_refused(t),
+        snat_tcp: [
+            snat_tcp(t, &t.client_v4(), &t.nva_in_v4()),
+            snat_tcp(t, &t.client_v6(), &t.nva_in_v6()),
+        ],
+        udp_refused_through_snat: udp_refused(t),
+        ping: [ping(t, &t.client_v4()), ping(t, &t.client_v6())],
+        many_distinct_ports,
+        many_in_range,
+        many_replies,
+        colliding_pair_distinct,
+        colliding_pair_replies,
+        transfer_intact: transfer_through_dnat(t),
+    }
+}
+
+fn expected() -> Seen {
+    Seen {
+        dnat_tcp: [true, true],
+        dnat_udp_reply_from_public: true,
+        closed_dnat_refused: true,
+        snat_tcp: [true, true],
+        udp_refused_through_snat: true,
+        ping: [true, true],
+        many_distinct_ports: MANY,
+        many_in_range: true,
+        many_replies: MANY,
+        colliding_pair_distinct: true,
+        colliding_pair_replies: 2,
+        transfer_intact: true,
+    }
+}
+
+fn second_workload(t: &Topology) {
+    t.server.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", workload2_v4(t)),
+        "dev",
+        nva_tests::SERVER_IF,
+    ]);
+}
+
+fn metric(t: &Topology, name: &str) -> u64 {
     let (code, body) =
         nva_tests::traffic::http_get(&t.client, &format!("{}:9090", t.nva_in_v4()), "/metrics")
             .unwrap();
     assert_eq!(code, 200);
-    let metric = |name: &str| -> u64 {
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing: {body}"))
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing: {body}"))
+}
+
+#[test]
+fn nat_through_nva_is_seen_like_nftables_nat() {
+    require_root();
+    // The oracle: nftables NAT and filter in the NVA's namespace.
+    let oracle = {
+        let t = Topology::new(225);
+        second_workload(&t);
+        let out = t
+            .nva
+            .command(&["nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn();
+        let mut child = out.expect("nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(nft_ruleset(&t).as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nft ruleset loads");
+        scenarios(&t)
     };
-    assert_eq!(metric("nva_nat_translations_total{rule=\"web-in\"}"), 1);
-    assert_eq!(metric("nva_nat_translations_total{rule=\"web-in6\"}"), 1);
-    assert!(metric("nva_nat_translations_total{rule=\"egress\"}") >= 3);
-    assert_eq!(metric("nva_nat_port_exhausted_total{rule=\"egress\"}"), 0);
+    assert_eq!(
+        oracle,
+        expected(),
+        "nftables NAT itself behaves as expected"
+    );
+
+    let t = Topology::new(224);
+    second_workload(&t);
+    let agent = RunningAgent::start(&t, &config_text(&t), true);
+    let seen = scenarios(&t);
+    assert_eq!(seen, oracle, "nva's NAT is seen as nftables' NAT is");
+
+    // Counted per entry.
+    assert_eq!(
+        metric(&t, "nva_nat_translations_total{rule=\"web-in6\"}"),
+        1
+    );
+    assert_eq!(metric(&t, "nva_nat_translations_total{rule=\"dns-in\"}"), 1);
+    assert!(metric(&t, "nva_nat_translations_total{rule=\"egress\"}") >= MANY as u64 + 4);
+    assert_eq!(
+        metric(&t, "nva_nat_port_exhausted_total{rule=\"egress\"}"),
+        0
+    );
+
+    // `nva conntrack list` shows both tuples and the NAT entry.
+    let out = agent.nva(&["conntrack", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let web = flows
+        .iter()
+        .find(|f| f["nat"] == "web-in6")
+        .unwrap_or_else(|| panic!("the DNAT flow is listed: {flows:#?}"));
+    assert_eq!(web["dst"], format!("[{}]:8080", t.nva_in_v6()));
+    assert_eq!(web["translated_dst"], format!("[{}]:80", t.server_v6()));
     drop(agent);
 }

@@ -46,12 +46,25 @@ pub(crate) fn conntrack(action: ConntrackCommand) -> anyhow::Result<()> {
                 .map(|r| (r.counter, r.name.as_str()))
                 .collect();
             let name = |counter: u32| names.get(&counter).map(|n| n.to_string());
+            let nat_names: std::collections::HashMap<u32, &str> = state
+                .nat
+                .iter()
+                .map(|r| (r.counter, r.name.as_str()))
+                .collect();
+            let nat_name = |counter: u32| nat_names.get(&counter).map(|n| n.to_string());
+            let bindings = table.bindings()?;
             let now = now_ns();
             let mut flows: Vec<_> = table
                 .entries()?
                 .iter()
                 .filter(|(_, e)| remaining_ns(e, &timeouts, now) > 0)
-                .map(|(k, e)| view(k, e, &timeouts, now, &name))
+                .map(|(k, e)| {
+                    let v = view(k, e, &timeouts, now, &name);
+                    match bindings.get(k) {
+                        Some(b) if e.nat != 0 => v.with_nat(b, k.family, k.proto, &nat_name),
+                        _ => v,
+                    }
+                })
                 .collect();
             flows.sort_by(|a, b| a.age_s.total_cmp(&b.age_s).reverse());
             if json {
@@ -70,6 +83,8 @@ pub(crate) fn conntrack(action: ConntrackCommand) -> anyhow::Result<()> {
                 "PACKETS/BYTES ORIG",
                 "PACKETS/BYTES REPLY"
             );
+            // Translated flows get a second line: the tuple their
+            // originator's packets leave with, and the NAT entries.
             for f in &flows {
                 println!(
                     "{:<12} {:<45} {:<45} {:<11} {:>8.1}s {:>8.1}s {:<20} {:>21} {:>21}",
@@ -83,6 +98,11 @@ pub(crate) fn conntrack(action: ConntrackCommand) -> anyhow::Result<()> {
                     format!("{}/{}", f.packets_orig, f.bytes_orig),
                     format!("{}/{}", f.packets_reply, f.bytes_reply)
                 );
+                if let (Some(nat), Some(src), Some(dst)) =
+                    (&f.nat, &f.translated_src, &f.translated_dst)
+                {
+                    println!("{:<12} {src:<45} {dst:<45} nat: {nat}", "  ↳ as");
+                }
             }
             eprintln!("{} flows", flows.len());
         }

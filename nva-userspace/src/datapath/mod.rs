@@ -358,7 +358,9 @@ impl DataPath {
     /// readers that must not borrow the data path, like the conntrack table.
     pub fn map_handle(&self, name: &str) -> Result<MapData, DataPathError> {
         let data = match self.map(name)? {
-            aya::maps::Map::LruHashMap(d) | aya::maps::Map::PerCpuArray(d) => d,
+            aya::maps::Map::LruHashMap(d)
+            | aya::maps::Map::HashMap(d)
+            | aya::maps::Map::PerCpuArray(d) => d,
             _ => return Err(DataPathError::Missing(name.to_string())),
         };
         let id = data.info().map_err(map_err(name))?.id();

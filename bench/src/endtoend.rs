@@ -97,15 +97,15 @@ impl Firewall {
 
 /// One measurement's figures.
 #[derive(Clone, Copy, Debug)]
-struct Sample {
+pub(crate) struct Sample {
     /// Frames the NVA side received per second.
-    received_pps: f64,
+    pub received_pps: f64,
     /// Frames that reached the server per second.
-    delivered_pps: f64,
+    pub delivered_pps: f64,
     /// CPU 0 softirq ns per received frame (the receive path, firewall included).
-    softirq_ns: f64,
+    pub softirq_ns: f64,
     /// ns per run of the XDP program itself (kernel run statistics), when asked.
-    program_ns: Option<f64>,
+    pub program_ns: Option<f64>,
 }
 
 /// Total run time (ns) and runs of the loaded programs named `name`.
@@ -210,7 +210,12 @@ pub fn pin_to_cpu(cpu: usize) {
 /// kernel's BPF run statistics are on for this measurement (they cost two
 /// clock reads per run, so the other measurements go without) and the
 /// program's own time per run is reported.
-fn measure(t: &Topology, frame: &[u8], seconds: f64, program: Option<&str>) -> Result<Sample> {
+pub(crate) fn measure(
+    t: &Topology,
+    frame: &[u8],
+    seconds: f64,
+    program: Option<&str>,
+) -> Result<Sample> {
     let stats = match program {
         Some(_) => Some(
             aya::sys::enable_stats(aya::sys::Stats::RunTime)
@@ -437,7 +442,7 @@ fn apply(fw: Firewall, t: &Topology, rules: &[Rule], dir: &Path) -> Result<Appli
 }
 
 /// The benchmark's frame: client to `dst`, udp `dport`.
-fn frame(t: &Topology, dst: IpAddr, dport: u16) -> Result<Vec<u8>> {
+pub(crate) fn frame(t: &Topology, dst: IpAddr, dport: u16) -> Result<Vec<u8>> {
     let IpAddr::V4(dst) = dst else {
         bail!("the benchmark's frames are IPv4");
     };

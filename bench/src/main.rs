@@ -9,6 +9,7 @@ mod endtoend;
 mod failover;
 mod generator;
 mod memory;
+mod nat;
 mod report;
 mod swap;
 
@@ -46,6 +47,8 @@ enum Part {
     Swap,
     /// Failover outage in the lab.
     Failover,
+    /// What NAT costs, in the kernel and end to end against nftables NAT.
+    Nat,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     if wanted(Part::Swap) {
         let (section, v) = swap::run(&swap::Settings::new(cli.quick))?;
+        verdicts.extend(v);
+        sections.push(section);
+    }
+    if wanted(Part::Nat) {
+        let (section, v) = nat::run(&nat::Settings::new(cli.quick))?;
         verdicts.extend(v);
         sections.push(section);
     }

@@ -29,8 +29,11 @@ pub const CLIENT: &str = "10.30.0.2";
 pub const BACKEND: &str = "10.40.0.2";
 pub const SERVICE_PORT: u16 = 8080;
 pub const NVA_NAMES: [&str; 2] = ["nva-a", "nva-b"];
-/// The virtual IP the active NVA holds on its external interface.
+/// The virtual IP the active NVA holds on its external interface (the
+/// public IP's analogue).
 pub const VIP: &str = "10.10.0.100";
+/// The port of the VIP that DNAT sends to the backend's service.
+pub const PUBLIC_PORT: u16 = 80;
 
 pub struct Lab {
     pub client: Netns,
@@ -105,7 +108,9 @@ impl Lab {
         lab
     }
 
-    /// The agent config of an NVA: stateful, client -> backend tcp/8080.
+    /// The agent config of an NVA: stateful, client -> backend tcp/8080
+    /// (directly, and through the VIP's port 80 with DNAT), the backend's
+    /// own connections out to the client side with SNAT to the VIP.
     pub fn agent_config(health_interval_ms: u32) -> String {
         format!(
             r#"
@@ -126,6 +131,30 @@ proto = "tcp"
 src = ["10.30.0.0/24"]
 dst = ["10.40.0.0/24"]
 dport = ["{SERVICE_PORT}"]
+
+[[rules]]
+name = "backend-out"
+action = "allow"
+src = ["10.40.0.0/24"]
+dst = ["10.30.0.0/24"]
+
+# The Azure shape: the public address (the VIP here) is translated to the
+# backend's service, and the backend's own connections out leave with it.
+[[nat]]
+name = "public-in"
+kind = "dnat"
+proto = "tcp"
+dst = ["{VIP}/32"]
+dport = ["{PUBLIC_PORT}"]
+to = "{BACKEND}:{SERVICE_PORT}"
+
+[[nat]]
+name = "backend-out"
+kind = "snat"
+src = ["10.40.0.0/24"]
+dst = ["10.30.0.0/24"]
+to = "{VIP}"
+to_ports = "20000-29999"
 "#
         )
     }
@@ -402,6 +431,33 @@ impl FailoverDaemon {
 
 /// The backend service: accepts connections on SERVICE_PORT and answers
 /// each "ping" with "pong".
+/// One request to the service at `ip:port` from the client: true when
+/// "pong" comes back.
+pub fn request(lab: &Lab, ip: &str, port: u16) -> bool {
+    let addr = SocketAddr::new(ip.parse().unwrap(), port);
+    let Ok(mut c) = in_netns(&lab.client, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    }) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut b = [0u8; 4];
+    c.write_all(b"ping").is_ok() && c.read_exact(&mut b).is_ok() && &b == b"pong"
+}
+
+/// The backend connects out to a listener on the client: the address the
+/// client sees it come from (the VIP, through SNAT), if it connects.
+pub fn backend_out_seen_as(lab: &Lab) -> Option<SocketAddr> {
+    let addr = SocketAddr::new(CLIENT.parse().unwrap(), 7000);
+    let listener = in_netns(&lab.client, || TcpListener::bind(addr).unwrap());
+    let out = in_netns(&lab.backend, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    });
+    out.ok()?;
+    listener.set_nonblocking(false).ok()?;
+    listener.accept().ok().map(|(_, peer)| peer)
+}
+
 pub struct Service {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,

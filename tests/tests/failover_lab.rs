@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use nva_tests::lab::{
-    fail_nva, repair_nva, FailoverDaemon, Lab, RequestStream, Service, FAILURE_KINDS,
+    self, fail_nva, repair_nva, FailoverDaemon, Lab, RequestStream, Service, FAILURE_KINDS,
 };
 use nva_tests::zookeeper::Ensemble;
 use nva_tests::{require_root, wait_until};
@@ -45,6 +45,23 @@ fn failover_for_each_failure_kind() {
         wait_until(Duration::from_secs(10), || requests.answered() > 10),
         "requests answered through nva-a"
     );
+    // The Azure shape: the public address (the VIP) reaches the service
+    // through DNAT, and the backend goes out as the VIP through SNAT.
+    let nat_works = |when: &str| {
+        assert!(
+            lab::request(&lab, lab::VIP, lab::PUBLIC_PORT),
+            "{when}: the client reaches the service through {}:{} (DNAT)",
+            lab::VIP,
+            lab::PUBLIC_PORT
+        );
+        let seen = lab::backend_out_seen_as(&lab).expect("the backend connects out");
+        assert_eq!(
+            seen.ip().to_string(),
+            lab::VIP,
+            "{when}: the client sees the VIP (SNAT)"
+        );
+    };
+    nat_works("on nva-a");
 
     let mut outages = Vec::new();
     let mut active = 0;
@@ -84,6 +101,10 @@ fn failover_for_each_failure_kind() {
         repair_nva(&lab, &mut agents, active, k);
         active = other;
     }
+    nat_works(&format!(
+        "after the failovers, on {}",
+        ["nva-a", "nva-b"][active]
+    ));
     let sent = requests.stop();
     eprintln!("outages (interval_ms = 100, fall = 3, session timeout 2000 ms): {outages:?}; {sent} requests sent");
     for (kind, _, outage) in &outages {

@@ -105,6 +105,13 @@ fn up() {
          \x20 daemon status:      ip netns exec {mgmt} curl -s 127.0.0.1:9190/status    (second daemon: 9191)\n\
          \x20 daemon metrics:     ip netns exec {mgmt} curl -s 127.0.0.1:9190/metrics\n\
          \x20 the fabric's routes: ip netns exec {fabric} ip route show table 100; ip netns exec {fabric} ip route show table 200\n\
+         NAT in the Azure shape (the VIP {vip} stands for the public IP):\n\
+         \x20 DNAT, client to the backend's service through the VIP:\n\
+         \x20   ip netns exec {client} bash -c 'exec 3<>/dev/tcp/{vip}/{public_port}; echo -n ping >&3; head -c4 <&3; echo'   (prints pong)\n\
+         \x20 SNAT, the backend out (the client side sees the VIP):\n\
+         \x20   ip netns exec {client} tcpdump -ni c0 icmp &  ip netns exec {backend} ping -c1 {client_ip}\n\
+         \x20 both translations, on the active NVA (nva-a first):\n\
+         \x20   nsenter --net=/run/netns/{a} {nva} conntrack list --config {cfg_a}\n\
          How to make the active NVA fail (nva-a first):\n\
          \x20 link down:          ip netns exec {a} ip link set ext0 down      (up again: ... ext0 up; then re-add its routes)\n\
          \x20 kill its agent:     kill -9 {pid_a}\n\
@@ -113,6 +120,12 @@ fn up() {
          Config files: {cfg_a} (agent), {fo_cfg} (daemon). Ctrl-C tears everything down.\n",
         mgmt = lab.mgmt.name,
         fabric = lab.fabric.name,
+        client = lab.client.name,
+        backend = lab.backend.name,
+        client_ip = nva_tests::lab::CLIENT,
+        vip = nva_tests::lab::VIP,
+        public_port = nva_tests::lab::PUBLIC_PORT,
+        nva = nva_tests::nva_binary().display(),
         a = a.name,
         pid_a = agents[0].child.as_ref().map_or(0, |c| c.pid()),
         bpffs_a = agents[0].bpffs,

@@ -423,3 +423,62 @@ fn icmp_errors_quoting_translated_flows_are_translated() {
         error_through_snat(true);
     });
 }
+
+#[test]
+fn reload_keeps_translations_unless_the_rules_revoke_them() {
+    require_root();
+    in_private_netns(&[], |_| {
+        let (mut dp, _) = load(DNAT);
+        let syn = frame(6, CLIENT, 40000, PUBLIC, 443, SYN);
+        pass(&dp, &syn, R::PassRule);
+        pass(
+            &dp,
+            &frame(6, WORKLOAD, 8443, CLIENT, 40000, SYN | ACK),
+            R::PassEstablished,
+        );
+        // A new generation with the same rules and no NAT entries at all:
+        // the flow is re-checked as the rules saw it (after DNAT) and keeps
+        // its translation, as in netfilter.
+        let reinstall = |dp: &mut DataPath, body: &str, generation: u64| {
+            let text = format!(
+                "[agent]\ninterfaces = [\"eth0\"]\n[policy]\ndefault = \"drop\"\nstateful = true\n{body}"
+            );
+            let config = parse_config("nat.toml", &text).unwrap();
+            let compiled = compile(&config.rules, &config.policy).unwrap();
+            let counters: Vec<u32> = (0..compiled.rule_actions.len() as u32).collect();
+            dp.install(
+                &compiled,
+                &Default::default(),
+                generation,
+                &counters,
+                &|_| None,
+            )
+            .unwrap();
+        };
+        let web_only = DNAT
+            .split("[[rules]]\nname = \"dns\"")
+            .next()
+            .unwrap()
+            .to_string();
+        reinstall(&mut dp, &web_only, 2);
+        let out = pass(
+            &dp,
+            &frame(6, CLIENT, 40000, PUBLIC, 443, ACK),
+            R::PassEstablished,
+        );
+        assert_eq!(tuple(&out), (ip(CLIENT), 40000, ip(WORKLOAD), 8443));
+        let out = pass(
+            &dp,
+            &frame(6, WORKLOAD, 8443, CLIENT, 40000, ACK),
+            R::PassEstablished,
+        );
+        assert_eq!(tuple(&out), (ip(PUBLIC), 443, ip(CLIENT), 40000));
+        // Rules that no longer allow the workload's port revoke the flow.
+        reinstall(&mut dp, "", 3);
+        pass(
+            &dp,
+            &frame(6, CLIENT, 40000, PUBLIC, 443, ACK),
+            R::DropRevoked,
+        );
+    });
+}

@@ -418,7 +418,10 @@ pub fn apply(ctx: &XdpContext, pkt: &Packet, reason: PacketReason) -> u32 {
         || code == PacketReason::PassRule as u32
         || code == PacketReason::PassDefault as u32
     {
-        return translate(ctx, pkt, code);
+        // SAFETY: the pointer comes from a successful per-CPU map lookup, so it is valid and
+        // aligned for the value; the scratch slot is this CPU's, XDP runs do not nest on a CPU,
+        // userspace never touches it, and no other reference to it is live.
+        return translate(ctx, pkt, code, unsafe { &mut *flow });
     }
     code
 }
@@ -428,14 +431,7 @@ pub fn apply(ctx: &XdpContext, pkt: &Packet, reason: PacketReason) -> u32 {
 /// one is rewritten by its binding. Returns `code`, or the number of the
 /// drop reason when the flow cannot be bound or its binding is gone.
 #[inline(never)]
-fn translate(ctx: &XdpContext, pkt: &Packet, code: u32) -> u32 {
-    let Some(flow) = CONNTRACK_SCRATCH.get_ptr_mut(0) else {
-        return code;
-    };
-    // SAFETY: the pointer comes from a successful per-CPU map lookup, so it is valid and aligned
-    // for the value; the scratch slot is this CPU's, XDP runs do not nest on a CPU, and userspace
-    // never touches it.
-    let flow = unsafe { &mut *flow };
+fn translate(ctx: &XdpContext, pkt: &Packet, code: u32, flow: &mut ConntrackScratch) -> u32 {
     let nat = flow.nat;
     if nat == 0 {
         return code;

@@ -4,9 +4,11 @@
 //!
 //! - [`agent`]: the agent's lifecycle (start, adopt, reload, repair, stop),
 //!   its state files, the truthful health check and the HTTP endpoints;
+//! - [`sync`]: connection-state sync with the peer NVA;
 //! - [`conntrack`]: the flow table seen from userspace (list, sweep, flush);
 //! - [`datapath`]: the loaded XDP program, its maps and links, pinned under
 //!   the bpffs layout (`datapath::pin`), batched map access;
+//! - [`nat`]: `[[nat]]` entries compiled into the data path's match lists;
 //! - [`classifier`]: rules compiled into lookup tables, and the userspace
 //!   model of the lookup that tests and the health check use;
 //! - [`policy`]: the rule model and the config file that describes it;
@@ -18,8 +20,8 @@
 //!   (TOML with spans, `FILE:LINE:COL` errors, typed checks); with `http`
 //!   and `nva-common`, the bottom layer.
 //!
-//! Forwarding, NAT and state sync add modules beside `conntrack` (and
-//! `datapath` maps), each owning its feature's userspace side.
+//! Forwarding adds a module beside `conntrack` and `nat` (and `datapath`
+//! maps), owning its feature's userspace side.
 
 pub mod agent;
 pub mod classifier;
@@ -30,3 +32,4 @@ pub mod failover;
 pub mod http;
 pub mod nat;
 pub mod policy;
+pub mod sync;

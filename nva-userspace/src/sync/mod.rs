@@ -1,0 +1,7 @@
+//! Connection-state sync with the peer NVA (`[sync]`): the active NVA's
+//! flows, exported from its conntrack table, imported into the standby's,
+//! so that established connections survive a failover.
+//!
+//! - [`codec`]: flow records in authenticated, replay-proof frames.
+
+pub mod codec;

@@ -87,6 +87,45 @@ impl Table {
         }
     }
 
+    /// Inserts or replaces a flow (an imported one).
+    pub fn insert(
+        &mut self,
+        key: &ConntrackKey,
+        entry: &ConntrackEntry,
+    ) -> Result<(), ConntrackError> {
+        let mut map: aya::maps::HashMap<&mut MapData, ConntrackKey, ConntrackEntry> =
+            aya::maps::HashMap::try_from(&mut self.flows)?;
+        map.insert(key, entry, 0)?;
+        Ok(())
+    }
+
+    /// Removes a flow, if present.
+    pub fn remove(&mut self, key: &ConntrackKey) -> Result<(), ConntrackError> {
+        let mut map: aya::maps::HashMap<&mut MapData, ConntrackKey, ConntrackEntry> =
+            aya::maps::HashMap::try_from(&mut self.flows)?;
+        match map.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Inserts or replaces a NAT binding (of an imported flow).
+    pub fn insert_binding(
+        &mut self,
+        key: &ConntrackKey,
+        b: &NatBinding,
+    ) -> Result<(), ConntrackError> {
+        let mut map: aya::maps::HashMap<&mut MapData, ConntrackKey, NatBinding> =
+            aya::maps::HashMap::try_from(&mut self.nat)?;
+        map.insert(key, b, 0)?;
+        Ok(())
+    }
+
     /// Every NAT binding (a snapshot taken a chunk at a time).
     pub fn bindings(
         &self,

@@ -2,6 +2,9 @@
 //! flows, exported from its conntrack table, imported into the standby's,
 //! so that established connections survive a failover.
 //!
-//! - [`codec`]: flow records in authenticated, replay-proof frames.
+//! - [`codec`]: flow records in authenticated, replay-proof frames;
+//! - [`flows`]: records from the conntrack table, and into the peer's
+//!   (addresses mapped by NAT entry name, local rules checked).
 
 pub mod codec;
+pub mod flows;

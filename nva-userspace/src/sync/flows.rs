@@ -177,19 +177,16 @@ fn allowed(cx: &Context, view: &PacketView) -> Result<u32, Refusal> {
     }
 }
 
+/// What a record becomes here: the flow's conntrack key and entry, and for
+/// a translated flow its forward and reverse bindings (key, binding).
+pub struct Localized {
+    pub key: ConntrackKey,
+    pub entry: ConntrackEntry,
+    pub bindings: Option<[(ConntrackKey, NatBinding); 2]>,
+}
+
 /// The conntrack entry and bindings a record becomes here.
-pub fn localize(
-    cx: &Context,
-    r: &FlowRecord,
-    now: u64,
-) -> Result<
-    (
-        ConntrackKey,
-        ConntrackEntry,
-        Option<[(ConntrackKey, NatBinding); 2]>,
-    ),
-    Refusal,
-> {
+pub fn localize(cx: &Context, r: &FlowRecord, now: u64) -> Result<Localized, Refusal> {
     let v4 = r.src.is_ipv4();
     if r.dst.is_ipv4() != v4 {
         return Err(Refusal::Invalid("mixed address families"));
@@ -270,7 +267,11 @@ pub fn localize(
         _pad32: 0,
     };
     if entry.nat == 0 {
-        return Ok((key, entry, None));
+        return Ok(Localized {
+            key,
+            entry,
+            bindings: None,
+        });
     }
     let nat_counter = |t: &Option<(String, IpAddr, u16)>| {
         t.as_ref()
@@ -321,7 +322,11 @@ pub fn localize(
         from_lo: (!new_src_is_lo) as u8,
         ..forward
     };
-    Ok((key, entry, Some([(key, forward), (reverse_key, reverse)])))
+    Ok(Localized {
+        key,
+        entry,
+        bindings: Some([(key, forward), (reverse_key, reverse)]),
+    })
 }
 
 /// What an import did.
@@ -343,17 +348,15 @@ pub fn import(
     let mut stats = Imported::default();
     for r in records {
         match localize(cx, r, now) {
-            Ok((key, entry, bindings)) if r.state != 0 => {
-                if let Some(bindings) = bindings {
-                    for (k, b) in bindings {
-                        table.insert_binding(&k, &b)?;
-                    }
+            Ok(l) if r.state != 0 => {
+                for (k, b) in l.bindings.iter().flatten() {
+                    table.insert_binding(k, b)?;
                 }
-                table.insert(&key, &entry)?;
+                table.insert(&l.key, &l.entry)?;
                 stats.imported += 1;
             }
-            Ok((key, _, _)) => {
-                table.remove(&key)?;
+            Ok(l) => {
+                table.remove(&l.key)?;
                 stats.ended += 1;
             }
             Err(why) => {

@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 
-use nva::agent::RuleState;
 use nva::classifier::compiler::compile;
 use nva::conntrack::{now_ns, Table};
 use nva::datapath::DataPath;
@@ -71,22 +70,18 @@ to_ports = "20000-29999"
     parse_config("sync.toml", &text).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
-fn states(names: impl Iterator<Item = String>) -> Vec<RuleState> {
+fn states(names: impl Iterator<Item = String>) -> Vec<(String, u32)> {
     names
         .enumerate()
-        .map(|(i, name)| RuleState {
-            name,
-            action: String::new(),
-            counter: i as u32,
-        })
+        .map(|(i, name)| (name, i as u32))
         .collect()
 }
 
 struct Side {
     dp: DataPath,
     config: Config,
-    rules: Vec<RuleState>,
-    nat: Vec<RuleState>,
+    rules: Vec<(String, u32)>,
+    nat: Vec<(String, u32)>,
 }
 
 impl Side {

@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub status: serde_json::Value,
     /// From the last conntrack sweep.
     pub conntrack: crate::conntrack::Summary,
+    /// The sync service's counters (`[sync]` configured).
+    pub sync: Option<Arc<crate::sync::service::SyncStats>>,
 }
 
 /// The current snapshot; writers publish a new `Arc`.
@@ -235,6 +237,35 @@ impl Collector for AgentMetrics {
             ),
         ] {
             single(&mut enc, name, help, ConstCounter::new(value))?;
+        }
+        let sync = snap.sync.as_deref();
+        let load = |f: fn(&crate::sync::service::SyncStats) -> u64| sync.map_or(0, f);
+        use std::sync::atomic::Ordering::Relaxed;
+        for (name, help, value) in [
+            ("nva_sync_sent", "Flow records sent to the peer.", load(|s| s.sent.load(Relaxed))),
+            ("nva_sync_received", "Flow records received from the peer in authenticated frames.", load(|s| s.received.load(Relaxed))),
+            ("nva_sync_rejected", "Sync frames rejected (bad authenticator, replay, oversized, malformed); never imported.", load(|s| s.rejected.load(Relaxed))),
+            ("nva_sync_refused", "Received flows not imported: the local rules refuse them or a NAT entry they name is missing.", load(|s| s.refused.load(Relaxed))),
+        ] {
+            single(&mut enc, name, help, ConstCounter::new(value))?;
+        }
+        single(
+            &mut enc,
+            "nva_sync_peer_up",
+            "1 while the connection to the sync peer is up.",
+            ConstGauge::new(load(|s| s.peer_up.load(Relaxed) as u64)),
+        )?;
+        let last = load(|s| s.last_received_unix_ms.load(Relaxed));
+        if last > 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            single(
+                &mut enc,
+                "nva_sync_last_received_age_seconds",
+                "Seconds since the newest authenticated frame from the peer.",
+                ConstGauge::new(now.saturating_sub(last) as f64 / 1000.0),
+            )?;
         }
         single(
             &mut enc,

@@ -221,6 +221,8 @@ pub struct Agent {
     pub attachments: Vec<(String, Attachment)>,
     /// The health check's synthetic packet for the loaded rule set.
     pub health_probe: HealthProbe,
+    /// The sync service's counters, when `[sync]` is configured.
+    pub sync_stats: Option<std::sync::Arc<crate::sync::service::SyncStats>>,
 }
 
 impl Agent {
@@ -310,6 +312,7 @@ impl Agent {
             health_probe: HealthProbe::for_rules(&compiled),
             compiled,
             state,
+            sync_stats: None,
             layout,
             started: Instant::now(),
             attachments,
@@ -353,6 +356,9 @@ impl Agent {
         })?;
         if config.agent != self.config.agent {
             bail!("[agent] settings changed: they take effect on restart, not on reload");
+        }
+        if config.sync != self.config.sync {
+            bail!("[sync] settings changed: they take effect on restart, not on reload");
         }
         let started = Instant::now();
         let compiled = compile(&config.rules, &config.policy)?;
@@ -483,6 +489,27 @@ fn accept_local_sources(interfaces: &[String]) {
             Ok(()) => tracing::info!(iface, "net.ipv4.conf.{iface}.accept_local = 1 (NAT forwards packets from the NVA's own addresses)"),
             Err(e) => tracing::warn!(iface, error = %e, "cannot set accept_local: translated packets from the NVA's own addresses may be dropped by the kernel"),
         }
+    }
+}
+
+impl Agent {
+    /// What the sync service needs to translate between the table and
+    /// records, for `f`: the running config, counter indexes by name.
+    pub fn with_sync_context<T>(&self, f: impl FnOnce(&crate::sync::flows::Context) -> T) -> T {
+        let pairs = |v: &[RuleState]| -> Vec<(String, u32)> {
+            v.iter().map(|r| (r.name.clone(), r.counter)).collect()
+        };
+        let (rules, nat) = (pairs(&self.state.rules), pairs(&self.state.nat));
+        let timeouts = self.config.policy.timeouts.by_state();
+        let cx = crate::sync::flows::Context {
+            config: &self.config,
+            rules: &rules,
+            nat: &nat,
+            generation: self.state.generation,
+            timeouts_s: &timeouts,
+            ifindex_of: &ifindex_by_name,
+        };
+        f(&cx)
     }
 }
 

@@ -32,7 +32,22 @@ pub(crate) fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()>
             signal(SignalKind::hangup())?,
         )
     };
+    // The sync key and port first: a bad key refuses the start.
+    let sync = match &config.sync {
+        None => None,
+        Some(s) => {
+            let key = nva::sync::service::load_key(&s.key_file)?;
+            let listener = std::net::TcpListener::bind(s.listen)
+                .with_context(|| format!("sync.listen = {}", s.listen))?;
+            listener.set_nonblocking(true)?;
+            Some((s.clone(), key, listener))
+        }
+    };
     let agent = Arc::new(Mutex::new(Agent::start(path, config)?));
+    let sync_stats = sync
+        .as_ref()
+        .map(|_| Arc::new(nva::sync::service::SyncStats::default()));
+    agent.lock().expect("agent lock").sync_stats = sync_stats.clone();
     let shared: nva::agent::http::Shared = Arc::new(RwLock::new(Default::default()));
     refresh(&agent, &shared);
     let interval = std::time::Duration::from_millis(settings.health_interval_ms as u64);
@@ -59,6 +74,9 @@ pub(crate) fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()>
             tokio::spawn(forward_diagnostics(diagnostics));
         }
         tokio::spawn(sweep_conntrack(layout.clone(), shared.clone()));
+        if let (Some((settings, key, listener)), Some(stats)) = (sync, sync_stats) {
+            start_sync(&agent, settings, key, listener, stats)?;
+        }
         if let Some(addr) = settings.tcp_probe_listen {
             tokio::spawn(nva::agent::http::tcp_probe(addr, shared.clone(), interval));
         }
@@ -90,6 +108,46 @@ pub(crate) fn run_agent(path: &Path, detach_on_exit: bool) -> anyhow::Result<()>
         .expect("agent lock");
     agent.stop(detach_on_exit);
     runtime.shutdown_background();
+    Ok(())
+}
+
+/// Starts the sync sender and receiver (`[sync]`).
+fn start_sync(
+    agent: &std::sync::Arc<std::sync::Mutex<Agent>>,
+    settings: nva::policy::model::SyncSettings,
+    key: nva::sync::codec::Key,
+    listener: std::net::TcpListener,
+    stats: std::sync::Arc<nva::sync::service::SyncStats>,
+) -> anyhow::Result<()> {
+    use nva::conntrack::{now_ns, Table};
+    let a = agent.clone();
+    let export: nva::sync::service::Exporter = std::sync::Arc::new(move || {
+        let agent = a.lock().expect("agent lock");
+        let table = Table::open(&agent.layout)?;
+        Ok(agent.with_sync_context(|cx| nva::sync::flows::export(&table, cx, now_ns()))?)
+    });
+    let a = agent.clone();
+    let import: nva::sync::service::Importer = std::sync::Arc::new(move |records| {
+        let agent = a.lock().expect("agent lock");
+        let mut table = Table::open(&agent.layout)?;
+        Ok(agent
+            .with_sync_context(|cx| nva::sync::flows::import(&mut table, cx, records, now_ns()))?)
+    });
+    let interval = std::time::Duration::from_millis(settings.interval_ms as u64);
+    tracing::info!(listen = %settings.listen, peer = %settings.peer, ?interval, "connection-state sync on");
+    tokio::spawn(nva::sync::service::receive(
+        tokio::net::TcpListener::from_std(listener)?,
+        key.clone(),
+        import,
+        stats.clone(),
+    ));
+    tokio::spawn(nva::sync::service::send(
+        settings.peer,
+        key,
+        interval,
+        export,
+        stats,
+    ));
     Ok(())
 }
 
@@ -225,6 +283,17 @@ fn refresh(agent: &std::sync::Mutex<Agent>, shared: &nva::agent::http::Shared) {
     let mut status = agent.status();
     let conntrack = previous.conntrack;
     status["conntrack_entries"] = conntrack.entries.into();
+    if let (Some(s), Some(settings)) = (&agent.sync_stats, &agent.config.sync) {
+        use std::sync::atomic::Ordering::Relaxed;
+        status["sync"] = serde_json::json!({
+            "peer": settings.peer.to_string(),
+            "peer_up": s.peer_up.load(Relaxed),
+            "sent": s.sent.load(Relaxed),
+            "received": s.received.load(Relaxed),
+            "rejected": s.rejected.load(Relaxed),
+            "refused": s.refused.load(Relaxed),
+        });
+    }
     let _ = nva::agent::write_status(&agent.config.agent.bpffs, &status, &health);
     // A new snapshot each tick; requests keep the one they took. The state
     // is cheap to copy: its rule list is shared.
@@ -233,6 +302,7 @@ fn refresh(agent: &std::sync::Mutex<Agent>, shared: &nva::agent::http::Shared) {
         state: std::sync::Arc::new(agent.state.clone()),
         status,
         conntrack,
+        sync: agent.sync_stats.clone(),
     });
 }
 

@@ -65,6 +65,18 @@ pub(crate) fn status(path: &Path, json: bool) -> anyhow::Result<()> {
     if let Some(e) = st["last_reload_error"].as_str() {
         println!("last error:  {e}");
     }
+    if st["sync"].is_object() {
+        let s = &st["sync"];
+        println!(
+            "sync peer:   {} {} (records sent {}, received {}, rejected frames {}, refused {})",
+            s["peer"].as_str().unwrap_or(""),
+            if s["peer_up"] == true { "up" } else { "DOWN" },
+            s["sent"],
+            s["received"],
+            s["rejected"],
+            s["refused"]
+        );
+    }
     println!("uptime:      {} s", st["uptime_s"]);
     Ok(())
 }

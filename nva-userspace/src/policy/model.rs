@@ -290,6 +290,15 @@ impl Nat {
     }
 }
 
+/// `[sync]`: connection-state sync with the peer NVA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncSettings {
+    pub listen: std::net::SocketAddr,
+    pub peer: std::net::SocketAddr,
+    pub key_file: std::path::PathBuf,
+    pub interval_ms: u32,
+}
+
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -298,4 +307,5 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// `[[nat]]` entries, in file order.
     pub nat: Vec<Nat>,
+    pub sync: Option<SyncSettings>,
 }

@@ -20,7 +20,6 @@ use nva_common::{
 };
 
 use super::codec::{FlowRecord, NatRecord};
-use crate::agent::RuleState;
 use crate::classifier::compiler::{rule_matches, PacketView};
 use crate::conntrack::{remaining_ns, ConntrackError, Table};
 use crate::nat::addr_bytes;
@@ -30,8 +29,8 @@ use crate::policy::model::{Action, Config, NatKind};
 pub struct Context<'a> {
     pub config: &'a Config,
     /// Counter indexes of the rules and NAT entries, by name.
-    pub rules: &'a [RuleState],
-    pub nat: &'a [RuleState],
+    pub rules: &'a [(String, u32)],
+    pub nat: &'a [(String, u32)],
     /// Generation of the running rule set (imported flows were checked
     /// against it).
     pub generation: u64,
@@ -47,15 +46,15 @@ fn ip(bytes: &[u8; 16], family: u8) -> IpAddr {
     }
 }
 
-fn name_of(states: &[RuleState], counter: u32) -> Option<String> {
-    states
+fn name_of(counters: &[(String, u32)], counter: u32) -> Option<String> {
+    counters
         .iter()
-        .find(|r| r.counter == counter)
-        .map(|r| r.name.clone())
+        .find(|(_, c)| *c == counter)
+        .map(|(n, _)| n.clone())
 }
 
-fn counter_of(states: &[RuleState], name: &str) -> Option<u32> {
-    states.iter().find(|r| r.name == name).map(|r| r.counter)
+fn counter_of(counters: &[(String, u32)], name: &str) -> Option<u32> {
+    counters.iter().find(|(n, _)| n == name).map(|(_, c)| *c)
 }
 
 fn ms(ns: u64) -> u32 {

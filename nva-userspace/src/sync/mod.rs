@@ -4,7 +4,9 @@
 //!
 //! - [`codec`]: flow records in authenticated, replay-proof frames;
 //! - [`flows`]: records from the conntrack table, and into the peer's
-//!   (addresses mapped by NAT entry name, local rules checked).
+//!   (addresses mapped by NAT entry name, local rules checked);
+//! - [`service`]: the sender and the receiver, their key and counters.
 
 pub mod codec;
 pub mod flows;
+pub mod service;

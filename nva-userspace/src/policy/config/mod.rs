@@ -6,7 +6,7 @@
 //! with a single error. Validation then checks the meaning of every value
 //! and collects *all* problems at `FILE:LINE:COL`. One file per table:
 //! [`agent`] (`[agent]`), [`policy`] (`[policy]`), [`rules`] (`[[rules]]`),
-//! [`nat`] (`[[nat]]`).
+//! [`nat`] (`[[nat]]`), [`sync`] (`[sync]`).
 //!
 //! [`model::Config`]: crate::policy::model::Config
 
@@ -14,6 +14,7 @@ mod agent;
 mod nat;
 mod policy;
 mod rules;
+mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +32,7 @@ pub use agent::{
 };
 pub use policy::MAX_CONNTRACK_TIMEOUT_S;
 pub use rules::MAX_RULE_NAME_LEN;
+pub use sync::DEFAULT_SYNC_INTERVAL_MS;
 
 /// Reads and validates the config file at `path`.
 pub fn load_config(path: &Path) -> Result<Config, Vec<ConfigError>> {
@@ -74,6 +76,7 @@ struct RawFile {
     rules: Vec<Spanned<rules::RawRule>>,
     #[serde(default)]
     nat: Vec<Spanned<nat::RawNat>>,
+    sync: Option<Spanned<sync::RawSync>>,
 }
 
 /// The validation of one file.
@@ -111,12 +114,17 @@ impl Ctx<'_> {
             }
         }
         let nat = self.nat_entries(raw.nat, ifaces, agent.is_some(), policy.as_ref());
-        match (agent, policy, rules_ok, nat) {
-            (Some(agent), Some(policy), true, Some(nat)) => Some(Config {
+        let sync = match raw.sync {
+            None => Some(None),
+            Some(s) => self.sync(s).map(Some),
+        };
+        match (agent, policy, rules_ok, nat, sync) {
+            (Some(agent), Some(policy), true, Some(nat), Some(sync)) => Some(Config {
                 agent,
                 policy,
                 rules,
                 nat,
+                sync,
             }),
             _ => None,
         }

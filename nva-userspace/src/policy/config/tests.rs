@@ -142,6 +142,7 @@ fn design_example_parses() {
             log: false,
         }],
         nat: Vec::new(),
+        sync: None,
     };
     assert_eq!(c, expected);
 

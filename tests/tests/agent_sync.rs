@@ -1,0 +1,213 @@
+//! Connection-state sync between two real agents in the HA lab's
+//! namespaces (management network for the sync, `loose_tcp = false`):
+//! connections opened through nva-a, some of them through DNAT on the VIP,
+//! are synced to nva-b; the routes and the VIP then move to nva-b, as a
+//! failover does, and every connection carries on without a reset. Garbage
+//! on the sync port is rejected and adds no flow.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use nva_tests::agent::RunningAgent;
+use nva_tests::lab::{self, Lab};
+use nva_tests::{in_netns, require_root, wait_until};
+
+const CONNECTIONS: usize = 6;
+
+fn config(i: usize, key: &std::path::Path) -> String {
+    let (me, peer) = if i == 0 { (11, 12) } else { (12, 11) };
+    format!(
+        "{}\n[sync]\nlisten = \"10.99.1.{me}:7800\"\npeer = \"10.99.1.{peer}:7800\"\nkey_file = \"{}\"\ninterval_ms = 100\n",
+        Lab::agent_config(100),
+        key.display()
+    )
+}
+
+/// Points the fabric's tables (and the VIP) at NVA `i`, as the failover
+/// daemon's linux provider does.
+fn route_to(lab: &Lab, i: usize) {
+    let host = 11 + i;
+    lab.fabric.ip(&[
+        "route",
+        "replace",
+        "10.40.0.0/24",
+        "via",
+        &format!("10.10.0.{host}"),
+        "table",
+        "100",
+    ]);
+    lab.fabric.ip(&[
+        "route",
+        "replace",
+        "10.30.0.0/24",
+        "via",
+        &format!("10.20.0.{host}"),
+        "table",
+        "200",
+    ]);
+    let vip = format!("{}/24", lab::VIP);
+    let _ = lab.nvas[1 - i].exec(&["ip", "addr", "del", &vip, "dev", "ext0"]);
+    lab.nvas[i].ip(&["addr", "add", &vip, "dev", "ext0"]);
+    let _ = lab.fabric.exec(&["ip", "neigh", "flush", "dev", "brx"]);
+    let _ = lab.fabric.exec(&["ip", "neigh", "flush", "dev", "bri"]);
+}
+
+/// A line echo service on the backend (long-lived connections).
+fn echo_service(lab: &Lab) {
+    let addr = SocketAddr::new(lab::BACKEND.parse().unwrap(), lab::SERVICE_PORT);
+    let listener = in_netns(&lab.backend, || TcpListener::bind(addr).unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(CONNECTIONS) {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                for line in BufReader::new(conn).lines() {
+                    let Ok(line) = line else { return };
+                    if writeln!(w, "{line}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+struct Conn {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(lab: &Lab, ip: &str, port: u16) -> Conn {
+        let addr = SocketAddr::new(ip.parse().unwrap(), port);
+        let s = in_netns(&lab.client, || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        })
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Conn {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+        }
+    }
+
+    fn exchange(&mut self, text: &str) -> Result<(), String> {
+        writeln!(self.w, "{text}").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.r.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.trim_end() == text {
+            Ok(())
+        } else {
+            Err(format!("got {line:?}"))
+        }
+    }
+}
+
+fn flows(agent: &RunningAgent) -> usize {
+    let out = agent.nva(&["conntrack", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap()
+        .iter()
+        .filter(|f| f["state"] == "ESTABLISHED")
+        .count()
+}
+
+fn metric(lab: &Lab, i: usize, name: &str) -> f64 {
+    let (code, body) =
+        nva_tests::traffic::http_get(&lab.mgmt, &format!("10.99.1.{}:9090", 11 + i), "/metrics")
+            .unwrap();
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[test]
+fn synced_connections_survive_the_switch_and_garbage_is_rejected() {
+    require_root();
+    let lab = Lab::new("y");
+    let dir = std::env::temp_dir().join(format!("nva-sync-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("sync.key");
+    std::fs::write(&key, "a shared secret of the test pair\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let agents: Vec<RunningAgent> = (0..2)
+        .map(|i| RunningAgent::start_in(&lab.nvas[i], &format!("sync{i}"), &config(i, &key), true))
+        .collect();
+    echo_service(&lab);
+    route_to(&lab, 0);
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            &lab,
+            0,
+            "nva_sync_peer_up"
+        ) == 1.0
+            && metric(&lab, 1, "nva_sync_peer_up") == 1.0),
+        "both agents connect to their peer"
+    );
+
+    // Half direct, half through DNAT on the VIP.
+    let mut conns: Vec<Conn> = (0..CONNECTIONS)
+        .map(|k| {
+            if k % 2 == 0 {
+                Conn::open(&lab, lab::BACKEND, lab::SERVICE_PORT)
+            } else {
+                Conn::open(&lab, lab::VIP, lab::PUBLIC_PORT)
+            }
+        })
+        .collect();
+    for (k, c) in conns.iter_mut().enumerate() {
+        c.exchange(&format!("before {k}")).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || flows(&agents[1]) >= CONNECTIONS),
+        "nva-b has the connections: {} of {CONNECTIONS}",
+        flows(&agents[1])
+    );
+
+    // The switch.
+    route_to(&lab, 1);
+    for (k, c) in conns.iter_mut().enumerate() {
+        c.exchange(&format!("after {k}"))
+            .unwrap_or_else(|e| panic!("connection {k} did not survive the switch: {e}"));
+    }
+    assert_eq!(
+        metric(
+            &lab,
+            1,
+            "nva_packets_total{verdict=\"drop\",reason=\"tcp_not_tracked\"}"
+        ),
+        0.0,
+        "nva-b dropped no segment as untracked"
+    );
+
+    // Garbage on nva-b's sync port: rejected, no flow added.
+    let before = flows(&agents[1]);
+    let rejected = metric(&lab, 1, "nva_sync_rejected_total");
+    in_netns(&lab.mgmt, || {
+        let mut s = TcpStream::connect("10.99.1.12:7800").unwrap();
+        let mut challenge = [0u8; 16];
+        std::io::Read::read_exact(&mut s, &mut challenge).unwrap();
+        let mut junk = vec![0u8, 0, 0, 200];
+        junk.extend(std::iter::repeat_n(0x41u8, 200));
+        let _ = s.write_all(&junk);
+    });
+    assert!(
+        wait_until(Duration::from_secs(3), || metric(
+            &lab,
+            1,
+            "nva_sync_rejected_total"
+        ) > rejected),
+        "garbage is counted as rejected"
+    );
+    assert_eq!(flows(&agents[1]), before, "garbage adds no flow");
+    drop(agents);
+    let _ = std::fs::remove_dir_all(&dir);
+}

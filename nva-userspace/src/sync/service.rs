@@ -283,3 +283,37 @@ async fn serve(
             .fetch_add(done.refused as u64, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn key_files_others_may_read_or_short_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("nva-key-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sync.key");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_key(&path).err().expect("refused").to_string();
+        assert!(
+            e.contains("readable by everyone (mode 644): chmod 600 it"),
+            "{e}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load_key(&path).is_ok());
+        std::fs::write(&path, "short\n").unwrap();
+        let e = load_key(&path).err().expect("refused").to_string();
+        assert!(
+            e.contains("holds 5 bytes: a shared key needs at least 16"),
+            "{e}"
+        );
+        let e = load_key(&dir.join("missing"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("missing"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

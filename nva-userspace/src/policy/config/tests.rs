@@ -557,3 +557,35 @@ fn nat_refusals_name_file_line_col() {
     );
     assert!(e.iter().any(|e| e.contains("has no `to`")), "{e:#?}");
 }
+
+#[test]
+fn sync_table_parses_and_refusals_name_file_line_col() {
+    let c = ok(&format!(
+        "{HEAD}\n[sync]\nlisten = \"10.99.1.11:7800\"\npeer = \"10.99.1.12:7800\"\nkey_file = \"/etc/nva/sync.key\"\n"
+    ));
+    let s = c.sync.expect("[sync]");
+    assert_eq!(s.peer.to_string(), "10.99.1.12:7800");
+    assert_eq!(s.interval_ms, super::DEFAULT_SYNC_INTERVAL_MS);
+    let e = errs(&format!(
+        "{HEAD}\n[sync]\nlisten = \"10.99.1.11\"\npeer = \"10.99.1.12:7800\"\nkey_file = \"k\"\ninterval_ms = 5\n"
+    ));
+    // Both problems are reported, sorted by position.
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with("f.toml:8:10: sync.listen = \"10.99.1.11\" is not an address with a port"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].starts_with("f.toml:11:15: sync.interval_ms = 5 is out of range (10 to 10000)"),
+        "{e:#?}"
+    );
+    let e = errs(&format!("{HEAD}\n[sync]\nlisten = \"10.99.1.11:7800\"\n"));
+    assert!(
+        e.iter().any(|e| e.contains("sync.peer is required")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter().any(|e| e.contains("sync.key_file is required")),
+        "{e:#?}"
+    );
+}

@@ -159,6 +159,17 @@ to_ports = "20000-29999"
         )
     }
 
+    /// The agent config of NVA `i` with connection-state sync to the
+    /// other over the management network, keyed by the file `key`.
+    pub fn agent_config_with_sync(i: usize, key: &std::path::Path) -> String {
+        let (me, peer) = if i == 0 { (11, 12) } else { (12, 11) };
+        format!(
+            "{}\n[sync]\nlisten = \"10.99.1.{me}:7800\"\npeer = \"10.99.1.{peer}:7800\"\nkey_file = \"{}\"\ninterval_ms = 100\n",
+            Lab::agent_config(100),
+            key.display()
+        )
+    }
+
     /// Starts `nva agent` on both NVAs.
     pub fn start_agents(&self, tag: &str) -> [RunningAgent; 2] {
         let config = Lab::agent_config(100);
@@ -456,6 +467,45 @@ pub fn backend_out_seen_as(lab: &Lab) -> Option<SocketAddr> {
     out.ok()?;
     listener.set_nonblocking(false).ok()?;
     listener.accept().ok().map(|(_, peer)| peer)
+}
+
+/// A sync key file (mode 600) in a fresh directory named after `tag`;
+/// returns the directory (the caller removes it) and the file.
+pub fn sync_key(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("nva-sync-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("sync.key");
+    std::fs::write(&key, "the lab pair's shared secret, long enough\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (dir, key)
+}
+
+/// A line echo service at `addr` in `ns` for long-lived connections, until
+/// `stop`.
+pub fn line_echo(ns: &Netns, addr: SocketAddr, stop: Arc<AtomicBool>) {
+    use std::io::{BufRead, BufReader};
+    let listener = in_netns(ns, || TcpListener::bind(addr).unwrap());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    std::thread::spawn(move || {
+                        let mut w = conn.try_clone().unwrap();
+                        for line in BufReader::new(conn).lines() {
+                            let Ok(line) = line else { return };
+                            if writeln!(w, "{line}").is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
 }
 
 pub struct Service {

@@ -6,8 +6,9 @@
 //! on the sync port is rejected and adds no flow.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nva_tests::agent::RunningAgent;
@@ -15,15 +16,6 @@ use nva_tests::lab::{self, Lab};
 use nva_tests::{in_netns, require_root, wait_until};
 
 const CONNECTIONS: usize = 6;
-
-fn config(i: usize, key: &std::path::Path) -> String {
-    let (me, peer) = if i == 0 { (11, 12) } else { (12, 11) };
-    format!(
-        "{}\n[sync]\nlisten = \"10.99.1.{me}:7800\"\npeer = \"10.99.1.{peer}:7800\"\nkey_file = \"{}\"\ninterval_ms = 100\n",
-        Lab::agent_config(100),
-        key.display()
-    )
-}
 
 /// Points the fabric's tables (and the VIP) at NVA `i`, as the failover
 /// daemon's linux provider does.
@@ -52,26 +44,6 @@ fn route_to(lab: &Lab, i: usize) {
     lab.nvas[i].ip(&["addr", "add", &vip, "dev", "ext0"]);
     let _ = lab.fabric.exec(&["ip", "neigh", "flush", "dev", "brx"]);
     let _ = lab.fabric.exec(&["ip", "neigh", "flush", "dev", "bri"]);
-}
-
-/// A line echo service on the backend (long-lived connections).
-fn echo_service(lab: &Lab) {
-    let addr = SocketAddr::new(lab::BACKEND.parse().unwrap(), lab::SERVICE_PORT);
-    let listener = in_netns(&lab.backend, || TcpListener::bind(addr).unwrap());
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(CONNECTIONS) {
-            let Ok(conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut w = conn.try_clone().unwrap();
-                for line in BufReader::new(conn).lines() {
-                    let Ok(line) = line else { return };
-                    if writeln!(w, "{line}").is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
 }
 
 struct Conn {
@@ -133,15 +105,19 @@ fn metric(lab: &Lab, i: usize, name: &str) -> f64 {
 fn synced_connections_survive_the_switch_and_garbage_is_rejected() {
     require_root();
     let lab = Lab::new("y");
-    let dir = std::env::temp_dir().join(format!("nva-sync-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("sync.key");
-    std::fs::write(&key, "a shared secret of the test pair\n").unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (dir, key) = lab::sync_key("y");
     let agents: Vec<RunningAgent> = (0..2)
-        .map(|i| RunningAgent::start_in(&lab.nvas[i], &format!("sync{i}"), &config(i, &key), true))
+        .map(|i| {
+            let config = Lab::agent_config_with_sync(i, &key);
+            RunningAgent::start_in(&lab.nvas[i], &format!("sync{i}"), &config, true)
+        })
         .collect();
-    echo_service(&lab);
+    let stop = Arc::new(AtomicBool::new(false));
+    lab::line_echo(
+        &lab.backend,
+        SocketAddr::new(lab::BACKEND.parse().unwrap(), lab::SERVICE_PORT),
+        stop.clone(),
+    );
     route_to(&lab, 0);
     assert!(
         wait_until(Duration::from_secs(10), || metric(
@@ -208,6 +184,7 @@ fn synced_connections_survive_the_switch_and_garbage_is_rejected() {
         "garbage is counted as rejected"
     );
     assert_eq!(flows(&agents[1]), before, "garbage adds no flow");
+    stop.store(true, Ordering::Relaxed);
     drop(agents);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,8 +10,7 @@
 //! the other NVA, so both directions of the sync are exercised.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,41 +25,6 @@ const THROUGH_DNAT: usize = 6;
 const THROUGH_SNAT: usize = 4;
 const SNAT_PORT: u16 = 7000;
 const EVERY: Duration = Duration::from_millis(50);
-
-fn agent_config(i: usize, key: &std::path::Path) -> String {
-    let (me, peer) = if i == 0 { (11, 12) } else { (12, 11) };
-    format!(
-        "{}\n[sync]\nlisten = \"10.99.1.{me}:7800\"\npeer = \"10.99.1.{peer}:7800\"\nkey_file = \"{}\"\ninterval_ms = 100\n",
-        Lab::agent_config(100),
-        key.display()
-    )
-}
-
-/// A line echo service at `addr` in `ns`, for any number of connections,
-/// until `stop`.
-fn echo_service(ns: &Netns, addr: SocketAddr, stop: Arc<AtomicBool>) {
-    let listener = in_netns(ns, || TcpListener::bind(addr).unwrap());
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((conn, _)) => {
-                    conn.set_nonblocking(false).unwrap();
-                    std::thread::spawn(move || {
-                        let mut w = conn.try_clone().unwrap();
-                        for line in BufReader::new(conn).lines() {
-                            let Ok(line) = line else { return };
-                            if writeln!(w, "{line}").is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-}
 
 /// One long-lived connection exchanging a line every `EVERY`, recording
 /// when each answer came, and the error that ended it, if any.
@@ -154,28 +118,24 @@ impl Drop for Talker {
 fn established_connections_survive_each_failure_kind() {
     require_root();
     let lab = Lab::new("w");
-    let dir = std::env::temp_dir().join(format!("nva-failover-sync-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("sync.key");
-    std::fs::write(&key, "the pair's shared secret, 32 bytes+\n").unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (dir, key) = lab::sync_key("w");
 
     let zk = Ensemble::start(&lab.mgmt, "w");
     let mut agents: [RunningAgent; 2] = [0, 1].map(|i| {
         RunningAgent::start_in(
             &lab.nvas[i],
             &format!("w-{i}"),
-            &agent_config(i, &key),
+            &Lab::agent_config_with_sync(i, &key),
             true,
         )
     });
     let stop = Arc::new(AtomicBool::new(false));
-    echo_service(
+    lab::line_echo(
         &lab.backend,
         SocketAddr::new(lab::BACKEND.parse().unwrap(), lab::SERVICE_PORT),
         stop.clone(),
     );
-    echo_service(
+    lab::line_echo(
         &lab.client,
         SocketAddr::new(lab::CLIENT.parse().unwrap(), SNAT_PORT),
         stop.clone(),

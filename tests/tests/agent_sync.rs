@@ -184,6 +184,69 @@ fn synced_connections_survive_the_switch_and_garbage_is_rejected() {
         "garbage is counted as rejected"
     );
     assert_eq!(flows(&agents[1]), before, "garbage adds no flow");
+
+    // A frame under another key, and a frame replayed on a second
+    // connection (valid on the first): both rejected, no flow added.
+    let secret = std::fs::read(&key).unwrap();
+    let record = nva::sync::codec::FlowRecord {
+        proto: 6,
+        src: lab::CLIENT.parse().unwrap(),
+        sport: 45678,
+        dst: lab::BACKEND.parse().unwrap(),
+        dport: lab::SERVICE_PORT,
+        vlan: [0, 0],
+        origin_iface: 0,
+        state: 3,
+        idle_ms: 0,
+        age_ms: 0,
+        nat: None,
+    };
+    let payload = nva::sync::codec::encode_flows(&[record]);
+    let send = |secret: &[u8], challenge_of: &mut Option<[u8; 16]>| -> TcpStream {
+        in_netns(&lab.mgmt, || {
+            let mut s = TcpStream::connect("10.99.1.12:7800").unwrap();
+            let mut challenge = [0u8; 16];
+            std::io::Read::read_exact(&mut s, &mut challenge).unwrap();
+            let c = challenge_of.unwrap_or(challenge);
+            let key = nva::sync::codec::Key::new(secret.trim_ascii());
+            let mut sealer = nva::sync::codec::Sealer::new(key, c, [9; 16]);
+            let frame = sealer
+                .seal(nva::sync::codec::Kind::Flows, &payload)
+                .unwrap();
+            s.write_all(&frame).unwrap();
+            *challenge_of = Some(challenge);
+            s
+        })
+    };
+    let rejected = metric(&lab, 1, "nva_sync_rejected_total");
+    let _wrong = send(b"not the pair's key at all", &mut None);
+    assert!(
+        wait_until(Duration::from_secs(3), || metric(
+            &lab,
+            1,
+            "nva_sync_rejected_total"
+        ) > rejected),
+        "a frame under another key is rejected"
+    );
+    // The first connection's frame is valid there (its challenge)...
+    let mut first_challenge = None;
+    let _first = send(&secret, &mut first_challenge);
+    assert!(
+        wait_until(Duration::from_secs(3), || flows(&agents[1]) == before + 1),
+        "a valid frame from a key holder is imported"
+    );
+    let rejected = metric(&lab, 1, "nva_sync_rejected_total");
+    // ... replayed on another connection, it is not.
+    let _second = send(&secret, &mut first_challenge);
+    assert!(
+        wait_until(Duration::from_secs(3), || metric(
+            &lab,
+            1,
+            "nva_sync_rejected_total"
+        ) > rejected),
+        "a replayed frame is rejected"
+    );
+    assert_eq!(flows(&agents[1]), before + 1, "the replay adds no flow");
     stop.store(true, Ordering::Relaxed);
     drop(agents);
     let _ = std::fs::remove_dir_all(&dir);

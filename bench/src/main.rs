@@ -12,6 +12,7 @@ mod memory;
 mod nat;
 mod report;
 mod swap;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,8 @@ enum Part {
     Failover,
     /// What NAT costs, in the kernel and end to end against nftables NAT.
     Nat,
+    /// Connection-state sync's throughput and CPU per synced flow.
+    Sync,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +105,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     if wanted(Part::Nat) {
         let (section, v) = nat::run(&nat::Settings::new(cli.quick))?;
+        verdicts.extend(v);
+        sections.push(section);
+    }
+    if wanted(Part::Sync) {
+        let (section, v) = sync::run(cli.quick)?;
         verdicts.extend(v);
         sections.push(section);
     }

@@ -193,7 +193,8 @@ shared_type! {
         pub origin_is_lo: u8,
         /// 1 when the flow is translated: its bindings are in the NAT map.
         pub nat: u8,
-        pub _pad8: u8,
+        /// `CT_FLAG_*`.
+        pub flags: u8,
         pub _pad32: u32,
     }
     size = 72, align = 8;
@@ -251,6 +252,11 @@ shared_type! {
     }
     size = 304, align = 8;
 }
+
+/// [`ConntrackEntry::flags`]: imported from the peer NVA (sync) and not
+/// yet seen here; the first local packet clears it. Such flows are not
+/// exported back to the peer.
+pub const CT_FLAG_IMPORTED: u8 = 1;
 
 /// [`ConntrackScratch::kind`]: classify; on allow, track the new flow.
 pub const CT_FLOW_NEW: u8 = 1;

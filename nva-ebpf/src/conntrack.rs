@@ -366,6 +366,8 @@ pub fn packet_len(ctx: &XdpContext) -> u64 {
 fn refresh(e: &mut ConntrackEntry, state: u8, from_origin: bool, len: u64, now: u64) {
     e.state = state;
     e.last_seen_ns = now;
+    // An imported flow is this NVA's own from its first packet here.
+    e.flags = 0;
     let dir = if from_origin { 0 } else { 1 };
     e.packets[dir] += 1;
     e.bytes[dir] += len;
@@ -441,7 +443,7 @@ pub fn after_classify(
         e.state = flow.state;
         e.origin_is_lo = flow.src_is_lo;
         e.nat = (flow.nat != 0) as u8;
-        e._pad8 = 0;
+        e.flags = 0;
         e._pad32 = 0;
         // A flow to translate is tracked once it is bound (`nat::apply`).
         if flow.nat == 0 && CONNTRACK.insert(&flow.key, &flow.new_entry, 0).is_ok() {

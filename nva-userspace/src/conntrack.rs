@@ -342,6 +342,8 @@ pub struct FlowView {
     pub nat: Option<String>,
     pub translated_src: Option<String>,
     pub translated_dst: Option<String>,
+    /// Imported from the peer NVA and not seen here yet.
+    pub imported: bool,
 }
 
 impl FlowView {
@@ -444,6 +446,7 @@ pub fn view(
         nat: None,
         translated_src: None,
         translated_dst: None,
+        imported: e.flags & nva_common::CT_FLAG_IMPORTED != 0,
     }
 }
 

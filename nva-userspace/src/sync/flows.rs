@@ -15,8 +15,8 @@
 use std::net::IpAddr;
 
 use nva_common::{
-    ConntrackEntry, ConntrackKey, NatBinding, NAT_REVERSE, NAT_REWRITE_DST, NAT_REWRITE_SRC,
-    NO_RULE, PROTO_ICMP, PROTO_ICMPV6,
+    ConntrackEntry, ConntrackKey, NatBinding, CT_FLAG_IMPORTED, NAT_REVERSE, NAT_REWRITE_DST,
+    NAT_REWRITE_SRC, NO_RULE, PROTO_ICMP, PROTO_ICMPV6,
 };
 
 use super::codec::{FlowRecord, NatRecord};
@@ -73,7 +73,9 @@ pub fn export(table: &Table, cx: &Context, now: u64) -> Result<Vec<FlowRecord>, 
         .collect();
     let mut out = Vec::new();
     for (k, e) in table.entries()? {
-        if remaining_ns(&e, cx.timeouts_s, now) == 0 {
+        // Expired flows, and the peer's own flows not yet seen here (they
+        // would echo back to it), are not exported.
+        if remaining_ns(&e, cx.timeouts_s, now) == 0 || e.flags & CT_FLAG_IMPORTED != 0 {
             continue;
         }
         let (src, sport, dst, dport) = if e.origin_is_lo != 0 {
@@ -262,7 +264,7 @@ pub fn localize(cx: &Context, r: &FlowRecord, now: u64) -> Result<Localized, Ref
         state: r.state,
         origin_is_lo: src_is_lo as u8,
         nat: (dnat.is_some() || snat.is_some()) as u8,
-        _pad8: 0,
+        flags: CT_FLAG_IMPORTED,
         _pad32: 0,
     };
     if entry.nat == 0 {

@@ -3,6 +3,7 @@
 //! the rewriting itself with incremental checksums (RFC 1624), including
 //! ICMP errors that quote a translated flow.
 
+use aya_ebpf::maps::Array;
 use aya_ebpf::programs::XdpContext;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use network_types::tcp::TcpHdr;
@@ -72,6 +73,26 @@ fn new_flow_scratch() -> Option<&'static mut ConntrackScratch> {
     (flow.kind == CT_FLOW_NEW && flow.state != 0).then_some(flow)
 }
 
+/// The first of the `count` atoms of `atoms` that matches the packet.
+#[inline(always)]
+fn first_match(
+    atoms: &'static Array<NatMatch>,
+    count: u8,
+    pkt: &Packet,
+    ifindex: u32,
+) -> Option<&'static NatMatch> {
+    for i in 0..MAX_NAT_ATOMS {
+        if i >= count as u32 {
+            return None;
+        }
+        let m = atoms.get(i)?;
+        if atom_matches(m, pkt, ifindex) {
+            return Some(m);
+        }
+    }
+    None
+}
+
 /// DNAT, before the rules: the first matching DNAT atom rewrites the
 /// packet's destination as the rules will see it, and is remembered for
 /// the flow's entry.
@@ -83,23 +104,13 @@ pub fn dnat<T: Tables>(pkt: &mut Packet, ifindex: u32, config: &DataPathConfig) 
     let Some(flow) = new_flow_scratch() else {
         return;
     };
-    let atoms = config.nat_dnat as u32;
-    for i in 0..MAX_NAT_ATOMS {
-        if i >= atoms {
-            return;
+    if let Some(m) = first_match(T::nat_dnat(), config.nat_dnat, pkt, ifindex) {
+        pkt.dst = m.to_addr;
+        if m.to_port != 0 && (pkt.proto == PROTO_TCP || pkt.proto == PROTO_UDP) {
+            pkt.dport = m.to_port;
         }
-        let Some(m) = T::nat_dnat().get(i) else {
-            return;
-        };
-        if atom_matches(m, pkt, ifindex) {
-            pkt.dst = m.to_addr;
-            if m.to_port != 0 && (pkt.proto == PROTO_TCP || pkt.proto == PROTO_UDP) {
-                pkt.dport = m.to_port;
-            }
-            flow.nat |= CT_NAT_DNAT;
-            flow.dnat_counter = m.counter;
-            return;
-        }
+        flow.nat |= CT_NAT_DNAT;
+        flow.dnat_counter = m.counter;
     }
 }
 
@@ -114,22 +125,12 @@ pub fn snat<T: Tables>(pkt: &Packet, ifindex: u32, config: &DataPathConfig) {
     let Some(flow) = new_flow_scratch() else {
         return;
     };
-    let atoms = config.nat_snat as u32;
-    for i in 0..MAX_NAT_ATOMS {
-        if i >= atoms {
-            return;
-        }
-        let Some(m) = T::nat_snat().get(i) else {
-            return;
-        };
-        if atom_matches(m, pkt, ifindex) {
-            flow.nat |= CT_NAT_SNAT;
-            flow.snat_counter = m.counter;
-            flow.snat_to = m.to_addr;
-            flow.snat_ports_lo = m.to_ports_lo;
-            flow.snat_ports_hi = m.to_ports_hi;
-            return;
-        }
+    if let Some(m) = first_match(T::nat_snat(), config.nat_snat, pkt, ifindex) {
+        flow.nat |= CT_NAT_SNAT;
+        flow.snat_counter = m.counter;
+        flow.snat_to = m.to_addr;
+        flow.snat_ports_lo = m.to_ports_lo;
+        flow.snat_ports_hi = m.to_ports_hi;
     }
 }
 

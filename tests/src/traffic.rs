@@ -34,7 +34,8 @@ pub fn udp_delivered(from: &Netns, to: &Netns, to_ip: &str, port: u16, n: usize)
     got
 }
 
-fn force_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+/// Sets a UDP socket's receive buffer past the system's limit (root).
+pub fn force_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
     use std::os::fd::AsRawFd;
     // SAFETY: setsockopt with a valid int option value.
     let rc = unsafe {

@@ -307,7 +307,7 @@ fn echo_server(t: &Topology, port: u16, expect: usize) -> std::thread::JoinHandl
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     // Room for a burst of MANY datagrams while the thread catches up.
-    force_rcvbuf(&sock, 8 << 20);
+    nva_tests::traffic::force_rcvbuf(&sock, 8 << 20);
     std::thread::spawn(move || {
         let mut seen: Vec<SocketAddr> = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -375,21 +375,6 @@ fn many_snat_flows(t: &Topology) -> (usize, bool, usize) {
         in_range,
         replied.iter().filter(|r| **r).count(),
     )
-}
-
-fn force_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt with a valid int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &bytes as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
 fn raise_fd_limit(n: u64) {

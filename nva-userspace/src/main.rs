@@ -28,9 +28,11 @@ const DEFAULT_FAILOVER_CONFIG: &str = "/etc/nva/failover.toml";
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: load (or adopt) the XDP program on agent.interfaces and
-    /// enforce the rules; SIGHUP reloads the config. On exit (SIGINT,
-    /// SIGTERM, even SIGKILL) the data path keeps enforcing the last rule
-    /// set, pinned under agent.bpffs, until a new agent adopts it.
+    /// enforce the rules and [[nat]] entries; SIGHUP reloads the config
+    /// ([agent] and [sync] changes need a restart). With [sync] it also
+    /// exchanges its flows with the peer NVA. On exit (SIGINT, SIGTERM, even
+    /// SIGKILL) the data path keeps enforcing the last rule set, pinned under
+    /// agent.bpffs, until a new agent adopts it.
     Agent {
         /// Config file (TOML).
         #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -122,8 +124,9 @@ pub(crate) enum FailoverCommand {
 #[derive(Subcommand)]
 pub(crate) enum ConntrackCommand {
     /// One line per tracked flow: protocol, originator -> responder, state,
-    /// age, time to expiry, admitting rule, packets/bytes each way.
-    /// Expired flows not yet swept are left out.
+    /// age, time to expiry, admitting rule, packets/bytes each way; under a
+    /// translated flow a second line with the tuple its packets leave with
+    /// and its NAT entries. Expired flows not yet swept are left out.
     List {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,

@@ -99,6 +99,22 @@ impl Table {
         Ok(())
     }
 
+    /// The flow under `key`, if any.
+    pub fn get(&self, key: &ConntrackKey) -> Result<Option<ConntrackEntry>, ConntrackError> {
+        let map: aya::maps::HashMap<&MapData, ConntrackKey, ConntrackEntry> =
+            aya::maps::HashMap::try_from(&self.flows)?;
+        match map.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes a flow, if present.
     pub fn remove(&mut self, key: &ConntrackKey) -> Result<(), ConntrackError> {
         let mut map: aya::maps::HashMap<&mut MapData, ConntrackKey, ConntrackEntry> =

@@ -117,6 +117,28 @@ impl Drop for Talker {
     }
 }
 
+/// A metric of NVA `i`'s agent (None while it is unreachable).
+fn metric(lab: &Lab, i: usize, name: &str) -> Option<f64> {
+    let (code, body) =
+        nva_tests::traffic::http_get(&lab.mgmt, &format!("10.99.1.{}:9090", 11 + i), "/metrics")
+            .ok()?;
+    (code == 200).then_some(())?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// The lines of NVA `i`'s metrics that start with `prefix` (diagnostics).
+fn metric_lines(lab: &Lab, i: usize, prefix: &str) -> String {
+    nva_tests::traffic::http_get(&lab.mgmt, &format!("10.99.1.{}:9090", 11 + i), "/metrics")
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with(prefix) && !l.ends_with(" 0"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn established_connections_survive_each_failure_kind() {
     require_root();
@@ -182,8 +204,23 @@ fn established_connections_survive_each_failure_kind() {
     // README); untranslated ones must.
     for k in [0, 2, 1] {
         let kind = FAILURE_KINDS[k];
-        // The sync has caught up and the dwell time has passed.
+        // The dwell time has passed, and the standby has caught up: its
+        // peer is connected to it, and since it (re)started it has received
+        // at least every connection's flow (a restarted standby gets them
+        // by a full resync).
         std::thread::sleep(Duration::from_millis(1500));
+        let standby = 1 - active;
+        let flows = (DIRECT + THROUGH_DNAT + THROUGH_SNAT) as f64;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                metric(&lab, active, "nva_sync_peer_up") == Some(1.0)
+                    && metric(&lab, standby, "nva_sync_received_total").is_some_and(|n| n >= flows)
+                    && metric(&lab, standby, "nva_sync_last_received_age_seconds")
+                        .is_some_and(|age| age < 1.0)
+            }),
+            "{kind}: the standby {} caught up with the sync",
+            ["nva-a", "nva-b"][standby]
+        );
         let failed_at = Instant::now();
         fail_nva(&lab, &mut agents, active, k);
         let other = 1 - active;
@@ -194,15 +231,21 @@ fn established_connections_survive_each_failure_kind() {
             d2.log_text()
         );
         let moved_at = Instant::now();
-        assert!(
-            wait_until(Duration::from_secs(10), || talkers
+        let resumed = |(_, t): &(String, Talker)| {
+            t.answered_since(moved_at) > 3 || t.error.lock().unwrap().is_some()
+        };
+        if !wait_until(Duration::from_secs(20), || talkers.iter().all(resumed)) {
+            let stuck: Vec<&String> = talkers
                 .iter()
-                .all(
-                    |(_, t)| t.answered_since(moved_at) > 3 || t.error.lock().unwrap().is_some()
-                )),
-            "{kind}: connections resumed through {}",
-            ["nva-a", "nva-b"][other]
-        );
+                .filter(|c| !resumed(c))
+                .map(|(n, _)| n)
+                .collect();
+            let drops = metric_lines(&lab, other, "nva_packets_total{verdict=\"drop\"");
+            panic!(
+                "{kind}: connections {stuck:?} did not resume through {}; its drops: {drops}",
+                ["nva-a", "nva-b"][other]
+            );
+        }
         let mut pauses = Vec::new();
         let mut reset = Vec::new();
         for (name, t) in &talkers {

@@ -206,7 +206,8 @@ fn imported_flows_carry_on_at_the_standby() {
             Imported {
                 imported: 3,
                 ended: 0,
-                refused: 0
+                refused: 0,
+                kept: 0
             }
         );
 
@@ -269,7 +270,8 @@ fn flows_the_standby_refuses_are_not_imported() {
             Imported {
                 imported: 1,
                 ended: 0,
-                refused: 1
+                refused: 1,
+                kept: 0
             }
         );
         b.run(

@@ -124,7 +124,7 @@ fn start_sync(
     let export: nva::sync::service::Exporter = std::sync::Arc::new(move || {
         let agent = a.lock().expect("agent lock");
         let table = Table::open(&agent.layout)?;
-        Ok(agent.with_sync_context(|cx| nva::sync::flows::export(&table, cx, now_ns()))?)
+        Ok(agent.with_sync_context(|cx| nva::sync::flows::export_all(&table, cx, now_ns()))?)
     });
     let a = agent.clone();
     let import: nva::sync::service::Importer = std::sync::Arc::new(move |records| {

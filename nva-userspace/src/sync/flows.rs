@@ -63,6 +63,21 @@ fn ms(ns: u64) -> u32 {
 
 /// The live flows of `table` as records (`now`: the table's clock).
 pub fn export(table: &Table, cx: &Context, now: u64) -> Result<Vec<FlowRecord>, ConntrackError> {
+    Ok(export_all(table, cx, now)?
+        .into_iter()
+        .filter(|(_, imported)| !imported)
+        .map(|(r, _)| r)
+        .collect())
+}
+
+/// Every live flow of `table` as a record, with whether it is the peer's
+/// (imported, not seen here yet): the sender sends only its own flows, but
+/// a flow that became the peer's has not ended.
+pub fn export_all(
+    table: &Table,
+    cx: &Context,
+    now: u64,
+) -> Result<Vec<(FlowRecord, bool)>, ConntrackError> {
     let bindings = table.bindings()?;
     let ifindexes: Vec<Option<u32>> = cx
         .config
@@ -73,11 +88,10 @@ pub fn export(table: &Table, cx: &Context, now: u64) -> Result<Vec<FlowRecord>, 
         .collect();
     let mut out = Vec::new();
     for (k, e) in table.entries()? {
-        // Expired flows, and the peer's own flows not yet seen here (they
-        // would echo back to it), are not exported.
-        if remaining_ns(&e, cx.timeouts_s, now) == 0 || e.flags & CT_FLAG_IMPORTED != 0 {
+        if remaining_ns(&e, cx.timeouts_s, now) == 0 {
             continue;
         }
+        let imported = e.flags & CT_FLAG_IMPORTED != 0;
         let (src, sport, dst, dport) = if e.origin_is_lo != 0 {
             (k.addr_lo, k.port_lo, k.addr_hi, k.port_hi)
         } else {
@@ -106,22 +120,25 @@ pub fn export(table: &Table, cx: &Context, now: u64) -> Result<Vec<FlowRecord>, 
         } else {
             None
         };
-        out.push(FlowRecord {
-            proto: k.proto,
-            src: ip(&src, k.family),
-            sport,
-            dst: ip(&dst, k.family),
-            dport,
-            vlan: k.vlan,
-            origin_iface: ifindexes
-                .iter()
-                .position(|i| *i == Some(e.origin_ifindex))
-                .map_or(0xff, |p| p as u8),
-            state: e.state,
-            idle_ms: ms(now.saturating_sub(e.last_seen_ns)),
-            age_ms: ms(now.saturating_sub(e.created_ns)),
-            nat,
-        });
+        out.push((
+            FlowRecord {
+                proto: k.proto,
+                src: ip(&src, k.family),
+                sport,
+                dst: ip(&dst, k.family),
+                dport,
+                vlan: k.vlan,
+                origin_iface: ifindexes
+                    .iter()
+                    .position(|i| *i == Some(e.origin_ifindex))
+                    .map_or(0xff, |p| p as u8),
+                state: e.state,
+                idle_ms: ms(now.saturating_sub(e.last_seen_ns)),
+                age_ms: ms(now.saturating_sub(e.created_ns)),
+                nat,
+            },
+            imported,
+        ));
     }
     Ok(out)
 }
@@ -336,6 +353,9 @@ pub struct Imported {
     pub imported: usize,
     pub ended: usize,
     pub refused: usize,
+    /// Records not applied because this side owns the flow and saw it more
+    /// recently (a restarted peer resyncing its stale copy).
+    pub kept: usize,
 }
 
 /// Imports records into `table`: live flows are inserted (or refreshed),
@@ -349,16 +369,29 @@ pub fn import(
     let mut stats = Imported::default();
     for r in records {
         match localize(cx, r, now) {
-            Ok(l) if r.state != 0 => {
+            Ok(l) => {
+                // A flow this side owns (has seen packets of) is only
+                // replaced by a fresher copy, and never ended by the peer.
+                let local = table.get(&l.key)?;
+                let owned = local.filter(|e| e.flags & CT_FLAG_IMPORTED == 0);
+                if r.state == 0 {
+                    if owned.is_some() {
+                        stats.kept += 1;
+                    } else {
+                        table.remove(&l.key)?;
+                        stats.ended += 1;
+                    }
+                    continue;
+                }
+                if owned.is_some_and(|e| e.last_seen_ns >= l.entry.last_seen_ns) {
+                    stats.kept += 1;
+                    continue;
+                }
                 for (k, b) in l.bindings.iter().flatten() {
                     table.insert_binding(k, b)?;
                 }
                 table.insert(&l.key, &l.entry)?;
                 stats.imported += 1;
-            }
-            Ok(l) => {
-                table.remove(&l.key)?;
-                stats.ended += 1;
             }
             Err(why) => {
                 tracing::debug!(?why, flow = ?r, "sync: flow not imported");

@@ -92,8 +92,9 @@ fn id(r: &FlowRecord) -> FlowId {
     (r.proto, r.src, r.sport, r.dst, r.dport, r.vlan)
 }
 
-/// Exports the local table (called on a blocking thread).
-pub type Exporter = Arc<dyn Fn() -> anyhow::Result<Vec<FlowRecord>> + Send + Sync>;
+/// Exports the local table: every live flow, and whether it is the peer's
+/// (called on a blocking thread).
+pub type Exporter = Arc<dyn Fn() -> anyhow::Result<Vec<(FlowRecord, bool)>> + Send + Sync>;
 /// Imports records into the local table (called on a blocking thread).
 pub type Importer = Arc<dyn Fn(&[FlowRecord]) -> anyhow::Result<Imported> + Send + Sync>;
 
@@ -153,9 +154,13 @@ async fn feed(
         let now = Instant::now();
         let mut out: Vec<FlowRecord> = Vec::new();
         let mut live = std::collections::HashSet::with_capacity(records.len());
-        for r in records {
+        for (r, imported) in records {
             let k = id(&r);
             live.insert(k);
+            // The peer's own flow: it has it; not ended either.
+            if imported {
+                continue;
+            }
             let due = match sent.get(&k) {
                 None => true,
                 Some((state, at)) => {

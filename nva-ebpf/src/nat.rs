@@ -594,21 +594,26 @@ fn rewrite_ip(ctx: &XdpContext, l3: usize, is_v6: bool, b: &NatBinding) -> Optio
     Some(acc)
 }
 
+/// The IP and L4 header offsets of the packet, bounded for the verifier.
+/// The IP offset is read again rather than kept in `Packet`: a constant per
+/// VLAN depth there would split the verifier's states of the whole program
+/// three ways.
+#[inline(always)]
+fn offsets(ctx: &XdpContext, pkt: &Packet) -> Option<(usize, usize)> {
+    let mut vlan = [0u16; 2];
+    let (_, l3) = crate::parse::parse_ethernet(ctx, &mut vlan).ok()?;
+    let l4 = pkt.l4_off as usize;
+    (l3 <= MAX_L3_OFFSET && l4 <= MAX_L4_OFFSET).then_some((l3, l4))
+}
+
 /// Rewrites a packet of a translated flow as binding `b` says: addresses,
 /// ports (the identifier of an ICMP echo), and every checksum they enter.
 /// False when a header is not where the parser found it (never expected).
 #[inline(never)]
 fn rewrite(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
-    // Not kept in `Packet`: a constant per VLAN depth there would split
-    // the verifier's states of the whole program three ways.
-    let mut vlan = [0u16; 2];
-    let Ok((_, l3)) = crate::parse::parse_ethernet(ctx, &mut vlan) else {
+    let Some((l3, l4)) = offsets(ctx, pkt) else {
         return false;
     };
-    let l4 = pkt.l4_off as usize;
-    if l3 > MAX_L3_OFFSET || l4 > MAX_L4_OFFSET {
-        return false;
-    }
     let src = b.flags & NAT_REWRITE_SRC != 0;
     let dst = b.flags & NAT_REWRITE_DST != 0;
     let Some(pseudo) = rewrite_ip(ctx, l3, pkt.is_v6, b) else {
@@ -669,16 +674,9 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
 /// checksum over all of it.
 #[inline(never)]
 fn rewrite_error(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
-    // Not kept in `Packet`: a constant per VLAN depth there would split
-    // the verifier's states of the whole program three ways.
-    let mut vlan = [0u16; 2];
-    let Ok((_, l3)) = crate::parse::parse_ethernet(ctx, &mut vlan) else {
+    let Some((l3, l4)) = offsets(ctx, pkt) else {
         return false;
     };
-    let l4 = pkt.l4_off as usize;
-    if l3 > MAX_L3_OFFSET || l4 > MAX_L4_OFFSET {
-        return false;
-    }
     let src = b.flags & NAT_REWRITE_SRC != 0;
     let dst = b.flags & NAT_REWRITE_DST != 0;
     let quote = l4 + 8;

@@ -587,5 +587,29 @@ fn nat_through_nva_is_seen_like_nftables_nat() {
         .unwrap_or_else(|| panic!("the DNAT flow is listed: {flows:#?}"));
     assert_eq!(web["dst"], format!("[{}]:8080", t.nva_in_v6()));
     assert_eq!(web["translated_dst"], format!("[{}]:80", t.server_v6()));
+
+    // With the client side's program detached (a failure the failover
+    // handles), the kernel gets the public address's packets: it must not
+    // answer a translated port with a reset (the flow's next packets will
+    // reach the peer NVA), while other ports are refused as before.
+    agent.detach_link(nva_tests::NVA_IN_IF);
+    let connect = |port: u16| {
+        let to = SocketAddr::new(t.nva_in_v4().parse().unwrap(), port);
+        in_netns(&t.client, || {
+            TcpStream::connect_timeout(&to, Duration::from_millis(700))
+        })
+        .err()
+        .map(|e| e.kind())
+    };
+    assert_eq!(
+        connect(8080),
+        Some(std::io::ErrorKind::TimedOut),
+        "a DNAT'd port is not reset while the program is detached"
+    );
+    assert_eq!(
+        connect(9999),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "other ports of the address are still refused"
+    );
     drop(agent);
 }

@@ -281,6 +281,7 @@ impl Agent {
         if !config.nat.is_empty() {
             accept_local_sources(&config.agent.interfaces);
         }
+        guard_nat(&config.nat);
         let state = AgentState {
             generation,
             ruleset_hash: ruleset_hash(&config),
@@ -382,6 +383,7 @@ impl Agent {
         if !config.nat.is_empty() {
             accept_local_sources(&config.agent.interfaces);
         }
+        guard_nat(&config.nat);
         if let Err(e) = self.datapath.reset_counters(&freed) {
             tracing::warn!(error = %e, "zeroing counters of removed rules");
         }
@@ -489,6 +491,20 @@ fn accept_local_sources(interfaces: &[String]) {
             Ok(()) => tracing::info!(iface, "net.ipv4.conf.{iface}.accept_local = 1 (NAT forwards packets from the NVA's own addresses)"),
             Err(e) => tracing::warn!(iface, error = %e, "cannot set accept_local: translated packets from the NVA's own addresses may be dropped by the kernel"),
         }
+    }
+}
+
+/// Keeps the kernel from resetting translated flows while a program is
+/// detached (see [`crate::nat::guard`]); without it a failover still
+/// works, but translated connections may be reset on the way.
+fn guard_nat(nat: &[crate::policy::model::Nat]) {
+    match crate::nat::guard::apply(nat) {
+        Ok(()) if nat.is_empty() => {}
+        Ok(()) => tracing::info!(
+            table = crate::nat::guard::TABLE,
+            "nftables guard in place: the kernel does not reset translated flows while a program is detached"
+        ),
+        Err(e) => tracing::warn!(error = %e, "no NAT guard: translated connections may be reset by this host's kernel if a program is detached before a failover"),
     }
 }
 

@@ -35,5 +35,12 @@ pub(crate) fn detach(path: &Path) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(nva::datapath::pin::state_dir(&bpffs));
+    // Without the program, the NAT guard has nothing left to protect.
+    if let Err(e) = nva::nat::guard::apply(&[]) {
+        eprintln!(
+            "warning: removing the nftables table {}: {e}",
+            nva::nat::guard::TABLE
+        );
+    }
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! norm, so the program scans the atoms (on a flow's first packet only)
 //! rather than classifying them like the rules.
 
+pub mod guard;
+
 use std::net::IpAddr;
 
 use nva_common::{

@@ -112,6 +112,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         let (section, v) = sync::run(cli.quick)?;
         verdicts.extend(v);
         sections.push(section);
+        sections.push(sync::lag(cli.quick)?);
     }
     if wanted(Part::Failover) {
         let (section, v) = failover::run(if cli.quick { 1 } else { 5 })?;

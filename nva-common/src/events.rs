@@ -77,7 +77,9 @@ pub enum PacketReason {
     DropRevoked = 20,
     /// A new flow to SNAT found no free source port in `to_ports`.
     DropNatPortsExhausted = 21,
-    /// A new flow to DNAT whose translated tuple is already a live flow.
+    /// A new flow whose tuple would be another live flow's on the wire: a
+    /// DNAT whose translated tuple is a live flow, or an untranslated flow
+    /// on the translated tuple of a live translated one.
     DropNatClash = 22,
     /// A packet of a translated flow whose NAT binding is gone (evicted).
     DropNatBindingLost = 23,

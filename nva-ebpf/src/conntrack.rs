@@ -445,6 +445,9 @@ pub fn after_classify(
         e.nat = (flow.nat != 0) as u8;
         e.flags = 0;
         e._pad32 = 0;
+        if flow.nat == 0 && config.nat_bindings != 0 && nat::clashes(&flow.key, config, flow.now) {
+            return PacketReason::DropNatClash;
+        }
         // A flow to translate is tracked once it is bound (`nat::apply`).
         if flow.nat == 0 && CONNTRACK.insert(&flow.key, &flow.new_entry, 0).is_ok() {
             count(CT_STAT_CREATED);

@@ -9,10 +9,10 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use network_types::tcp::TcpHdr;
 use network_types::udp::UdpHdr;
 use nva_common::{
-    ConntrackScratch, DataPathConfig, NatBinding, NatMatch, PacketReason, CT_FLOW_NEW, CT_NAT_DNAT,
-    CT_NAT_ERR, CT_NAT_REV, CT_NAT_SNAT, MAX_NAT_ATOMS, NAT_ANY_ICMP_TYPE, NAT_PORT_TRIES,
-    NAT_REVERSE, NAT_REWRITE_DST, NAT_REWRITE_SRC, NO_RULE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP,
+    ConntrackKey, ConntrackScratch, DataPathConfig, NatBinding, NatMatch, PacketReason,
+    CT_FLOW_NEW, CT_NAT_DNAT, CT_NAT_ERR, CT_NAT_REV, CT_NAT_SNAT, MAX_NAT_ATOMS,
+    NAT_ANY_ICMP_TYPE, NAT_PORT_TRIES, NAT_REVERSE, NAT_REWRITE_DST, NAT_REWRITE_SRC, NO_RULE,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::conntrack::{self, expired};
@@ -205,6 +205,30 @@ fn claim(flow: &mut ConntrackScratch, config: &DataPathConfig, port: u16, how: u
         && NAT_BINDINGS
             .insert(&flow.reverse_key, &flow.binding, 0)
             .is_ok()
+}
+
+/// Whether a new untranslated flow on tuple `key` clashes with a live
+/// translated flow that leaves with that tuple (its reverse binding is
+/// stored under it): let through, it would reach that flow's peer as a
+/// second connection on the same addresses and ports, which the peer takes
+/// for the first (a client reaching a workload both directly and through
+/// DNAT can pick the same source port for both). Netfilter remaps the new
+/// flow's source port; nva refuses it (`nat_clash`), and the client's next
+/// try takes another port.
+#[inline(never)]
+pub fn clashes(key: &ConntrackKey, config: &DataPathConfig, now: u64) -> bool {
+    // SAFETY: read only, during this run (RCU); bindings are never changed once inserted.
+    let Some(b) = (unsafe { NAT_BINDINGS.get(key) }) else {
+        return false;
+    };
+    if b.flags & NAT_REVERSE == 0 {
+        return false;
+    }
+    // SAFETY: read only, during this run (RCU keeps the element allocated).
+    match unsafe { CONNTRACK.get(&b.flow) } {
+        Some(e) => e.nat != 0 && !expired(e, config, now),
+        None => false,
+    }
 }
 
 /// Binds a new flow that NAT translates: builds the reverse binding,

@@ -170,6 +170,33 @@ to_ports = "20000-29999"
         )
     }
 
+    /// A metric of NVA `i`'s agent (None while it is unreachable).
+    pub fn agent_metric(&self, i: usize, name: &str) -> Option<f64> {
+        let body = self.agent_metrics(i)?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    }
+
+    /// NVA `i`'s agent's `/metrics` text (None while it is unreachable).
+    pub fn agent_metrics(&self, i: usize) -> Option<String> {
+        let at = format!("10.99.1.{}:9090", 11 + i);
+        let (code, body) = crate::traffic::http_get(&self.mgmt, &at, "/metrics").ok()?;
+        (code == 200).then_some(body)
+    }
+
+    /// Starts `nva agent` on both NVAs with connection-state sync between
+    /// them, keyed by the file `key` (see [`sync_key`]).
+    pub fn start_agents_with_sync(&self, tag: &str, key: &std::path::Path) -> [RunningAgent; 2] {
+        [0, 1].map(|i| {
+            RunningAgent::start_in(
+                &self.nvas[i],
+                &format!("{tag}-{i}"),
+                &Lab::agent_config_with_sync(i, key),
+                true,
+            )
+        })
+    }
+
     /// Starts `nva agent` on both NVAs.
     pub fn start_agents(&self, tag: &str) -> [RunningAgent; 2] {
         let config = Lab::agent_config(100);
@@ -440,8 +467,6 @@ impl FailoverDaemon {
     }
 }
 
-/// The backend service: accepts connections on SERVICE_PORT and answers
-/// each "ping" with "pong".
 /// One request to the service at `ip:port` from the client: true when
 /// "pong" comes back.
 pub fn request(lab: &Lab, ip: &str, port: u16) -> bool {
@@ -508,6 +533,8 @@ pub fn line_echo(ns: &Netns, addr: SocketAddr, stop: Arc<AtomicBool>) {
     });
 }
 
+/// The backend service on SERVICE_PORT: answers "ping" with "pong", and
+/// echoes any other connection's bytes (see [`serve`]).
 pub struct Service {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -523,13 +550,8 @@ impl Service {
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
-                        let mut b = [0u8; 4];
-                        if c.read_exact(&mut b).is_ok() && &b == b"ping" {
-                            let _ = c.write_all(b"pong");
-                        }
+                    Ok((c, _)) => {
+                        std::thread::spawn(move || serve(c));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -538,6 +560,33 @@ impl Service {
         Service {
             stop,
             thread: Some(thread),
+        }
+    }
+}
+
+/// One connection to the service: "ping" is answered with "pong" (a
+/// request); anything else is echoed until the peer closes (a long-lived
+/// connection of [`crate::long_lived`]).
+fn serve(mut c: TcpStream) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut b = [0u8; 4];
+    if c.read_exact(&mut b).is_err() {
+        return;
+    }
+    if &b == b"ping" {
+        let _ = c.write_all(b"pong");
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let mut rest = b.to_vec();
+    loop {
+        if c.write_all(&rest).is_err() {
+            return;
+        }
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => rest = buf[..n].to_vec(),
         }
     }
 }

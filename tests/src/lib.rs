@@ -502,5 +502,6 @@ impl Netns {
 pub mod agent;
 pub mod arm;
 pub mod lab;
+pub mod long_lived;
 pub mod traffic;
 pub mod zookeeper;

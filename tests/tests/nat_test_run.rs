@@ -231,6 +231,18 @@ fn tcp_dnat_both_ways(client: &str, public: &str, workload: &str) {
     // (the rule names the workload), but the flow above does not cover it.
     let direct = frame(6, client, 40001, workload, 8443, ACK);
     pass(&dp, &direct, R::DropTcpNotTracked);
+    // A direct connection on the translated tuple (the client picked the
+    // same source port for the workload's own address) would reach the
+    // workload as the translated connection: refused while that flow
+    // lives; on another port it is a flow of its own.
+    let clash = frame(6, client, 40000, workload, 8443, SYN);
+    pass(&dp, &clash, R::DropNatClash);
+    let own = frame(6, client, 40002, workload, 8443, SYN);
+    let out = pass(&dp, &own, R::PassRule);
+    assert_eq!(tuple(&out), (ip(client), 40002, ip(workload), 8443));
+    // The translated flow is untouched.
+    let out = pass(&dp, &ack, R::PassEstablished);
+    assert_eq!(tuple(&out), (ip(client), 40000, ip(workload), 8443));
 }
 
 #[test]

@@ -11,11 +11,10 @@
 //! - [`conntrack`]: the flow table;
 //! - [`events`]: sampled packet events and the packet counters' reasons;
 //! - [`nat`]: NAT entries, the bindings of translated flows, NAT counters;
+//! - [`forward`]: the forwarding mode and the forwarding counters' paths;
 //! - [`map_names`], [`programs`]: names both sides look things up by;
 //! - [`layout`]: how shared types are declared, and the pinned layout version.
 //!
-//! Forwarding and state sync add their own modules here, each with its
-//! types, and their maps' names in [`map_names`].
 #![cfg_attr(not(feature = "user"), no_std)]
 
 #[macro_use]
@@ -24,6 +23,7 @@ pub mod layout;
 pub mod classifier;
 pub mod conntrack;
 pub mod events;
+pub mod forward;
 pub mod map_names;
 pub mod nat;
 pub mod programs;
@@ -33,6 +33,7 @@ pub mod wire;
 pub use classifier::*;
 pub use conntrack::*;
 pub use events::*;
+pub use forward::*;
 pub use layout::LAYOUT_VERSION;
 pub use nat::*;
 pub use programs::*;

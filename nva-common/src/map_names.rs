@@ -31,3 +31,5 @@ pub const NAT_DNAT: &str = "NAT_DNAT";
 pub const NAT_SNAT: &str = "NAT_SNAT";
 pub const NAT_BINDINGS: &str = "NAT_BINDINGS";
 pub const NAT_COUNTERS: &str = "NAT_COUNTERS";
+pub const EGRESS: &str = "EGRESS";
+pub const FORWARD_COUNTERS: &str = "FORWARD_COUNTERS";

@@ -37,7 +37,9 @@ shared_type! {
         /// 1 while the NAT map may hold bindings: a conntrack miss then
         /// looks for a reverse binding (a reply of a translated flow).
         pub nat_bindings: u8,
-        pub _pad: u8,
+        /// `agent.forward`: [`FORWARD_KERNEL`](crate::FORWARD_KERNEL) or
+        /// [`FORWARD_XDP`](crate::FORWARD_XDP).
+        pub forward: u8,
         /// Idle timeout in seconds by [`ConntrackState`](crate::ConntrackState) (index 0 unused).
         pub timeouts_s: [u32; CT_STATES],
         /// Tail padding to the 8-byte alignment of `generation`, named so that

@@ -4,8 +4,7 @@
 //! whole data path is linted by clippy like the rest of the workspace.
 //!
 //! Each feature keeps its maps in `maps` (names from `nva_common::map_names`)
-//! and its logic in a module of its own; forwarding and state sync go
-//! beside `conntrack` and `nat`.
+//! and its logic in a module of its own.
 #![no_std]
 // Map keys are passed by reference on purpose: by value they would be copied
 // onto the program's 512-byte stack (a conntrack key is 44 bytes).
@@ -13,6 +12,7 @@
 
 pub mod classify;
 pub mod conntrack;
+pub mod forward;
 pub mod maps;
 pub mod nat;
 pub mod parse;

@@ -7,6 +7,7 @@
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use nva_common::{PacketReason, XDP_DROP, XDP_PASS};
+use nva_ebpf::forward;
 use nva_ebpf::parse::{self, Parsed};
 use nva_ebpf::verdict::{count_packet, decide};
 
@@ -15,7 +16,7 @@ pub fn nva_xdp(ctx: XdpContext) -> u32 {
     let reason = decide(&ctx);
     count_packet(reason);
     if PacketReason::code_is_pass(reason) {
-        XDP_PASS
+        forward::route(&ctx, reason)
     } else {
         XDP_DROP
     }

@@ -8,14 +8,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use nva_common::{
     ClassMatch, ConntrackEntry, ConntrackKey, ConntrackScratch, DataPathConfig, L4Key, LogBudget,
     ManagementKey, NatBinding, NatCounters, NatMatch, PairKey, PairMatch, RuleAction, RuleCounters,
     VerdictKey, CAPACITY_ADDR_TABLE, CAPACITY_JOIN_TABLE, CAPACITY_PREFIXES, CT_STATS,
-    ICMP_CLASS_ENTRIES, MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES, PACKET_REASONS,
-    PORT_CLASS_ENTRIES,
+    FORWARD_PATHS, ICMP_CLASS_ENTRIES, MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES,
+    PACKET_REASONS, PORT_CLASS_ENTRIES,
 };
 
 /// Index (0 or 1) of the slot the program uses.
@@ -63,6 +63,13 @@ pub static NAT_BINDINGS: HashMap<ConntrackKey, NatBinding> =
 /// Per-`[[nat]]`-entry counters, by the entry's stable counter index.
 #[map]
 pub static NAT_COUNTERS: PerCpuArray<NatCounters> = PerCpuArray::with_max_entries(MAX_NAT_RULES, 0);
+/// The interfaces a routed packet may leave by (the agent's own), by
+/// ifindex: the redirect target of `forward = "xdp"`.
+#[map]
+pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_EGRESS, 0);
+/// Allowed packets by `ForwardPath` (per CPU).
+#[map]
+pub static FORWARD_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FORWARD_PATHS, 0);
 /// The parsed packet, in map memory rather than on the small stack; the
 /// classifier's rewrites of it (see `verdict::decide_with`) are then
 /// invisible to the verifier. Not pinned: only a run's scratch.

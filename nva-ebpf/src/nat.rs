@@ -19,7 +19,7 @@ use crate::conntrack::{self, expired};
 use crate::maps::{
     Tables, ACTIVE, CONFIG, CONNTRACK, CONNTRACK_SCRATCH, NAT_BINDINGS, NAT_COUNTERS,
 };
-use crate::parse::{ptr_at, Packet};
+use crate::parse::{header_mut, Packet};
 
 /// Largest L3 offset: Ethernet and two VLAN tags.
 const MAX_L3_OFFSET: usize = 22;
@@ -535,21 +535,6 @@ fn fold(check: [u8; 2], acc: u32) -> [u8; 2] {
     (!(sum as u16)).to_be_bytes()
 }
 
-/// The header of type `T` at `off`, writable. Fields are then reached
-/// through this one pointer: pointers rebuilt from offsets lose the bounds
-/// check in the verifier's eyes.
-// The frame's bytes are not borrowed from `ctx` (which only locates them):
-// a shared context hands out the one writable view of a header at a time.
-#[allow(clippy::mut_from_ref)]
-#[inline(always)]
-fn header<T>(ctx: &XdpContext, off: usize) -> Option<&mut T> {
-    let p = ptr_at::<T>(ctx, off)? as *mut T;
-    // SAFETY: ptr_at checked that the bytes lie within the packet (data..data_end); the types
-    // used here are byte arrays or network-types headers of alignment 1; XDP owns the frame's
-    // bytes during this run and nothing else references them.
-    Some(unsafe { &mut *p })
-}
-
 /// Replaces `field` by the first bytes of `new`, summing the change.
 #[inline(always)]
 fn replace<const N: usize>(acc: &mut u32, field: &mut [u8; N], new: &[u8; 16]) {
@@ -598,7 +583,7 @@ fn rewrite_ip(ctx: &XdpContext, l3: usize, is_v6: bool, b: &NatBinding) -> Optio
     let (new_src, new_dst) = (&b.src, &b.dst);
     let mut acc = 0u32;
     if is_v6 {
-        let ip = header::<Ipv6Hdr>(ctx, l3)?;
+        let ip = header_mut::<Ipv6Hdr>(ctx, l3)?;
         if to_src {
             replace(&mut acc, &mut ip.src_addr, new_src);
         }
@@ -606,7 +591,7 @@ fn rewrite_ip(ctx: &XdpContext, l3: usize, is_v6: bool, b: &NatBinding) -> Optio
             replace(&mut acc, &mut ip.dst_addr, new_dst);
         }
     } else {
-        let ip = header::<Ipv4Hdr>(ctx, l3)?;
+        let ip = header_mut::<Ipv4Hdr>(ctx, l3)?;
         if to_src {
             replace(&mut acc, &mut ip.src_addr, new_src);
         }
@@ -646,7 +631,7 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
     let mut acc = pseudo;
     match pkt.proto {
         PROTO_TCP => {
-            let Some(tcp) = header::<TcpHdr>(ctx, l4) else {
+            let Some(tcp) = header_mut::<TcpHdr>(ctx, l4) else {
                 return false;
             };
             if src {
@@ -658,7 +643,7 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
             update(&mut tcp.check, acc, false);
         }
         PROTO_UDP => {
-            let Some(udp) = header::<UdpHdr>(ctx, l4) else {
+            let Some(udp) = header_mut::<UdpHdr>(ctx, l4) else {
                 return false;
             };
             if src {
@@ -672,7 +657,7 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
         PROTO_ICMP | PROTO_ICMPV6 => {
             // Type, code, checksum, identifier. ICMP's checksum has no
             // pseudo-header; ICMPv6's has.
-            let Some(icmp) = header::<[[u8; 2]; 3]>(ctx, l4) else {
+            let Some(icmp) = header_mut::<[[u8; 2]; 3]>(ctx, l4) else {
                 return false;
             };
             if pkt.proto == PROTO_ICMP {
@@ -712,7 +697,7 @@ fn rewrite_error(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
     // The quoted IP header (for IPv4 its checksum's change is part of the
     // ICMP message too).
     let (inner_proto, inner_l4, inner) = if pkt.is_v6 {
-        let Some(ip) = header::<Ipv6Hdr>(ctx, quote) else {
+        let Some(ip) = header_mut::<Ipv6Hdr>(ctx, quote) else {
             return false;
         };
         let next = ip.next_hdr;
@@ -726,7 +711,7 @@ fn rewrite_error(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
         icmp += acc;
         (next, quote + Ipv6Hdr::LEN, acc)
     } else {
-        let Some(ip) = header::<Ipv4Hdr>(ctx, quote) else {
+        let Some(ip) = header_mut::<Ipv4Hdr>(ctx, quote) else {
             return false;
         };
         let ihl = ((ip.vihl & 0x0f) as usize) * 4;
@@ -751,7 +736,7 @@ fn rewrite_error(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
     match inner_proto {
         PROTO_TCP | PROTO_UDP => {
             // Source port, destination port, (UDP) length and checksum.
-            let Some(ports) = header::<[[u8; 2]; 4]>(ctx, inner_l4) else {
+            let Some(ports) = header_mut::<[[u8; 2]; 4]>(ctx, inner_l4) else {
                 return false;
             };
             let mut change = 0u32;
@@ -765,12 +750,12 @@ fn rewrite_error(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
             l4acc += change;
             if inner_proto == PROTO_UDP {
                 icmp += update(&mut ports[3], l4acc, !pkt.is_v6);
-            } else if let Some(tcp) = header::<TcpHdr>(ctx, inner_l4) {
+            } else if let Some(tcp) = header_mut::<TcpHdr>(ctx, inner_l4) {
                 icmp += update(&mut tcp.check, l4acc, false);
             }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let Some(echo) = header::<[[u8; 2]; 3]>(ctx, inner_l4) else {
+            let Some(echo) = header_mut::<[[u8; 2]; 3]>(ctx, inner_l4) else {
                 return false;
             };
             let mut change = 0u32;
@@ -786,7 +771,7 @@ fn rewrite_error(ctx: &XdpContext, pkt: &Packet, b: &NatBinding) -> bool {
         }
         _ => {}
     }
-    let Some(hdr) = header::<[[u8; 2]; 2]>(ctx, l4) else {
+    let Some(hdr) = header_mut::<[[u8; 2]; 2]>(ctx, l4) else {
         return false;
     };
     update(&mut hdr[1], icmp, false);

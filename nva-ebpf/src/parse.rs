@@ -71,6 +71,21 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
+/// The header of type `T` at `off`, writable. Fields are then reached
+/// through this one pointer: pointers rebuilt from offsets lose the bounds
+/// check in the verifier's eyes.
+// The frame's bytes are not borrowed from `ctx` (which only locates them):
+// a shared context hands out the one writable view of a header at a time.
+#[allow(clippy::mut_from_ref)]
+#[inline(always)]
+pub fn header_mut<T>(ctx: &XdpContext, off: usize) -> Option<&mut T> {
+    let p = ptr_at::<T>(ctx, off)? as *mut T;
+    // SAFETY: ptr_at checked that the bytes lie within the packet (data..data_end); the types
+    // used here are byte arrays or network-types headers of alignment 1; XDP owns the frame's
+    // bytes during this run and nothing else references them.
+    Some(unsafe { &mut *p })
+}
+
 #[inline(always)]
 fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
     // SAFETY: ptr_at checked that these bytes lie within the packet (data..data_end), and a byte

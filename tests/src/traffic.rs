@@ -181,3 +181,64 @@ pub fn tcp_connects(ns: &Netns, addr: &str) -> bool {
     })
     .is_ok()
 }
+
+/// A multiple of the transfer pattern's period (251): every chunk is the
+/// same.
+const CHUNK: usize = 251 * 4096;
+/// Just over 100 MiB.
+pub const TRANSFER_100M: usize = CHUNK * 102;
+
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// Sends `TRANSFER_100M` bytes over TCP from `from` (connecting to
+/// `connect`) to a listener at `listen` in `to`, and checks every byte
+/// that arrives: true when all arrived intact.
+pub fn transfer_100m_intact(
+    from: &Netns,
+    to: &Netns,
+    listen: SocketAddr,
+    connect: SocketAddr,
+) -> bool {
+    use std::io::{Read, Write};
+    let listener = in_netns(to, || TcpListener::bind(listen).unwrap());
+    let Ok(mut conn) = in_netns(from, || {
+        TcpStream::connect_timeout(&connect, Duration::from_secs(3))
+    }) else {
+        return false;
+    };
+    let sender = std::thread::spawn(move || {
+        let chunk: Vec<u8> = (0..CHUNK).map(pattern).collect();
+        for _ in 0..TRANSFER_100M / CHUNK {
+            if conn.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut accepted, _) = listener.accept().unwrap();
+    accepted
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (mut received, mut intact) = (0usize, true);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match accepted.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                intact &= buf[..n]
+                    .iter()
+                    .enumerate()
+                    .all(|(k, b)| *b == pattern(received + k));
+                received += n;
+            }
+            Err(_) => {
+                intact = false;
+                break;
+            }
+        }
+    }
+    sender.join().unwrap();
+    intact && received == TRANSFER_100M
+}

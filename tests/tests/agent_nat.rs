@@ -22,10 +22,6 @@ const FROM: u16 = 20000;
 const TO: u16 = 29999;
 /// Concurrent SNAT flows opened at once.
 const MANY: usize = 1000;
-/// A multiple of the pattern's period (251): every chunk is the same.
-const CHUNK: usize = 251 * 4096;
-/// Just over 100 MiB.
-const TRANSFER: usize = CHUNK * 102;
 
 /// The second workload (for the colliding pair).
 fn workload2_v4(t: &Topology) -> String {
@@ -202,10 +198,6 @@ struct Seen {
     colliding_pair_replies: usize,
     /// 100 MiB through DNAT arrived intact.
     transfer_intact: bool,
-}
-
-fn pattern(i: usize) -> u8 {
-    (i % 251) as u8
 }
 
 fn dnat_tcp(t: &Topology, public: &str, workload: &str, client: &str) -> bool {
@@ -422,46 +414,12 @@ fn colliding_pair(t: &Topology) -> (bool, usize) {
 }
 
 fn transfer_through_dnat(t: &Topology) -> bool {
-    let listen = SocketAddr::new(t.server_v4().parse().unwrap(), 80);
-    let listener = in_netns(&t.server, || TcpListener::bind(listen).unwrap());
-    let target = SocketAddr::new(t.nva_in_v4().parse().unwrap(), 8080);
-    let Ok(mut conn) = in_netns(&t.client, || {
-        TcpStream::connect_timeout(&target, Duration::from_secs(3))
-    }) else {
-        return false;
-    };
-    let sender = std::thread::spawn(move || {
-        let chunk: Vec<u8> = (0..CHUNK).map(pattern).collect();
-        for _ in 0..TRANSFER / CHUNK {
-            conn.write_all(&chunk).unwrap();
-        }
-        conn.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let (mut accepted, _) = listener.accept().unwrap();
-    accepted
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut received = 0usize;
-    let mut intact = true;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match accepted.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                intact &= buf[..n]
-                    .iter()
-                    .enumerate()
-                    .all(|(k, b)| *b == pattern(received + k));
-                received += n;
-            }
-            Err(_) => {
-                intact = false;
-                break;
-            }
-        }
-    }
-    sender.join().unwrap();
-    intact && received == TRANSFER
+    nva_tests::traffic::transfer_100m_intact(
+        &t.client,
+        &t.server,
+        SocketAddr::new(t.server_v4().parse().unwrap(), 80),
+        SocketAddr::new(t.nva_in_v4().parse().unwrap(), 8080),
+    )
 }
 
 /// Runs every scenario on a topology whose NVA translates (nva or nftables).

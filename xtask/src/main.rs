@@ -25,6 +25,7 @@ const DEBIAN_PACKAGES: &[(Probe, &str)] = &[
     (Probe::Cmd("bpftool"), "bpftool"),
     (Probe::Cmd("nc"), "netcat-openbsd"),
     (Probe::Cmd("ping"), "iputils-ping"),
+    (Probe::Cmd("ethtool"), "ethtool"),
     (Probe::File("/usr/share/java/zookeeper.jar"), "zookeeper"),
 ];
 

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use nva_common::{map_names as names, NatCounters, PacketReason, RuleCounters};
+use nva_common::{map_names as names, ForwardPath, NatCounters, PacketReason, RuleCounters};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -23,7 +23,9 @@ use tokio::net::TcpListener;
 use super::health::HealthReport;
 use super::AgentState;
 use crate::datapath::pin::PinLayout;
-use crate::datapath::{open_pinned, read_counters, read_nat_counters, read_packet_counters};
+use crate::datapath::{
+    open_pinned, read_counters, read_forward_counters, read_nat_counters, read_packet_counters,
+};
 use crate::http::exposition::{family, render, single, CONTENT_TYPE};
 use crate::http::server::{reply, Limits};
 
@@ -131,11 +133,15 @@ pub fn metrics(snap: Arc<Snapshot>, layout: &PinLayout) -> Result<String, HttpEr
     )?))?;
     let nat_indices: Vec<u32> = snap.state.nat.iter().map(|r| r.counter).collect();
     let nat = read_nat_counters(&nat_map, &nat_indices)?;
+    let forwarded = read_forward_counters(aya::maps::PerCpuArray::try_from(
+        aya::maps::Map::PerCpuArray(open_pinned(layout, names::FORWARD_COUNTERS)?),
+    )?)?;
     Ok(render(AgentMetrics {
         snap,
         packets,
         rules,
         nat,
+        forwarded,
     })?)
 }
 
@@ -148,6 +154,8 @@ struct AgentMetrics {
     rules: Vec<RuleCounters>,
     /// In the order of `snap.state.nat`.
     nat: Vec<NatCounters>,
+    /// Indexed by `ForwardPath`.
+    forwarded: Vec<u64>,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -170,6 +178,18 @@ impl Collector for AgentMetrics {
                 (
                     [("verdict", r.verdict()), ("reason", r.name())],
                     ConstCounter::new(self.packets.get(*r as usize).copied().unwrap_or(0)),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
+            "nva_forwarded",
+            "Allowed packets of flows through the NVA, by who forwarded them (path: xdp, the program itself; kernel, passed to Linux) and why (reason).",
+            MetricType::Counter,
+            ForwardPath::ALL.iter().map(|p| {
+                (
+                    [("path", p.path()), ("reason", p.reason())],
+                    ConstCounter::new(self.forwarded.get(*p as usize).copied().unwrap_or(0)),
                 )
             }),
         )?;
@@ -388,6 +408,7 @@ mod tests {
                 },
             ],
             nat: Vec::new(),
+            forwarded: vec![0; nva_common::FORWARD_PATHS as usize],
         })
         .unwrap();
         let samples = parse(&text);

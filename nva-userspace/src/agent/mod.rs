@@ -237,6 +237,9 @@ impl Agent {
             if ifindex_by_name(iface).is_none() {
                 bail!("interface {iface} (agent.interfaces) does not exist");
             }
+            if config.agent.forward == crate::policy::model::ForwardMode::Xdp {
+                crate::datapath::egress::check_redirect_target(iface)?;
+            }
         }
         let bpffs = config.agent.bpffs.clone();
         refuse_if_agent_running(&bpffs)?;
@@ -259,6 +262,7 @@ impl Agent {
         let (counters, freed, taken) = assign_counters(&previous.rules, rule_names(&config));
         let (nat_counters, _, nat_taken) = assign_counters(&previous.nat, nat_names(&config));
         datapath.set_local_addrs(&crate::datapath::local_addrs())?;
+        set_forwarding(&mut datapath, &config)?;
         // New rules start from zero (their index may have served a rule
         // removed by an earlier reload).
         datapath.reset_counters(&taken)?;
@@ -492,6 +496,23 @@ fn accept_local_sources(interfaces: &[String]) {
             Err(e) => tracing::warn!(iface, error = %e, "cannot set accept_local: translated packets from the NVA's own addresses may be dropped by the kernel"),
         }
     }
+}
+
+/// `agent.forward`: the mode the slots get, and the interfaces a routed
+/// packet may leave by (all of the agent's, written from its namespace).
+fn set_forwarding(datapath: &mut DataPath, config: &Config) -> anyhow::Result<()> {
+    let egress: Vec<u32> = config
+        .agent
+        .interfaces
+        .iter()
+        .filter_map(|i| ifindex_by_name(i))
+        .collect();
+    let mode = match config.agent.forward {
+        crate::policy::model::ForwardMode::Kernel => nva_common::FORWARD_KERNEL,
+        crate::policy::model::ForwardMode::Xdp => nva_common::FORWARD_XDP,
+    };
+    datapath.set_forwarding(mode, &egress)?;
+    Ok(())
 }
 
 /// Keeps the kernel from resetting translated flows while a program is

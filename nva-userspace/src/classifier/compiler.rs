@@ -990,11 +990,12 @@ impl CompiledRuleSet {
             log_drops: self.log_drops as u8,
             stateful: self.stateful as u8,
             loose_tcp: self.loose_tcp as u8,
-            // NAT's fields are the installer's (see `datapath::install`).
+            // NAT's and forwarding's fields are the installer's (see
+            // `datapath::install`).
             nat_dnat: 0,
             nat_snat: 0,
             nat_bindings: 0,
-            _pad: 0,
+            forward: nva_common::FORWARD_KERNEL,
             timeouts_s: self.timeouts_s,
             _pad_tail: 0,
         }

@@ -2,7 +2,7 @@
 //! packet reason, summed over CPUs.
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
-use nva_common::{map_names as names, NatCounters, RuleCounters, PACKET_REASONS};
+use nva_common::{map_names as names, NatCounters, RuleCounters, FORWARD_PATHS, PACKET_REASONS};
 
 use super::{map_err, DataPath, DataPathError};
 
@@ -48,9 +48,24 @@ pub fn read_counters<T: std::borrow::Borrow<MapData>>(
 pub fn read_packet_counters<T: std::borrow::Borrow<MapData>>(
     map: PerCpuArray<T, u64>,
 ) -> Result<Vec<u64>, DataPathError> {
-    (0..PACKET_REASONS)
+    sum_u64_counters(&map, PACKET_REASONS, names::PACKET_COUNTERS)
+}
+
+/// Sums the per-CPU forwarding counters by `ForwardPath`.
+pub fn read_forward_counters<T: std::borrow::Borrow<MapData>>(
+    map: PerCpuArray<T, u64>,
+) -> Result<Vec<u64>, DataPathError> {
+    sum_u64_counters(&map, FORWARD_PATHS, names::FORWARD_COUNTERS)
+}
+
+fn sum_u64_counters<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+    n: u32,
+    name: &str,
+) -> Result<Vec<u64>, DataPathError> {
+    (0..n)
         .map(|i| {
-            let per_cpu = map.get(&i, 0).map_err(map_err(names::PACKET_COUNTERS))?;
+            let per_cpu = map.get(&i, 0).map_err(map_err(name))?;
             Ok(per_cpu.iter().sum())
         })
         .collect()
@@ -110,6 +125,15 @@ impl DataPath {
             map.set(i, zeros, 0).map_err(map_err(names::NAT_COUNTERS))?;
         }
         Ok(())
+    }
+
+    /// Forwarding counters by `ForwardPath`, summed over CPUs.
+    pub fn forward_counters(&self) -> Result<Vec<u64>, DataPathError> {
+        read_forward_counters(
+            self.map(names::FORWARD_COUNTERS)?
+                .try_into()
+                .map_err(map_err(names::FORWARD_COUNTERS))?,
+        )
     }
 
     /// Packet counters by reason, summed over CPUs.

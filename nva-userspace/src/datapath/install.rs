@@ -64,6 +64,29 @@ impl DataPath {
         Ok(live.elapsed())
     }
 
+    /// Sets `agent.forward` for the next install (`FORWARD_KERNEL` or
+    /// `FORWARD_XDP`), and the interfaces a routed packet may leave by
+    /// (`egress`, ifindexes of the current network namespace: a devmap
+    /// resolves them in the namespace of the process that writes it).
+    pub fn set_forwarding(&mut self, forward: u8, egress: &[u32]) -> Result<(), DataPathError> {
+        let mut map: aya::maps::DevMapHash<_> =
+            aya::maps::DevMapHash::try_from(self.map_mut(names::EGRESS)?)
+                .map_err(map_err(names::EGRESS))?;
+        let have: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        for k in have.iter().filter(|k| !egress.contains(k)) {
+            map.remove(*k).map_err(map_err(names::EGRESS))?;
+        }
+        for &ifindex in egress {
+            map.insert(ifindex, ifindex, None, 0)
+                .map_err(|e| DataPathError::Interface {
+                    iface: format!("ifindex {ifindex}"),
+                    message: format!("adding it to the redirect map {}: {e}", names::EGRESS),
+                })?;
+        }
+        self.forward = forward;
+        Ok(())
+    }
+
     /// Makes the set of local addresses (for management traffic) `addrs`.
     pub fn set_local_addrs(&mut self, addrs: &[std::net::IpAddr]) -> Result<(), DataPathError> {
         let want: std::collections::HashSet<[u8; 16]> = addrs
@@ -183,6 +206,7 @@ impl DataPath {
         slot_config.nat_dnat = nat.dnat.len() as u8;
         slot_config.nat_snat = nat.snat.len() as u8;
         slot_config.nat_bindings = bindings as u8;
+        slot_config.forward = self.forward;
         // Last: the slot's settings, ready.
         let mut config: Array<_, DataPathConfig> =
             Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;

@@ -5,11 +5,12 @@
 mod attach;
 pub mod batch;
 mod counters;
+pub mod egress;
 mod install;
 pub mod pin;
 
 pub use attach::{pinned_link_target, Attachment};
-pub use counters::{read_counters, read_nat_counters, read_packet_counters};
+pub use counters::{read_counters, read_forward_counters, read_nat_counters, read_packet_counters};
 
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ const SLOT_MAPS: [&str; 16] = [
     names::NAT_DNAT,
     names::NAT_SNAT,
 ];
-const GLOBAL_MAPS: [&str; 9] = [
+const GLOBAL_MAPS: [&str; 11] = [
     names::ACTIVE,
     names::CONFIG,
     names::RULE_COUNTERS,
@@ -55,6 +56,8 @@ const GLOBAL_MAPS: [&str; 9] = [
     names::CONNTRACK_STATS,
     names::NAT_BINDINGS,
     names::NAT_COUNTERS,
+    names::EGRESS,
+    names::FORWARD_COUNTERS,
 ];
 
 /// Conntrack table size of [`DataPath::load`] (tests and one-shot tools).
@@ -133,6 +136,9 @@ pub struct DataPath {
     shadow: [Option<ArrayShadow>; 2],
     /// Links this agent attached or adopted, by interface.
     links: Vec<(String, Option<PinnedLink>)>,
+    /// `agent.forward` for the next install (`FORWARD_KERNEL` or
+    /// `FORWARD_XDP`).
+    forward: u8,
 }
 
 impl DataPath {
@@ -189,6 +195,7 @@ impl DataPath {
             ebpf,
             shadow: [zeroed.clone(), zeroed],
             links: Vec::new(),
+            forward: nva_common::FORWARD_KERNEL,
         })
     }
 

@@ -16,8 +16,11 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// key size, value size of every map pinned under the version), checked by
 /// the layout test against the program. Append only: a recorded entry is
 /// never edited; a layout change adds a version.
-pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] =
-    &[("v2", 0x7ac80a701a05698d), ("v3", 0x58aa8ab71a5cc7df)];
+pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
+    ("v2", 0x7ac80a701a05698d),
+    ("v3", 0x58aa8ab71a5cc7df),
+    ("v4", 0x1edcb3032386847a),
+];
 
 #[derive(Clone, Debug)]
 pub struct PinLayout {

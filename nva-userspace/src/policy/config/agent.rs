@@ -87,12 +87,9 @@ impl Ctx<'_> {
 
         let forward = raw.forward.as_ref().map_or(ForwardMode::Kernel, |v| {
             let choices = [("kernel", ForwardMode::Kernel), ("xdp", ForwardMode::Xdp)];
-            let mode = self.c.one_of("agent.forward", v, &choices);
-            if mode == Some(ForwardMode::Xdp) && !self.allow_unsupported {
-                self.c
-                    .err(v.span(), "agent.forward = \"xdp\" is not supported yet");
-            }
-            mode.unwrap_or(ForwardMode::Kernel)
+            self.c
+                .one_of("agent.forward", v, &choices)
+                .unwrap_or(ForwardMode::Kernel)
         });
 
         let health_listen = match &raw.health_listen {

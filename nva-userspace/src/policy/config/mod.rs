@@ -42,23 +42,13 @@ pub fn load_config(path: &Path) -> Result<Config, Vec<ConfigError>> {
 
 /// Validates config `text`; `file_name` is only used in error messages.
 pub fn parse_config(file_name: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
-    parse(file_name, text, false)
+    parse(file_name, text)
 }
 
-/// Like [`parse_config`], but accepts settings that are valid yet not
-/// implemented in this release (`agent.forward = "xdp"`). For tests of code that is ahead of the release.
-pub fn parse_config_allow_unsupported(
-    file_name: &str,
-    text: &str,
-) -> Result<Config, Vec<ConfigError>> {
-    parse(file_name, text, true)
-}
-
-fn parse(file_name: &str, text: &str, allow_unsupported: bool) -> Result<Config, Vec<ConfigError>> {
+fn parse(file_name: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
     let raw: RawFile = configfile::parse(file_name, text)?;
     let mut cx = Ctx {
         c: Checker::new(file_name, text),
-        allow_unsupported,
     };
     let config = cx.config(raw);
     cx.c.finish()?;
@@ -82,7 +72,6 @@ struct RawFile {
 /// The validation of one file.
 struct Ctx<'a> {
     c: Checker<'a>,
-    allow_unsupported: bool,
 }
 
 impl Ctx<'_> {

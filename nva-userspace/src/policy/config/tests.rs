@@ -66,7 +66,7 @@ fn ok(text: &str) -> Config {
 fn design_example_has_icmp_type_with_tcp() {
     // The DESIGN.md example lists every key, including icmp_type next to
     // proto = "tcp", which is contradictory; it is reported.
-    let e: Vec<String> = parse_config_allow_unsupported("f.toml", DESIGN_EXAMPLE)
+    let e: Vec<String> = parse_config("f.toml", DESIGN_EXAMPLE)
         .unwrap_err()
         .iter()
         .map(|e| e.to_string())
@@ -80,7 +80,7 @@ fn design_example_has_icmp_type_with_tcp() {
 #[test]
 fn design_example_parses() {
     let text = DESIGN_EXAMPLE.replace("icmp_type = [8]", "");
-    let c = parse_config_allow_unsupported("f.toml", &text).unwrap();
+    let c = parse_config("f.toml", &text).unwrap();
     let expected = Config {
         agent: AgentSettings {
             interfaces: vec!["eth0".into(), "eth1".into()],
@@ -145,9 +145,6 @@ fn design_example_parses() {
         sync: None,
     };
     assert_eq!(c, expected);
-
-    // Nothing in it needs the escape hatch (which is for forward = "xdp").
-    assert_eq!(parse_config("f.toml", &text).unwrap(), expected);
 }
 
 #[test]
@@ -371,13 +368,7 @@ fn agent_errors() {
         errs(&format!("[agent]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\n{pol}")),
         ["f.toml:3:12: agent.xdp_mode = \"native\" is not valid; expected \"auto\", \"driver\" or \"skb\""]
     );
-    assert_eq!(
-        errs(&format!(
-            "[agent]\ninterfaces = [\"eth0\"]\nforward = \"xdp\"\n{pol}"
-        )),
-        ["f.toml:3:11: agent.forward = \"xdp\" is not supported yet"]
-    );
-    let c = parse_config_allow_unsupported(
+    let c = parse_config(
         "f.toml",
         &format!("[agent]\ninterfaces = [\"eth0\"]\nforward = \"xdp\"\n{pol}"),
     )
@@ -469,13 +460,13 @@ fn serde_errors_have_positions() {
 
 #[test]
 fn all_semantic_errors_are_collected_in_order() {
-    let text = "[agent]\ninterfaces = [\"eth0\"]\nforward = \"xdp\"\n\
+    let text = "[agent]\ninterfaces = [\"eth0\"]\nforward = \"fast\"\n\
                 [policy]\ndefault = \"drop\"\nstateful = true\n\
                 [[rules]]\nname = \"a\"\naction = \"allow\"\ndport = [\"80\"]\n\
                 [[rules]]\nname = \"b\"\naction = \"allow\"\nsrc = [\"10.0.0.1/8\"]\n";
     let e = errs(text);
     assert_eq!(e.len(), 3, "{e:#?}");
-    assert!(e[0].starts_with("f.toml:3:11: agent.forward"));
+    assert!(e[0].starts_with("f.toml:3:11: agent.forward = \"fast\" is not valid"));
     assert!(e[1].starts_with("f.toml:10:9: sport/dport"));
     assert!(e[2].starts_with("f.toml:14:8: 10.0.0.1/8 has host bits set"));
 }

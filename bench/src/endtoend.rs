@@ -31,7 +31,7 @@ use crate::report::{line_plot, Section, Spread, Verdict};
 /// Topology ids 231..=234 (one per firewall, created and removed in turn).
 const TOPOLOGY_ID: u8 = 231;
 /// Source port of the generated frames.
-const SPORT: u16 = 40_000;
+pub(crate) const SPORT: u16 = 40_000;
 
 pub struct Settings {
     pub sizes: Vec<usize>,
@@ -175,10 +175,10 @@ fn mac(ns: &Netns, dev: &str) -> Result<String> {
 }
 
 /// Restores the calling thread's CPU affinity when dropped.
-struct AffinityGuard(libc::cpu_set_t);
+pub(crate) struct AffinityGuard(libc::cpu_set_t);
 
 impl AffinityGuard {
-    fn save() -> AffinityGuard {
+    pub(crate) fn save() -> AffinityGuard {
         // SAFETY: a zeroed cpu_set_t is valid; the kernel fills it in.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -326,13 +326,13 @@ fn forward_rule(t: &Topology) -> Rule {
 /// UDP port of the frames to drop (no rule matches them).
 const DROP_PORT: u16 = 9;
 /// UDP port of the frames to forward (only the appended last rule matches).
-const FORWARD_PORT: u16 = 5001;
+pub(crate) const FORWARD_PORT: u16 = 5001;
 
 /// `n` random rules, free of interface matches and of rules that match the
 /// benchmark's frames (drawn again until `n` remain), so that a frame to
 /// drop is considered against every rule and a frame to forward meets its
 /// rule last; then that last rule.
-fn rule_set(n: usize, t: &Topology) -> Vec<Rule> {
+pub(crate) fn rule_set(n: usize, t: &Topology) -> Vec<Rule> {
     let mut rng = Rng::new(0xe2e ^ n as u64);
     let gen = RuleGen::new(&mut rng, n);
     let src: IpAddr = t.client_v4().parse().expect("client address");

@@ -7,6 +7,7 @@ mod baselines;
 mod classify;
 mod endtoend;
 mod failover;
+mod forward;
 mod generator;
 mod memory;
 mod nat;
@@ -52,6 +53,8 @@ enum Part {
     Nat,
     /// Connection-state sync's throughput and CPU per synced flow.
     Sync,
+    /// Forwarding in XDP against the kernel's, end to end.
+    Forward,
 }
 
 fn main() -> ExitCode {
@@ -113,6 +116,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         verdicts.extend(v);
         sections.push(section);
         sections.push(sync::lag(cli.quick)?);
+    }
+    if wanted(Part::Forward) {
+        let (section, v) = forward::run(&forward::Settings::new(cli.quick))?;
+        verdicts.extend(v);
+        sections.push(section);
     }
     if wanted(Part::Failover) {
         let (section, v) = failover::run(if cli.quick { 1 } else { 5 })?;

@@ -47,14 +47,43 @@ fn position(line: &usize, col: &usize) -> String {
 /// Reads the config file at `path` as text. A file that cannot be read (or
 /// is not UTF-8) gives one error without a position.
 pub fn read(path: &Path) -> Result<String, Vec<ConfigError>> {
-    std::fs::read_to_string(path).map_err(|e| {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| {
         vec![ConfigError {
-            file: path.display().to_string(),
+            file: file.clone(),
             line: 0,
             col: 0,
             message: format!("cannot read: {e}"),
         }]
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        // The place of the first byte that is not UTF-8, in the valid text
+        // before it.
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let valid = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+        let (line, col) = line_col(valid, at);
+        vec![ConfigError {
+            file,
+            line,
+            col,
+            message: format!(
+                "the file is not UTF-8 text (byte 0x{:02x}); a config file must be UTF-8",
+                bytes[at]
+            ),
+        }]
     })
+}
+
+/// A multi-line message as one line; None when it says nothing.
+fn one_line(message: &str) -> Option<String> {
+    let text = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    (!text.is_empty()).then_some(text)
 }
 
 /// Deserializes TOML `text` into `T`; `file` is only used in the error. The
@@ -67,13 +96,11 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Vec<Confi
             line,
             col,
             // One line per error: toml's messages may span several.
-            message: e
-                .message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; "),
+            message: one_line(e.message()).unwrap_or_else(|| {
+                // Some syntax errors (a key without a value at the end of
+                // the file) come without a message of their own.
+                "invalid TOML here (a value, key or bracket is missing or out of place)".into()
+            }),
         }]
     })
 }
@@ -133,6 +160,13 @@ mod tests {
     }
 
     #[test]
+    fn a_key_without_a_value_at_the_end_is_explained() {
+        let e = parse::<toml::Value>("f.toml", "[a]\nb =").unwrap_err();
+        assert_eq!((e[0].line, e[0].col), (2, 4));
+        assert!(e[0].message.contains("invalid TOML"), "{}", e[0]);
+    }
+
+    #[test]
     fn line_col_at_end_of_file() {
         assert_eq!(line_col("", 0), (1, 1));
         assert_eq!(line_col("ab", 2), (1, 3));
@@ -175,11 +209,12 @@ mod tests {
         let e = read(&path).unwrap_err();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(e.len(), 1);
-        assert_eq!((e[0].line, e[0].col), (0, 0));
+        // At the bad byte: line 1, column 6.
+        assert_eq!((e[0].line, e[0].col), (1, 6));
         assert_eq!(
             e[0].to_string(),
             format!(
-                "{}: cannot read: stream did not contain valid UTF-8",
+                "{}:1:6: the file is not UTF-8 text (byte 0xff); a config file must be UTF-8",
                 path.display()
             )
         );

@@ -15,6 +15,9 @@ pub struct RunningAgent {
     nsenter_ns: String,
     detach_on_exit: bool,
     dir: PathBuf,
+    /// A command the agent runs under (e.g. `setpriv` with a capability
+    /// set), empty for none.
+    wrapper: Vec<String>,
 }
 
 impl RunningAgent {
@@ -32,6 +35,18 @@ impl RunningAgent {
         config_text: &str,
         detach_on_exit: bool,
     ) -> RunningAgent {
+        RunningAgent::start_wrapped(ns, tag, config_text, detach_on_exit, &[])
+    }
+
+    /// Like [`RunningAgent::start_in`], with the agent's command run by
+    /// `wrapper` (its arguments first, then the agent's command line).
+    pub fn start_wrapped(
+        ns: &Netns,
+        tag: &str,
+        config_text: &str,
+        detach_on_exit: bool,
+        wrapper: &[&str],
+    ) -> RunningAgent {
         let tag = format!("{}-{tag}", std::process::id());
         let dir = std::env::temp_dir().join(format!("nva-agent-test-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -45,6 +60,7 @@ impl RunningAgent {
             nsenter_ns: ns.name.clone(),
             detach_on_exit,
             dir,
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
         agent.spawn(ns);
         agent
@@ -53,12 +69,13 @@ impl RunningAgent {
     /// Starts (again) the agent process and waits until it is up.
     pub fn spawn(&mut self, ns: &Netns) {
         let before = self.state().map(|s| s["pid"].as_u64());
-        let mut args = vec![
+        let mut args = self.wrapper.clone();
+        args.extend([
             nva_binary().display().to_string(),
             "--log-format".into(),
             "json".into(),
             "agent".into(),
-        ];
+        ]);
         if self.detach_on_exit {
             args.push("--detach-on-exit".into());
         }

@@ -164,6 +164,18 @@ fn synced_connections_survive_the_switch_and_garbage_is_rejected() {
         "nva-b dropped no segment as untracked"
     );
 
+    // Both agents' /metrics (rules, NAT, sync, forwarding) pass promtool.
+    for i in 0..2 {
+        let (_, body) = nva_tests::traffic::http_get(
+            &lab.mgmt,
+            &format!("10.99.1.{}:9090", 11 + i),
+            "/metrics",
+        )
+        .unwrap();
+        nva_tests::traffic::promtool_check(&body)
+            .unwrap_or_else(|e| panic!("promtool check metrics of nva-{i}: {e}\n{body}"));
+    }
+
     // Garbage on nva-b's sync port: rejected, no flow added.
     let before = flows(&agents[1]);
     let rejected = metric(&lab, 1, "nva_sync_rejected_total");

@@ -271,6 +271,10 @@ fn flapping_and_both_down_cause_no_extra_switch() {
         d.metrics_text()
     );
     assert_eq!(lab.routed_to(), Some(1));
+    // The daemon's /metrics pass promtool.
+    let text = d.metrics_text();
+    nva_tests::traffic::promtool_check(&text)
+        .unwrap_or_else(|e| panic!("promtool check metrics of the daemon: {e}\n{text}"));
     // Both down: no switch, a loud alert.
     lab.nvas[0].ip(&["link", "set", "dev", "ext0", "down"]);
     lab.nvas[1].ip(&["link", "set", "dev", "ext0", "down"]);

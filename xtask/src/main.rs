@@ -26,6 +26,7 @@ const DEBIAN_PACKAGES: &[(Probe, &str)] = &[
     (Probe::Cmd("nc"), "netcat-openbsd"),
     (Probe::Cmd("ping"), "iputils-ping"),
     (Probe::Cmd("ethtool"), "ethtool"),
+    (Probe::Cmd("promtool"), "prometheus"),
     (Probe::File("/usr/share/java/zookeeper.jar"), "zookeeper"),
 ];
 

@@ -443,12 +443,12 @@ impl FailoverDaemon {
         serde_json::from_str(&self.get("/status")?).ok()
     }
 
-    /// One value of /metrics.
     /// The whole /metrics text.
     pub fn metrics_text(&self) -> String {
         self.get("/metrics").unwrap_or_default()
     }
 
+    /// One value of /metrics.
     pub fn metric(&self, name: &str) -> Option<f64> {
         self.get("/metrics")?
             .lines()

@@ -499,6 +499,7 @@ impl Netns {
         c
     }
 }
+pub mod abuse;
 pub mod agent;
 pub mod arm;
 pub mod lab;

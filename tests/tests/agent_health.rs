@@ -1,13 +1,11 @@
 //! The health probe tells the truth about the data path; metrics count what
 //! was sent.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nva_tests::agent::RunningAgent;
 use nva_tests::traffic::{http_get, tcp_connects, udp_delivered};
-use nva_tests::{in_netns, require_root, wait_until, Topology, NVA_IN_IF, NVA_OUT_IF};
+use nva_tests::{require_root, wait_until, Topology, NVA_IN_IF, NVA_OUT_IF};
 
 const HEALTH: &str = "127.0.0.1:9090";
 const TCP_PROBE: &str = "127.0.0.1:9091";
@@ -213,117 +211,16 @@ fn logged_rules_and_drops_emit_rate_limited_events() {
 }
 
 /// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u64) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Whether the server closed `s` within `within` (EOF or reset, no answer).
-fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 256];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
-}
-
-/// /health keeps answering within a probe's timeout while hundreds of idle
-/// connections and slowloris clients are open; those are cut off after the
-/// header time (2 s), and huge request heads are refused, not buffered.
 #[test]
 fn health_answers_while_idle_and_slow_clients_hold_connections() {
     let (t, agent) = healthy_agent(223);
     let pid = agent.state().unwrap()["pid"].as_u64().unwrap();
-    let addr: SocketAddr = HEALTH.parse().unwrap();
-    // Sockets keep the namespace they were made in.
-    let connect = |n: usize| -> Vec<TcpStream> {
-        in_netns(&t.nva, || {
-            (0..n)
-                .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap())
-                .collect()
-        })
-    };
-    let rss_before = rss_kib(pid);
-
-    let mut idle = connect(300);
-    // Slowloris: a request head that grows by a byte a second.
-    let slow: Vec<_> = connect(5)
-        .into_iter()
-        .map(|mut s| {
-            std::thread::spawn(move || {
-                let started = Instant::now();
-                let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: nva\r\nX-Slow: ");
-                while started.elapsed() < Duration::from_secs(10) {
-                    std::thread::sleep(Duration::from_secs(1));
-                    if s.write_all(b"a").is_err() {
-                        return Some(started.elapsed());
-                    }
-                }
-                None
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    // Probes every 100 ms for 3 s: before and after the idle ones are cut.
-    let mut slowest = Duration::ZERO;
-    for _ in 0..30 {
-        let start = Instant::now();
-        assert_eq!(health(&t).0, 200);
-        slowest = slowest.max(start.elapsed());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        slowest < Duration::from_millis(100),
-        "slowest /health: {slowest:?}"
+    let figures = nva_tests::abuse::abuse_http(
+        &t.nva,
+        HEALTH.parse().unwrap(),
+        pid,
+        &|| health(&t).0,
+        Duration::from_millis(100),
     );
-    for s in &mut idle {
-        assert!(
-            closed_within(s, Duration::from_secs(3)),
-            "idle connections are closed after the header time"
-        );
-    }
-    for handle in slow {
-        let cut = handle.join().unwrap();
-        assert!(
-            cut.is_some_and(|d| d < Duration::from_secs(5)),
-            "slowloris cut off: {cut:?}"
-        );
-    }
-
-    // Ten 1 MiB request heads at once: refused at 16 KiB each (431 or a
-    // closed connection), not buffered.
-    let big: Vec<_> = connect(10)
-        .into_iter()
-        .map(|mut s| {
-            std::thread::spawn(move || {
-                let mut head = b"GET /health HTTP/1.1\r\nHost: nva\r\nX-Big: ".to_vec();
-                head.resize(head.len() + (1 << 20), b'a');
-                head.extend_from_slice(b"\r\n\r\n");
-                let _ = s.write_all(&head);
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut answer = Vec::new();
-                let _ = s.read_to_end(&mut answer);
-                String::from_utf8_lossy(&answer).into_owned()
-            })
-        })
-        .collect();
-    for handle in big {
-        let answer = handle.join().unwrap();
-        assert!(
-            answer.is_empty() || answer.starts_with("HTTP/1.1 431 "),
-            "a 1 MiB head: {answer:?}"
-        );
-    }
-    let grown = rss_kib(pid).saturating_sub(rss_before);
-    assert!(grown < 8 * 1024, "the agent grew by {grown} KiB");
-    assert_eq!(health(&t).0, 200);
+    eprintln!("agent under abuse: {figures:?}");
 }

@@ -286,6 +286,26 @@ fn flapping_and_both_down_cause_no_extra_switch() {
         d.log_text()
     );
     assert!(d.log_text().contains("no healthy standby"), "alerted");
+
+    // The daemon's /status and /metrics under abuse: still answering,
+    // abusers cut off, memory bounded.
+    let pid = d.child.as_ref().expect("running").pid() as u64;
+    let at = d.metrics.to_string();
+    for path in ["/status", "/metrics"] {
+        let probe = || {
+            nva_tests::traffic::http_get(&lab.mgmt, &at, path)
+                .map(|(code, _)| code)
+                .unwrap_or(0)
+        };
+        let figures = nva_tests::abuse::abuse_http(
+            &lab.mgmt,
+            d.metrics,
+            pid,
+            &probe,
+            Duration::from_millis(500),
+        );
+        eprintln!("failover daemon {path} under abuse: {figures:?}");
+    }
 }
 
 /// `nva failover promote|freeze|unfreeze|status` reach the leader through

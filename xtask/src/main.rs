@@ -72,9 +72,20 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Only these parts (repeatable): classify, memory, endtoend, swap,
-        /// failover; all of them by default.
+        /// nat, sync, forward, failover; all of them by default.
         #[arg(long)]
         only: Vec<String>,
+    },
+    /// Packet fuzzing for a given time (needs root): the data path against
+    /// its reference on mutated frames, with random seeds; a failing frame
+    /// is kept in tests/fuzz-cases/ (replayed by `cargo xtask test`).
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Frames per seed.
+        #[arg(long, default_value_t = 200_000)]
+        frames: u64,
     },
     /// The HA lab: `up` (what `run` without arguments does) or `down`
     /// (remove what a killed lab left behind).
@@ -104,6 +115,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Run { args } => run(&args),
         Cmd::Bench { quick, only } => bench(quick, &only),
         Cmd::Lab { args } => lab(&args),
+        Cmd::Fuzz { seconds, frames } => fuzz(seconds, frames),
     }
 }
 
@@ -210,6 +222,46 @@ fn bench(quick: bool, only: &[String]) -> Result<ExitCode> {
     }
     cmd.arg("--out").arg(target_dir().join("bench"));
     status_code(&mut cmd)
+}
+
+fn fuzz(seconds: u64, frames: u64) -> Result<ExitCode> {
+    require_root("fuzz")?;
+    setup()?;
+    let started = std::time::Instant::now();
+    let (mut seeds, mut total) = (0u64, 0u64);
+    while started.elapsed().as_secs() < seconds {
+        // A fresh seed from the clock (the test prints it on failure).
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        println!(
+            "xtask fuzz: seed {seed:#x}, {frames} frames ({} s of {seconds} s, {total} frames so far)",
+            started.elapsed().as_secs()
+        );
+        let code = status_code(
+            cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "nva-tests",
+                    "--test",
+                    "packet_fuzz",
+                    "--",
+                    "--nocapture",
+                ])
+                .env("NVA_FUZZ_SEED", seed.to_string())
+                .env("NVA_FUZZ_FRAMES", frames.to_string())
+                .env("NVA_FUZZ_SAVE", "1"),
+        )?;
+        if code != ExitCode::SUCCESS {
+            println!("xtask fuzz: seed {seed:#x} found a frame the data path and its reference disagree on (kept in tests/fuzz-cases/)");
+            return Ok(code);
+        }
+        seeds += 1;
+        total += frames;
+    }
+    println!("xtask fuzz: {total} frames over {seeds} seeds, no disagreement");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(args: &[String]) -> Result<ExitCode> {

@@ -157,6 +157,9 @@ fn redirect(ctx: &XdpContext) -> Result<u32, ForwardPath> {
     let eth = header_mut::<EthHdr>(ctx, 0).ok_or(ForwardPath::KernelNoRoute)?;
     eth.dst_addr = fib.dmac;
     eth.src_addr = fib.smac;
+    // Fails only if the agent removed the entry since the lookup above (a
+    // restart with other interfaces): the kernel then gets a frame already
+    // rewritten for its next hop, which it routes again.
     EGRESS
         .redirect(fib.ifindex, 0)
         .map_err(|_| ForwardPath::KernelEgressNotConfigured)

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::baselines;
 use crate::endtoend::{self, measure, pin_to_cpu, AffinityGuard, Sample, FORWARD_PORT, SPORT};
-use crate::report::{Section, Spread, Verdict};
+use crate::report::{line_plot, Section, Spread, Verdict};
 
 /// Topology ids 237..=240 (one per setup, created and removed in turn).
 const TOPOLOGY_ID: u8 = 237;
@@ -213,7 +213,7 @@ fn run_setup(setup: Setup, n: usize, s: &Settings, k: usize) -> Result<(Vec<Samp
     Ok((samples, program_ns))
 }
 
-pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
+pub fn run(s: &Settings, out_dir: &std::path::Path) -> Result<(Section, Vec<Verdict>)> {
     let _affinity = AffinityGuard::save();
     pin_to_cpu(1);
     let mut rows = Vec::new();
@@ -221,6 +221,7 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
     let mut verdicts = Vec::new();
     let mut xdp_vs_kernel = Vec::new();
     let mut stateful_vs_linux = Vec::new();
+    let mut series: std::collections::BTreeMap<&str, Vec<(f64, f64)>> = Default::default();
     for &n in &s.sizes {
         let mut ns_of = std::collections::HashMap::new();
         for (k, setup) in Setup::ALL.iter().enumerate() {
@@ -242,6 +243,12 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
                 "delivered_pps": pps,
             }));
             ns_of.insert(setup.key(), ns.median);
+        }
+        for setup in Setup::ALL {
+            series
+                .entry(setup.name())
+                .or_default()
+                .push((n as f64, ns_of[setup.key()]));
         }
         let ratio = |a: &str, b: &str| ns_of[a] / ns_of[b].max(1e-9);
         xdp_vs_kernel.push((n, ratio("nva_xdp", "nva_kernel")));
@@ -265,6 +272,21 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
         measured: show(&stateful_vs_linux),
         met: Some(stateful_vs_linux.iter().all(|(_, r)| *r <= 0.4)),
     });
+    let figure = "forward.svg";
+    let lines: Vec<(String, Vec<(f64, f64)>)> = Setup::ALL
+        .iter()
+        .map(|setup| (setup.name().to_string(), series[setup.name()].clone()))
+        .collect();
+    std::fs::write(
+        out_dir.join(figure),
+        line_plot(
+            "receive-path CPU per forwarded 64-byte frame",
+            "rules (log scale)",
+            "ns / packet",
+            &lines,
+            false,
+        ),
+    )?;
     let section = Section {
         title: "Forwarding: XDP against the kernel".into(),
         intro: format!(
@@ -276,7 +298,7 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
         notes: vec![
             "The established flow's packets cost nva one conntrack lookup and no classification, whatever the rule count; Linux's stateful path also skips the rule list after `ct state established accept`.".into(),
         ],
-        figure: None,
+        figure: Some(figure.into()),
         data: json!(data),
     };
     Ok((section, verdicts))

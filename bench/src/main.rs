@@ -118,7 +118,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         sections.push(sync::lag(cli.quick)?);
     }
     if wanted(Part::Forward) {
-        let (section, v) = forward::run(&forward::Settings::new(cli.quick))?;
+        let (section, v) = forward::run(&forward::Settings::new(cli.quick), &cli.out)?;
         verdicts.extend(v);
         sections.push(section);
     }

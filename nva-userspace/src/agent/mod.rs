@@ -525,6 +525,8 @@ fn guard_nat(nat: &[crate::policy::model::Nat]) {
             table = crate::nat::guard::TABLE,
             "nftables guard in place: the kernel does not reset translated flows while a program is detached"
         ),
+        // Without NAT there is nothing to guard (only an old table to remove).
+        Err(e) if nat.is_empty() => tracing::debug!(error = %e, "removing the NAT guard's table"),
         Err(e) => tracing::warn!(error = %e, "no NAT guard: translated connections may be reset by this host's kernel if a program is detached before a failover"),
     }
 }

@@ -80,6 +80,23 @@ fn answers(
     out
 }
 
+/// An entry's name as an nftables comment can hold it: names are free
+/// text in the config (quotes, backslashes, newlines, any length), nft
+/// comments are one quoted line of at most 128 bytes. Only for the reader
+/// of `nft list`: the statements do not depend on it.
+fn comment_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.:/ ".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
 /// The nftables script that replaces the guard table with the one `nat`
 /// needs (and only removes it when `nat` is empty).
 pub fn script(nat: &[Nat]) -> String {
@@ -90,7 +107,7 @@ pub fn script(nat: &[Nat]) -> String {
     let mut statements = Vec::new();
     for n in nat {
         let v4 = n.family_v4();
-        let name = n.name.replace('"', "");
+        let name = comment_name(&n.name);
         match n.kind {
             NatKind::Dnat => {
                 // The flow's packets arrive at the original destination.
@@ -245,6 +262,16 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("dns-in: TCP reset"), "{text}");
+        // Any name makes a valid comment: one line, no quote, bounded.
+        let odd = "a \"quoted\"\nname\\".to_string() + &"x".repeat(300);
+        let text = script(&[nat(&odd, NatKind::Snat, Proto::Tcp, "", &[], "10.0.1.4")]);
+        let comment = text
+            .lines()
+            .find_map(|l| l.split_once("comment \"").map(|(_, c)| c))
+            .expect("a comment");
+        assert!(comment.len() <= 100, "{comment}");
+        assert!(comment.starts_with("a _quoted__name_xx"), "{comment}");
+        assert_eq!(comment.matches('"').count(), 1, "{comment}");
         // No NAT: the table goes.
         assert_eq!(
             script(&[]),

@@ -140,6 +140,7 @@ fn build(release: bool) -> Result<ExitCode> {
 
 fn test(extra: &[String]) -> Result<ExitCode> {
     require_root("test")?;
+    warn_if_disk_short();
     setup()?;
     let code = build(false)?;
     if code != ExitCode::SUCCESS {
@@ -474,6 +475,42 @@ fn is_root() -> Result<bool> {
         .output()
         .context("running `id -u`")?;
     Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// What a clean `cargo xtask test` leaves in `target/` (measured: about
+/// 6 GiB), with room to spare.
+const TEST_DISK_NEED_GIB: u64 = 10;
+
+/// Says so up front when the build may not fit: running out of disk half-way
+/// ends in a linker crash ("Bus error") that names no cause.
+fn warn_if_disk_short() {
+    let dir = workspace_root();
+    let Ok(out) = Command::new("df")
+        .args(["--output=avail", "-B1", "--"])
+        .arg(&dir)
+        .output()
+    else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(avail) = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse::<u64>().ok())
+    else {
+        return;
+    };
+    let gib = avail >> 30;
+    if gib < TEST_DISK_NEED_GIB {
+        eprintln!(
+            "xtask test: warning: only {gib} GiB free on the file system of {}; \
+             a clean build and test run needs about {TEST_DISK_NEED_GIB} GiB \
+             (`cargo clean` frees the old builds)",
+            dir.display()
+        );
+    } else {
+        println!("xtask test: {gib} GiB free for the build");
+    }
 }
 
 fn require_root(what: &str) -> Result<()> {

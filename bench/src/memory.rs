@@ -81,11 +81,15 @@ pub fn run(rule_counts: &[usize], conntrack_sizes: &[u32]) -> Result<(Section, V
         let bytes = dp
             .map_memory()
             .into_iter()
-            .find(|(name, _)| name == nva_common::map_names::CONNTRACK)
-            .map_or(0, |(_, b)| b);
+            .filter(|(name, _)| {
+                name == nva_common::map_names::CONNTRACK
+                    || name == nva_common::map_names::CONNTRACK_UNREPLIED
+            })
+            .map(|(_, b)| b)
+            .sum::<u64>();
         let per_entry = bytes as f64 / entries as f64;
         rows.push(vec![
-            format!("conntrack, {entries} entries"),
+            format!("conntrack, {entries} entries (+ unreplied table)"),
             format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64),
             format!("{per_entry:.0} bytes per entry"),
         ]);

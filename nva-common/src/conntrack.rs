@@ -200,6 +200,29 @@ shared_type! {
     size = 72, align = 8;
 }
 
+impl ConntrackEntry {
+    /// Whether the flow is answered, as Linux conntrack's "assured": its
+    /// responder has sent, and a TCP connection is past its handshake (a
+    /// SYN flood to a listening port gets SYN-ACKs, never the final ACK).
+    /// The data path keeps answered flows in a table that new flows cannot
+    /// evict; an imported flow counts by its state.
+    #[inline(always)]
+    pub fn answered(&self) -> bool {
+        let responder_sent = self.packets[1] > 0 || self.flags & CT_FLAG_IMPORTED != 0;
+        match ConntrackState::from_u8(self.state) {
+            Some(
+                ConntrackState::TcpEstablished
+                | ConntrackState::TcpFinWait
+                | ConntrackState::TcpCloseWait
+                | ConntrackState::TcpClosing
+                | ConntrackState::IcmpEcho,
+            ) => responder_sent,
+            Some(ConntrackState::UdpReplied) => true,
+            _ => false,
+        }
+    }
+}
+
 shared_type! {
     /// Per-CPU scratch of the data path: what the conntrack lookup found, for
     /// the steps after classification. In a map rather than on the stack: the
@@ -231,7 +254,8 @@ shared_type! {
         pub pending_drop: u8,
         /// `CT_NAT_*`: what NAT does with this packet.
         pub nat: u8,
-        pub _pad: u8,
+        /// Tracked flow: its entry is in the unreplied table.
+        pub unreplied: u8,
         /// The entry of a new flow is built here, not on the stack.
         pub new_entry: ConntrackEntry,
         /// New flow: NAT counter indexes of the deciding DNAT and SNAT atoms.
@@ -290,4 +314,7 @@ pub const CT_STAT_REPLACED: u32 = 1;
 pub const CT_STAT_REVOKED: u32 = 2;
 /// Entries userspace removed (expiry sweeps, flush); written to CPU 0.
 pub const CT_STAT_USER_REMOVED: u32 = 3;
-pub const CT_STATS: u32 = 4;
+/// Flows moved from the unreplied table to the answered one once answered
+/// (a move, not a new entry).
+pub const CT_STAT_PROMOTED: u32 = 4;
+pub const CT_STATS: u32 = 5;

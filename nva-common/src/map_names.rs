@@ -25,6 +25,7 @@ pub const EVENTS: &str = "EVENTS";
 pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 pub const LOG_BUDGET: &str = "LOG_BUDGET";
 pub const CONNTRACK: &str = "CONNTRACK";
+pub const CONNTRACK_UNREPLIED: &str = "CONNTRACK_UNREPLIED";
 pub const CONNTRACK_STATS: &str = "CONNTRACK_STATS";
 pub const CONNTRACK_SCRATCH: &str = "CONNTRACK_SCRATCH";
 pub const NAT_DNAT: &str = "NAT_DNAT";

@@ -1,18 +1,23 @@
-//! Connection tracking: one LRU hash of flows keyed so that both directions
-//! find the same entry. A packet of a live flow costs one lookup; a new flow
-//! is classified and, if allowed, tracked. Entries remember the rule-set
-//! generation that admitted them, so a rule change re-checks each flow on its
-//! next packet.
+//! Connection tracking: two LRU hashes of flows keyed so that both directions
+//! find the same entry, one for answered flows and one for flows not
+//! answered yet, so that a flood of new flows cannot evict an answered
+//! connection. A packet of an answered flow costs one lookup; a new flow is
+//! classified and, if allowed, tracked as unreplied until it is answered (a
+//! TCP connection: past its handshake), which moves it. Entries remember the rule-set generation that
+//! admitted them, so a rule change re-checks each flow on its next packet.
 
 use aya_ebpf::programs::XdpContext;
 use nva_common::{
-    ConntrackEntry, ConntrackScratch, ConntrackState, DataPathConfig, PacketReason, CT_FLOW_NEW,
-    CT_FLOW_RECHECK, CT_NAT_FWD, CT_NAT_REV, CT_PENDING_NONE, CT_PENDING_TCP_FLAGS,
-    CT_PENDING_TCP_NOT_TRACKED, CT_STAT_CREATED, CT_STAT_REPLACED, CT_STAT_REVOKED, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    ConntrackEntry, ConntrackKey, ConntrackScratch, ConntrackState, DataPathConfig, PacketReason,
+    CT_FLOW_NEW, CT_FLOW_RECHECK, CT_NAT_FWD, CT_NAT_REV, CT_PENDING_NONE, CT_PENDING_TCP_FLAGS,
+    CT_PENDING_TCP_NOT_TRACKED, CT_STAT_CREATED, CT_STAT_PROMOTED, CT_STAT_REPLACED,
+    CT_STAT_REVOKED, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
+    TCP_SYN,
 };
 
-use crate::maps::{CONNTRACK, CONNTRACK_SCRATCH, CONNTRACK_STATS, NAT_BINDINGS};
+use crate::maps::{
+    CONNTRACK, CONNTRACK_SCRATCH, CONNTRACK_STATS, CONNTRACK_UNREPLIED, NAT_BINDINGS,
+};
 use crate::nat;
 
 /// What [`track`] returns when the packet must be classified (it is never
@@ -140,6 +145,47 @@ fn tcp_next(state: u8, from_origin: bool, flags: u8) -> u8 {
     }
 }
 
+// ---------------------------------------------------------------- the tables
+
+/// The entry under `key` for writing, answered flows first, and whether it
+/// is in the unreplied table.
+#[inline(always)]
+pub fn lookup(key: &ConntrackKey) -> Option<(*mut ConntrackEntry, bool)> {
+    if let Some(e) = CONNTRACK.get_ptr_mut(key) {
+        return Some((e, false));
+    }
+    CONNTRACK_UNREPLIED.get_ptr_mut(key).map(|e| (e, true))
+}
+
+/// The entry under `key`, for reading during this run.
+#[inline(always)]
+pub fn get(key: &ConntrackKey) -> Option<&'static ConntrackEntry> {
+    // SAFETY: read only, during this run: RCU keeps an element allocated until the run ends, even
+    // if it is evicted or removed meanwhile; a concurrent update can only make a reader see newer
+    // counters or timestamps.
+    unsafe { CONNTRACK.get(key).or_else(|| CONNTRACK_UNREPLIED.get(key)) }
+}
+
+/// Moves a flow that is now answered ([`ConntrackEntry::answered`]) to the
+/// answered table. If the copy cannot be stored the flow stays where it is.
+#[inline(always)]
+fn promote(key: &ConntrackKey, entry: *const ConntrackEntry) {
+    // SAFETY: `entry` comes from a successful lookup in this run, so RCU keeps it valid; the map
+    // update copies it whole.
+    let e = unsafe { &*entry };
+    if CONNTRACK.insert(key, e, 0).is_ok() {
+        let _ = CONNTRACK_UNREPLIED.remove(key);
+        count(CT_STAT_PROMOTED);
+    }
+}
+
+/// Forgets a flow, wherever it is; true if there was one.
+#[inline(always)]
+fn remove(key: &ConntrackKey) -> bool {
+    let replied = CONNTRACK.remove(key).is_ok();
+    CONNTRACK_UNREPLIED.remove(key).is_ok() || replied
+}
+
 /// True when the entry has been idle longer than its state's timeout.
 #[inline(always)]
 pub fn expired(entry: &ConntrackEntry, config: &DataPathConfig, now: u64) -> bool {
@@ -169,6 +215,7 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
     flow.kind = CT_FLOW_NEW;
     flow.state = UNTRACKED;
     flow.nat = 0;
+    flow.unreplied = 0;
     if config.stateful == 0 {
         return CLASSIFY;
     }
@@ -225,17 +272,18 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
         pkt.is_v6, pkt.proto, pkt.vlan, &pkt.src, sport, &pkt.dst, dport,
     );
     flow.src_is_lo = src_is_lo as u8;
-    let mut entry = CONNTRACK.get_ptr_mut(&flow.key);
+    let mut entry = lookup(&flow.key);
     if entry.is_none() && config.nat_bindings != 0 {
         // Perhaps a reply of a translated flow (then flow.nat = CT_NAT_REV
         // and flow.key is the flow's).
         entry = nat::reply_flow(flow, src_is_lo);
     }
-    if let Some(entry) = entry {
+    if let Some((entry, unreplied)) = entry {
         // SAFETY: the pointer comes from a successful lookup and stays valid for this run (RCU),
         // even if the entry is evicted meanwhile; another CPU may update the same flow at once, the
         // accepted race of per-flow state in BPF: at worst an increment or a timestamp is lost.
         let e = unsafe { &mut *entry };
+        flow.unreplied = unreplied as u8;
         if expired(e, config, flow.now) {
             nat::own_tuple(flow);
             flow.replaced = 1;
@@ -278,6 +326,9 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, config: &DataPathConfig) -> PacketR
                 return CLASSIFY;
             }
             refresh(e, next, from_origin, packet_len(ctx), flow.now);
+            if unreplied && e.answered() {
+                promote(&flow.key, entry);
+            }
             return PacketReason::PassEstablished;
         }
     }
@@ -339,9 +390,7 @@ fn related(
     let Some(quote_src_is_lo) = parse::icmp_quote_key(ctx, pkt, &mut flow.key) else {
         return CLASSIFY;
     };
-    // SAFETY: read only, during this run (RCU keeps the element allocated); a concurrent update can
-    // only make the expiry check see the newer timestamp.
-    match unsafe { CONNTRACK.get(&flow.key) } {
+    match get(&flow.key) {
         Some(entry) if !expired(entry, config, flow.now) => {
             if entry.nat != 0 {
                 nat::error_of_flow(flow, quote_src_is_lo);
@@ -404,7 +453,7 @@ pub fn after_classify(
     let flow: &mut ConntrackScratch = unsafe { &mut *flow };
     if flow.kind == CT_FLOW_RECHECK {
         if !reason.is_pass() {
-            if CONNTRACK.remove(&flow.key).is_ok() {
+            if remove(&flow.key) {
                 count(CT_STAT_REVOKED);
             }
             // The reverse binding, now dead, is reclaimed by the agent's sweep.
@@ -412,7 +461,7 @@ pub fn after_classify(
             return PacketReason::DropRevoked;
         }
         // Looked up again rather than carried across the classifier.
-        if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
+        if let Some((entry, unreplied)) = lookup(&flow.key) {
             // SAFETY: the pointer comes from a successful lookup and stays valid for this run
             // (RCU), even if the entry is evicted meanwhile; another CPU may update the same flow
             // at once, the accepted race of per-flow state in BPF: at worst an increment or a
@@ -427,6 +476,9 @@ pub fn after_classify(
                 packet_len(ctx),
                 flow.now,
             );
+            if unreplied && e.answered() {
+                promote(&flow.key, entry);
+            }
         }
         return PacketReason::PassEstablished;
     }
@@ -449,11 +501,8 @@ pub fn after_classify(
             return PacketReason::DropNatClash;
         }
         // A flow to translate is tracked once it is bound (`nat::apply`).
-        if flow.nat == 0 && CONNTRACK.insert(&flow.key, &flow.new_entry, 0).is_ok() {
-            count(CT_STAT_CREATED);
-            if flow.replaced != 0 {
-                count(CT_STAT_REPLACED);
-            }
+        if flow.nat == 0 {
+            insert_new(flow);
         }
     } else {
         flow.nat = 0;
@@ -461,10 +510,19 @@ pub fn after_classify(
     reason
 }
 
-/// Tracks the new flow built in the scratch (a translated one, once bound).
+/// Tracks the new flow built in the scratch (a translated one, once bound),
+/// as unreplied.
 #[inline(always)]
 pub fn insert_new(flow: &ConntrackScratch) {
-    if CONNTRACK.insert(&flow.key, &flow.new_entry, 0).is_ok() {
+    if flow.replaced != 0 {
+        // The entry it replaces may be an answered one: gone with it, or
+        // its stale state would shadow the new flow.
+        let _ = CONNTRACK.remove(&flow.key);
+    }
+    if CONNTRACK_UNREPLIED
+        .insert(&flow.key, &flow.new_entry, 0)
+        .is_ok()
+    {
         count(CT_STAT_CREATED);
         if flow.replaced != 0 {
             count(CT_STAT_REPLACED);

@@ -40,12 +40,22 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// default drops.
 #[map]
 pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(MAX_RULES + 1, 0);
-/// Tracked flows, shared by both slots (a rule change re-checks a flow by
-/// its generation). The agent sizes it from `policy.conntrack_max`; LRU, so
-/// a full table evicts the least recently used flow instead of refusing.
+/// Tracked flows that their responder has answered, shared by both slots (a
+/// rule change re-checks a flow by its generation). The agent sizes it from
+/// `policy.conntrack_max`; LRU, so a full table evicts the least recently
+/// used flow instead of refusing.
 #[map]
 pub static CONNTRACK: LruHashMap<ConntrackKey, ConntrackEntry> =
     LruHashMap::with_max_entries(65_536, 0);
+/// Tracked flows not answered yet (a SYN, a first datagram, an echo
+/// request), apart so that a flood of new flows (spoofed sources, SYN or UDP
+/// floods) evicts only its own kind, never an answered connection, however
+/// idle. A flow moves to `CONNTRACK` once answered (`ConntrackEntry::answered`:
+/// a TCP connection when past its handshake). The agent sizes it from
+/// `policy.conntrack_max` (a quarter, at least 1,024).
+#[map]
+pub static CONNTRACK_UNREPLIED: LruHashMap<ConntrackKey, ConntrackEntry> =
+    LruHashMap::with_max_entries(16_384, 0);
 /// `CT_STAT_*` counters.
 #[map]
 pub static CONNTRACK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CT_STATS, 0);

@@ -16,9 +16,7 @@ use nva_common::{
 };
 
 use crate::conntrack::{self, expired};
-use crate::maps::{
-    Tables, ACTIVE, CONFIG, CONNTRACK, CONNTRACK_SCRATCH, NAT_BINDINGS, NAT_COUNTERS,
-};
+use crate::maps::{Tables, ACTIVE, CONFIG, CONNTRACK_SCRATCH, NAT_BINDINGS, NAT_COUNTERS};
 use crate::parse::{header_mut, Packet};
 
 /// Largest L3 offset: Ethernet and two VLAN tags.
@@ -174,8 +172,7 @@ fn claim(flow: &mut ConntrackScratch, config: &DataPathConfig, port: u16, how: u
     } else {
         flow.reverse_key.port_hi = port;
     }
-    // SAFETY: read only, during this run (RCU keeps the element allocated).
-    if let Some(e) = unsafe { CONNTRACK.get(&flow.reverse_key) } {
+    if let Some(e) = conntrack::get(&flow.reverse_key) {
         if !expired(e, config, flow.now) {
             return false;
         }
@@ -194,8 +191,7 @@ fn claim(flow: &mut ConntrackScratch, config: &DataPathConfig, port: u16, how: u
     // the agent's sweep).
     // SAFETY: read only, during this run (RCU keeps the element allocated).
     let live = match unsafe { NAT_BINDINGS.get(&flow.reverse_key) } {
-        // SAFETY: as above.
-        Some(b) => match unsafe { CONNTRACK.get(&b.flow) } {
+        Some(b) => match conntrack::get(&b.flow) {
             Some(e) => e.nat != 0 && !expired(e, config, flow.now),
             None => false,
         },
@@ -224,8 +220,7 @@ pub fn clashes(key: &ConntrackKey, config: &DataPathConfig, now: u64) -> bool {
     if b.flags & NAT_REVERSE == 0 {
         return false;
     }
-    // SAFETY: read only, during this run (RCU keeps the element allocated).
-    match unsafe { CONNTRACK.get(&b.flow) } {
+    match conntrack::get(&b.flow) {
         Some(e) => e.nat != 0 && !expired(e, config, now),
         None => false,
     }
@@ -366,14 +361,14 @@ pub fn as_classified(pkt: &mut Packet, flow: &ConntrackScratch) {
 pub fn reply_flow(
     flow: &mut ConntrackScratch,
     src_is_lo: bool,
-) -> Option<*mut nva_common::ConntrackEntry> {
+) -> Option<(*mut nva_common::ConntrackEntry, bool)> {
     // SAFETY: read only, during this run (RCU); bindings are written whole before they are
     // inserted and never changed.
     let b = unsafe { NAT_BINDINGS.get(&flow.key) }?;
     if b.flags & NAT_REVERSE == 0 || (b.from_lo != 0) != src_is_lo {
         return None;
     }
-    let entry = CONNTRACK.get_ptr_mut(&b.flow)?;
+    let entry = conntrack::lookup(&b.flow)?;
     flow.reverse_key = flow.key;
     flow.key = b.flow;
     flow.nat = CT_NAT_REV;
@@ -411,8 +406,7 @@ pub fn error_of_reply(
     let Some(b) = (unsafe { NAT_BINDINGS.get(&flow.key) }) else {
         return false;
     };
-    // SAFETY: read only, during this run (RCU keeps the element allocated).
-    match unsafe { CONNTRACK.get(&b.flow) } {
+    match conntrack::get(&b.flow) {
         Some(e) if e.nat != 0 && !expired(e, config, flow.now) => {
             error_of_flow(flow, quote_src_is_lo);
             true

@@ -46,10 +46,11 @@ pub fn remaining_ns(entry: &ConntrackEntry, timeouts_s: &[u32], now: u64) -> u64
     timeout.saturating_sub(idle)
 }
 
-/// The conntrack maps of an agent's pin layout, with the NAT bindings of
-/// translated flows.
+/// The conntrack maps of an agent's pin layout (answered flows, flows not
+/// answered yet), with the NAT bindings of translated flows.
 pub struct Table {
     flows: Map,
+    unreplied: Map,
     stats: Map,
     nat: Map,
 }
@@ -58,6 +59,7 @@ impl Table {
     pub fn open(layout: &PinLayout) -> Result<Table, ConntrackError> {
         Ok(Table {
             flows: Map::LruHashMap(open_pinned(layout, names::CONNTRACK)?),
+            unreplied: Map::LruHashMap(open_pinned(layout, names::CONNTRACK_UNREPLIED)?),
             stats: Map::PerCpuArray(open_pinned(layout, names::CONNTRACK_STATS)?),
             nat: Map::HashMap(open_pinned(layout, names::NAT_BINDINGS)?),
         })
@@ -68,16 +70,22 @@ impl Table {
     pub fn of(datapath: &DataPath) -> Result<Table, ConntrackError> {
         Ok(Table {
             flows: Map::LruHashMap(datapath.map_handle(names::CONNTRACK)?),
+            unreplied: Map::LruHashMap(datapath.map_handle(names::CONNTRACK_UNREPLIED)?),
             stats: Map::PerCpuArray(datapath.map_handle(names::CONNTRACK_STATS)?),
             nat: Map::HashMap(datapath.map_handle(names::NAT_BINDINGS)?),
         })
     }
 
-    fn fd(&self) -> BorrowedFd<'_> {
-        match &self.flows {
+    /// Both flow tables, answered flows first.
+    fn tables(&self) -> [&Map; 2] {
+        [&self.flows, &self.unreplied]
+    }
+
+    fn fds(&self) -> [BorrowedFd<'_>; 2] {
+        self.tables().map(|m| match m {
             Map::LruHashMap(d) => d.fd().as_fd(),
             _ => unreachable!("opened as an LRU hash"),
-        }
+        })
     }
 
     fn nat_fd(&self) -> BorrowedFd<'_> {
@@ -87,47 +95,44 @@ impl Table {
         }
     }
 
-    /// Inserts or replaces a flow (an imported one).
+    /// Inserts or replaces a flow (an imported one), in the table the data
+    /// path would keep it in.
     pub fn insert(
         &mut self,
         key: &ConntrackKey,
         entry: &ConntrackEntry,
     ) -> Result<(), ConntrackError> {
+        let (to, other) = if entry.answered() {
+            (&mut self.flows, &mut self.unreplied)
+        } else {
+            (&mut self.unreplied, &mut self.flows)
+        };
         let mut map: aya::maps::HashMap<&mut MapData, ConntrackKey, ConntrackEntry> =
-            aya::maps::HashMap::try_from(&mut self.flows)?;
+            aya::maps::HashMap::try_from(to)?;
         map.insert(key, entry, 0)?;
-        Ok(())
+        remove_from(other, key)
     }
 
     /// The flow under `key`, if any.
     pub fn get(&self, key: &ConntrackKey) -> Result<Option<ConntrackEntry>, ConntrackError> {
-        let map: aya::maps::HashMap<&MapData, ConntrackKey, ConntrackEntry> =
-            aya::maps::HashMap::try_from(&self.flows)?;
-        match map.get(key, 0) {
-            Ok(e) => Ok(Some(e)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(None)
+        for table in self.tables() {
+            let map: aya::maps::HashMap<&MapData, ConntrackKey, ConntrackEntry> =
+                aya::maps::HashMap::try_from(table)?;
+            match map.get(key, 0) {
+                Ok(e) => return Ok(Some(e)),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
         }
+        Ok(None)
     }
 
     /// Removes a flow, if present.
     pub fn remove(&mut self, key: &ConntrackKey) -> Result<(), ConntrackError> {
-        let mut map: aya::maps::HashMap<&mut MapData, ConntrackKey, ConntrackEntry> =
-            aya::maps::HashMap::try_from(&mut self.flows)?;
-        match map.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        remove_from(&mut self.flows, key)?;
+        remove_from(&mut self.unreplied, key)
     }
 
     /// Inserts or replaces a NAT binding (of an imported flow).
@@ -162,9 +167,7 @@ impl Table {
         if bindings.is_empty() {
             return Ok(0);
         }
-        let flows: aya::maps::HashMap<&MapData, ConntrackKey, ConntrackEntry> =
-            aya::maps::HashMap::try_from(&self.flows)?;
-        let orphan = |b: &NatBinding| !matches!(flows.get(&b.flow, 0), Ok(e) if e.nat != 0);
+        let orphan = |b: &NatBinding| !matches!(self.get(&b.flow), Ok(Some(e)) if e.nat != 0);
         let candidates: Vec<ConntrackKey> = bindings
             .iter()
             .filter(|(_, b)| orphan(b))
@@ -179,30 +182,54 @@ impl Table {
         Ok(crate::datapath::batch::delete(self.nat_fd(), &confirmed)?)
     }
 
-    /// Every entry (a snapshot taken a chunk at a time).
+    /// Every entry, answered flows first (a snapshot taken a chunk at a
+    /// time). A flow moved between the tables while they are read may show
+    /// twice; the first (answered) copy is kept.
     pub fn entries(&self) -> Result<Vec<(ConntrackKey, ConntrackEntry)>, ConntrackError> {
         let mut out = Vec::new();
+        let [flows, unreplied] = self.fds();
+        crate::datapath::batch::for_each::<ConntrackKey, ConntrackEntry>(flows, &mut |chunk| {
+            out.extend_from_slice(chunk)
+        })?;
+        let answered = out.len();
+        let mut fresh = Vec::new();
         crate::datapath::batch::for_each::<ConntrackKey, ConntrackEntry>(
-            self.fd(),
-            &mut |chunk| out.extend_from_slice(chunk),
+            unreplied,
+            &mut |chunk| fresh.extend_from_slice(chunk),
         )?;
+        if !fresh.is_empty() {
+            let seen: std::collections::HashSet<ConntrackKey> =
+                out[..answered].iter().map(|(k, _)| *k).collect();
+            out.extend(fresh.into_iter().filter(|(k, _)| !seen.contains(k)));
+        }
         Ok(out)
+    }
+
+    /// Number of entries present in (answered, unreplied) flows, expired
+    /// ones included until swept.
+    pub fn counts(&self) -> Result<(usize, usize), ConntrackError> {
+        let mut n = [0usize; 2];
+        for (fd, n) in self.fds().into_iter().zip(n.iter_mut()) {
+            crate::datapath::batch::for_each::<ConntrackKey, ConntrackEntry>(fd, &mut |chunk| {
+                *n += chunk.len()
+            })?;
+        }
+        Ok((n[0], n[1]))
     }
 
     /// Number of entries present (expired ones included until swept).
     pub fn count(&self) -> Result<usize, ConntrackError> {
-        let mut n = 0;
-        crate::datapath::batch::for_each::<ConntrackKey, ConntrackEntry>(
-            self.fd(),
-            &mut |chunk| n += chunk.len(),
-        )?;
-        Ok(n)
+        let (answered, unreplied) = self.counts()?;
+        Ok(answered + unreplied)
     }
 
     /// Removes every entry; returns how many there were. Tracked TCP
     /// connections then need `policy.loose_tcp` (or a new handshake).
     pub fn flush(&mut self) -> Result<usize, ConntrackError> {
-        let n = crate::datapath::batch::drain::<ConntrackKey, ConntrackEntry>(self.fd())?;
+        let mut n = 0;
+        for fd in self.fds() {
+            n += crate::datapath::batch::drain::<ConntrackKey, ConntrackEntry>(fd)?;
+        }
         self.add_user_removed(n as u64)?;
         crate::datapath::batch::drain::<ConntrackKey, NatBinding>(self.nat_fd())?;
         Ok(n)
@@ -212,12 +239,11 @@ impl Table {
     /// candidate is read again just before its removal, so a flow that saw
     /// a packet meanwhile stays. Returns (entries left, entries removed).
     pub fn sweep(&mut self, timeouts_s: &[u32]) -> Result<(usize, usize), ConntrackError> {
-        let now = now_ns();
-        let mut expired = Vec::new();
-        let mut total = 0;
-        crate::datapath::batch::for_each::<ConntrackKey, ConntrackEntry>(
-            self.fd(),
-            &mut |chunk| {
+        let (mut total, mut removed) = (0, 0);
+        for (table, fd) in self.tables().into_iter().zip(self.fds()) {
+            let now = now_ns();
+            let mut expired = Vec::new();
+            crate::datapath::batch::for_each::<ConntrackKey, ConntrackEntry>(fd, &mut |chunk| {
                 total += chunk.len();
                 expired.extend(
                     chunk
@@ -225,19 +251,19 @@ impl Table {
                         .filter(|(_, e)| remaining_ns(e, timeouts_s, now) == 0)
                         .map(|(k, _)| *k),
                 );
-            },
-        )?;
-        let map: aya::maps::HashMap<&MapData, ConntrackKey, ConntrackEntry> =
-            aya::maps::HashMap::try_from(&self.flows)?;
-        let now = now_ns();
-        let still_expired: Vec<ConntrackKey> = expired
-            .into_iter()
-            .filter(|k| match map.get(k, 0) {
-                Ok(e) => remaining_ns(&e, timeouts_s, now) == 0,
-                Err(_) => false,
-            })
-            .collect();
-        let removed = crate::datapath::batch::delete(self.fd(), &still_expired)?;
+            })?;
+            let map: aya::maps::HashMap<&MapData, ConntrackKey, ConntrackEntry> =
+                aya::maps::HashMap::try_from(table)?;
+            let now = now_ns();
+            let still_expired: Vec<ConntrackKey> = expired
+                .into_iter()
+                .filter(|k| match map.get(k, 0) {
+                    Ok(e) => remaining_ns(&e, timeouts_s, now) == 0,
+                    Err(_) => false,
+                })
+                .collect();
+            removed += crate::datapath::batch::delete(fd, &still_expired)?;
+        }
         self.add_user_removed(removed as u64)?;
         Ok((total.saturating_sub(removed), removed))
     }
@@ -274,6 +300,20 @@ impl Table {
         values[0] += n;
         map.set(CT_STAT_USER_REMOVED, PerCpuValues::try_from(values)?, 0)?;
         Ok(())
+    }
+}
+
+fn remove_from(table: &mut Map, key: &ConntrackKey) -> Result<(), ConntrackError> {
+    let mut map: aya::maps::HashMap<&mut MapData, ConntrackKey, ConntrackEntry> =
+        aya::maps::HashMap::try_from(table)?;
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -504,5 +504,6 @@ pub mod agent;
 pub mod arm;
 pub mod lab;
 pub mod long_lived;
+pub mod raw;
 pub mod traffic;
 pub mod zookeeper;

@@ -35,6 +35,11 @@ pub struct LineTalker {
 
 impl LineTalker {
     pub fn start(ns: &Netns, to: SocketAddr) -> LineTalker {
+        LineTalker::start_every(ns, to, EVERY)
+    }
+
+    /// A connection exchanging a line every `every`.
+    pub fn start_every(ns: &Netns, to: SocketAddr, every: Duration) -> LineTalker {
         let conn = in_netns(ns, || {
             TcpStream::connect_timeout(&to, Duration::from_secs(3))
         })
@@ -70,7 +75,7 @@ impl LineTalker {
                         return;
                     }
                 }
-                std::thread::sleep(EVERY);
+                std::thread::sleep(every);
             }
         });
         LineTalker {

@@ -70,6 +70,17 @@ fn load(loose_tcp: bool, timeouts: ConntrackTimeouts) -> DataPath {
     DataPath::load(&compiled, 1, &|_| None).unwrap()
 }
 
+/// The outbound rules, stateful and strict, with a conntrack table of
+/// `table` answered flows.
+fn load_with_table(table: u32) -> DataPath {
+    let compiled = compile(&outbound_rules(true), &policy(false, Default::default())).unwrap();
+    let mut dp = DataPath::open(None, table).unwrap();
+    let counters: Vec<u32> = (0..compiled.rule_actions.len() as u32).collect();
+    dp.install(&compiled, &Default::default(), 1, &counters, &|_| None)
+        .unwrap();
+    dp
+}
+
 fn tcp4(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
     ethernet(
         &[],
@@ -535,11 +546,7 @@ fn full_table_evicts_least_recent_flows_and_keeps_admitting() {
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one_cpu).unwrap();
         const TABLE: u32 = 1024;
         const FLOWS: u16 = 5000;
-        let compiled = compile(&outbound_rules(true), &policy(false, Default::default())).unwrap();
-        let mut dp = DataPath::open(None, TABLE).unwrap();
-        let counters: Vec<u32> = (0..compiled.rule_actions.len() as u32).collect();
-        dp.install(&compiled, &Default::default(), 1, &counters, &|_| None)
-            .unwrap();
+        let dp = load_with_table(TABLE);
         let (b, c) = (BACKEND, CLIENT);
         for sport in 0..FLOWS {
             assert_eq!(run(&dp, &udp4(b, 10_000 + sport, c, 53), 0).1, R::PassRule);
@@ -563,5 +570,86 @@ fn full_table_evicts_least_recent_flows_and_keeps_admitting() {
         assert!(evictions >= (FLOWS as u64) - TABLE as u64, "{evictions}");
         // The oldest flows were the ones evicted: their replies are dropped.
         assert_eq!(run(&dp, &udp4(c, 53, b, 10_000), 0).1, R::DropDefault);
+    });
+}
+
+/// Issue "Hardening" §3: a flood of new flows larger than the table (one
+/// packet each, two packets each, a SYN flood answered with SYN-ACKs by a
+/// listening port) evicts no answered connection, however idle: answered
+/// flows live apart from unreplied ones. With `loose_tcp = false`, an
+/// evicted connection's next segment would be dropped as `tcp_not_tracked`.
+#[test]
+fn flood_of_new_flows_evicts_no_answered_connection() {
+    require_root();
+    in_private_netns(&[], |_| {
+        const TABLE: u32 = 4096;
+        const CONNECTIONS: u16 = 8;
+        const FLOOD: u32 = 100_000;
+        let dp = load_with_table(TABLE);
+        let (b, c) = (BACKEND, CLIENT);
+        for i in 0..CONNECTIONS {
+            let sport = 40_000 + i;
+            assert_eq!(run(&dp, &tcp4(b, sport, c, 80, SYN), 0).1, R::PassRule);
+            assert_eq!(
+                run(&dp, &tcp4(c, 80, b, sport, SYN | ACK), 0).1,
+                R::PassEstablished
+            );
+            assert_eq!(
+                run(&dp, &tcp4(b, sport, c, 80, ACK), 0).1,
+                R::PassEstablished
+            );
+        }
+        // Sources spread over the allowed backend network, so every flood
+        // flow is admitted and tracked.
+        let source = |n: u32| format!("10.1.{}.{}", (n >> 8) & 0xff, n & 0xff);
+        let pass = |frame: &[u8]| {
+            let action = dp.test_run(frame, 0).expect("test run");
+            assert_eq!(action, nva_tests::test_run::XDP_PASS);
+        };
+        let floods: [(&str, u32); 3] = [
+            ("udp, one packet per flow", 1),
+            ("udp, two packets per flow", 2),
+            ("syn flood answered with syn-ack", 0),
+        ];
+        for (name, per_flow) in floods {
+            for n in 0..FLOOD {
+                let (src, sport) = (source(n), 1024 + (n >> 16) as u16 + 7 * per_flow as u16);
+                if per_flow == 0 {
+                    pass(&tcp4(&src, sport, c, 80, SYN));
+                    pass(&tcp4(c, 80, &src, sport, SYN | ACK));
+                } else {
+                    let frame = udp4(&src, sport, c, 53);
+                    for _ in 0..per_flow {
+                        pass(&frame);
+                    }
+                }
+            }
+            let table = nva::conntrack::Table::of(&dp).unwrap();
+            let (answered, unreplied) = table.counts().unwrap();
+            eprintln!("after {FLOOD} flows ({name}): {answered} answered, {unreplied} unreplied");
+            assert!(
+                unreplied <= nva::datapath::unreplied_capacity(TABLE) as usize,
+                "{unreplied} unreplied flows"
+            );
+            for i in 0..CONNECTIONS {
+                let sport = 40_000 + i;
+                assert_eq!(
+                    run(&dp, &tcp4(c, 80, b, sport, PSH | ACK), 0).1,
+                    R::PassEstablished,
+                    "connection {i} after the flood ({name})"
+                );
+                assert_eq!(
+                    run(&dp, &tcp4(b, sport, c, 80, PSH | ACK), 0).1,
+                    R::PassEstablished,
+                    "connection {i} after the flood ({name})"
+                );
+            }
+            assert_eq!(answered, CONNECTIONS as usize, "after {name}");
+        }
+        let stats = nva::conntrack::Table::of(&dp).unwrap().stats().unwrap();
+        assert_eq!(
+            stats[nva_common::CT_STAT_PROMOTED as usize],
+            CONNECTIONS as u64
+        );
     });
 }

@@ -242,7 +242,7 @@ impl Collector for AgentMetrics {
             ),
             (
                 "nva_conntrack_evictions",
-                "Flows evicted because the table was full (policy.conntrack_max).",
+                "Flows evicted because their table was full (answered flows: policy.conntrack_max; flows not answered yet: a quarter of it, at least 1,024).",
                 ct.evictions,
             ),
             (

@@ -46,19 +46,27 @@ const SLOT_MAPS: [&str; 16] = [
     names::NAT_DNAT,
     names::NAT_SNAT,
 ];
-const GLOBAL_MAPS: [&str; 11] = [
+const GLOBAL_MAPS: [&str; 12] = [
     names::ACTIVE,
     names::CONFIG,
     names::RULE_COUNTERS,
     names::PACKET_COUNTERS,
     names::LOCAL_ADDRS,
     names::CONNTRACK,
+    names::CONNTRACK_UNREPLIED,
     names::CONNTRACK_STATS,
     names::NAT_BINDINGS,
     names::NAT_COUNTERS,
     names::EGRESS,
     names::FORWARD_COUNTERS,
 ];
+
+/// Size of the table of flows not answered yet, for a conntrack table of
+/// `conntrack_max` answered flows: a quarter, and at least 1,024 (a burst of
+/// handshakes in flight must fit), but never more than `conntrack_max`.
+pub fn unreplied_capacity(conntrack_max: u32) -> u32 {
+    (conntrack_max / 4).max(conntrack_max.min(1024))
+}
 
 /// Conntrack table size of [`DataPath::load`] (tests and one-shot tools).
 pub const UNPINNED_CONNTRACK_MAX: u32 = 65_536;
@@ -144,7 +152,8 @@ pub struct DataPath {
 impl DataPath {
     /// Loads the program. With `pins`, maps are reused from (or created and
     /// pinned under) the pin layout, so they outlive this process. A new
-    /// conntrack table gets `conntrack_max` entries; a pinned one keeps its
+    /// conntrack table gets `conntrack_max` entries (and its table of flows
+    /// not answered yet [`unreplied_capacity`]); a pinned one keeps its
     /// size (and its flows).
     pub fn open(pins: Option<&PinLayout>, conntrack_max: u32) -> Result<DataPath, DataPathError> {
         // Maps created now start zeroed, which the array shadows can assume.
@@ -163,6 +172,10 @@ impl DataPath {
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, conntrack_max);
+        loader.map_max_entries(
+            names::CONNTRACK_UNREPLIED,
+            unreplied_capacity(conntrack_max),
+        );
         // A translated flow has two bindings; not preallocated.
         loader.map_max_entries(names::NAT_BINDINGS, conntrack_max.saturating_mul(2));
         let all = pinned_map_names();
@@ -403,6 +416,7 @@ impl Baseline {
     fn load(program: &'static str) -> Result<Baseline, DataPathError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, 1);
+        loader.map_max_entries(names::CONNTRACK_UNREPLIED, 1);
         let ebpf = loader.load(XDP_OBJECT)?;
         let mut baseline = Baseline { ebpf, program };
         baseline.program_mut()?.load()?;

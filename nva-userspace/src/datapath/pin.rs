@@ -20,6 +20,7 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     ("v2", 0x7ac80a701a05698d),
     ("v3", 0x58aa8ab71a5cc7df),
     ("v4", 0x1edcb3032386847a),
+    ("v5", 0x4083a20a76bdfea0),
 ];
 
 #[derive(Clone, Debug)]

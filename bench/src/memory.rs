@@ -87,15 +87,21 @@ pub fn run(rule_counts: &[usize], conntrack_sizes: &[u32]) -> Result<(Section, V
             })
             .map(|(_, b)| b)
             .sum::<u64>();
-        let per_entry = bytes as f64 / entries as f64;
+        // Both tables: `entries` answered flows and the unreplied table
+        // beside them; per entry held.
+        let unreplied = nva::datapath::unreplied_capacity(entries);
+        let per_entry = bytes as f64 / (entries + unreplied) as f64;
         rows.push(vec![
-            format!("conntrack, {entries} entries (+ unreplied table)"),
+            format!("conntrack, {entries} answered + {unreplied} unreplied entries"),
             format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64),
             format!("{per_entry:.0} bytes per entry"),
         ]);
-        data.push(
-            json!({"conntrack_entries": entries, "bytes": bytes, "bytes_per_entry": per_entry}),
-        );
+        data.push(json!({
+            "conntrack_entries": entries,
+            "unreplied_entries": unreplied,
+            "bytes": bytes,
+            "bytes_per_entry": per_entry
+        }));
         if entries == 1 << 20 {
             verdicts.push(Verdict {
                 target: "conntrack ≤ 192 bytes per entry".into(),
@@ -106,7 +112,7 @@ pub fn run(rule_counts: &[usize], conntrack_sizes: &[u32]) -> Result<(Section, V
     }
     let section = Section {
         title: "Memory".into(),
-        intro: "Kernel memory of the maps as the kernel accounts it (`memlock` in each map's fdinfo). Rule tables are hash maps without preallocation, so they use what their entries need; the conntrack table is an LRU hash, preallocated at its full size.".into(),
+        intro: "Kernel memory of the maps as the kernel accounts it (`memlock` in each map's fdinfo). Rule tables are hash maps without preallocation, so they use what their entries need; the conntrack tables (answered flows, and a quarter of that for flows not answered yet) are LRU hashes, preallocated at their full size.".into(),
         columns: ["what", "kernel memory", "note"].map(String::from).to_vec(),
         rows,
         notes: vec![],

@@ -502,6 +502,7 @@ impl Netns {
 pub mod abuse;
 pub mod agent;
 pub mod arm;
+pub mod chaos;
 pub mod lab;
 pub mod long_lived;
 pub mod raw;

@@ -19,8 +19,9 @@ pub struct Ensemble {
 }
 
 impl Ensemble {
-    /// Starts three nodes in `ns` (client ports 2181-2183 on 127.0.0.1)
-    /// and waits until they form a quorum.
+    /// Starts three nodes in `ns` (client ports 2181-2183 on every address of
+    /// the namespace, so that each client can be given a loopback address of
+    /// its own, 127.0.0.N) and waits until they form a quorum.
     pub fn start(ns: &Netns, tag: &str) -> Ensemble {
         assert!(
             std::path::Path::new("/usr/share/java/zookeeper.jar").exists(),
@@ -33,7 +34,7 @@ impl Ensemble {
             std::fs::create_dir_all(&data).unwrap();
             std::fs::write(data.join("myid"), format!("{i}\n")).unwrap();
             let mut cfg = format!(
-                "tickTime=200\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=srvr,ruok\n",
+                "tickTime=200\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={}\nadmin.enableServer=false\n4lw.commands.whitelist=srvr,ruok\n",
                 data.display(),
                 2180 + i
             );
@@ -55,10 +56,21 @@ impl Ensemble {
     }
 
     pub fn connect_string(&self) -> String {
+        self.connect_string_via("127.0.0.1")
+    }
+
+    /// The connect string through loopback address `ip`: a fault can cut
+    /// one client off by its address.
+    pub fn connect_string_via(&self, ip: &str) -> String {
         (1..=NODES)
-            .map(|i| format!("127.0.0.1:{}", 2180 + i))
+            .map(|i| format!("{ip}:{}", 2180 + i))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The node that leads the ensemble now (0-based), if any.
+    pub fn leader(&self) -> Option<usize> {
+        (0..NODES).find(|i| self.nodes[*i].is_some() && self.mode(*i).as_deref() == Some("leader"))
     }
 
     /// Starts node `i` (0-based) again.

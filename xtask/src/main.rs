@@ -87,6 +87,22 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         frames: u64,
     },
+    /// Chaos in the failover lab (needs root): faults injected at random
+    /// (agent kills, detaches, link flaps, frozen daemons, daemons cut off
+    /// from ZooKeeper, the ZooKeeper leader killed during a switch, health
+    /// seen by one daemon only) while the failover invariants are checked;
+    /// each round has its own random seed, printed for replay.
+    Chaos {
+        /// How long to inject faults in all.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Length of one round (a fresh lab and seed each).
+        #[arg(long, default_value_t = 120)]
+        round: u64,
+        /// Replay one round with this seed instead.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// The HA lab: `up` (what `run` without arguments does) or `down`
     /// (remove what a killed lab left behind).
     Lab {
@@ -116,6 +132,11 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Bench { quick, only } => bench(quick, &only),
         Cmd::Lab { args } => lab(&args),
         Cmd::Fuzz { seconds, frames } => fuzz(seconds, frames),
+        Cmd::Chaos {
+            seconds,
+            round,
+            seed,
+        } => chaos(seconds, round, seed),
     }
 }
 
@@ -223,6 +244,58 @@ fn bench(quick: bool, only: &[String]) -> Result<ExitCode> {
     }
     cmd.arg("--out").arg(target_dir().join("bench"));
     status_code(&mut cmd)
+}
+
+fn chaos(seconds: u64, round: u64, seed: Option<u64>) -> Result<ExitCode> {
+    require_root("chaos")?;
+    setup()?;
+    let code = build(false)?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    loop {
+        let this_seed = seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        let left = seconds.saturating_sub(started.elapsed().as_secs()).max(1);
+        let length = round.min(left);
+        println!(
+            "xtask chaos: round {}, seed {this_seed}, {length} s of faults ({} s of {seconds} s done)",
+            rounds + 1,
+            started.elapsed().as_secs()
+        );
+        let code = status_code(
+            cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "nva-tests",
+                    "--test",
+                    "chaos",
+                    "--",
+                    "--nocapture",
+                ])
+                .env("NVA_CHAOS_SEED", this_seed.to_string())
+                .env("NVA_CHAOS_SECONDS", length.to_string()),
+        )?;
+        rounds += 1;
+        if code != ExitCode::SUCCESS {
+            println!(
+                "xtask chaos: round {rounds} (seed {this_seed}) failed; replay it with \
+                 `cargo xtask chaos --seed {this_seed} --round {length}`"
+            );
+            return Ok(code);
+        }
+        if seed.is_some() || started.elapsed().as_secs() >= seconds {
+            break;
+        }
+    }
+    println!("xtask chaos: {rounds} rounds, no invariant violated");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn fuzz(seconds: u64, frames: u64) -> Result<ExitCode> {

@@ -467,6 +467,18 @@ impl FailoverDaemon {
     }
 }
 
+impl Drop for FailoverDaemon {
+    /// Its directory (config and log) goes with it (the process is stopped
+    /// by its guard), unless a test is failing, when the log explains it.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            if let Some(dir) = self.config.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
 /// One request to the service at `ip:port` from the client: true when
 /// "pong" comes back.
 pub fn request(lab: &Lab, ip: &str, port: u16) -> bool {

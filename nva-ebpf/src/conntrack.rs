@@ -7,12 +7,15 @@
 //! admitted them, so a rule change re-checks each flow on its next packet.
 
 use aya_ebpf::programs::XdpContext;
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+use network_types::tcp::TcpHdr;
+use network_types::udp::UdpHdr;
 use nva_common::{
     ConntrackEntry, ConntrackKey, ConntrackScratch, ConntrackState, DataPathConfig, PacketReason,
     CT_FLOW_NEW, CT_FLOW_RECHECK, CT_NAT_FWD, CT_NAT_REV, CT_PENDING_NONE, CT_PENDING_TCP_FLAGS,
     CT_PENDING_TCP_NOT_TRACKED, CT_STAT_CREATED, CT_STAT_PROMOTED, CT_STAT_REPLACED,
-    CT_STAT_REVOKED, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
-    TCP_SYN,
+    CT_STAT_REVOKED, ETH_P_IP, ETH_P_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK,
+    TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::maps::{
@@ -527,5 +530,184 @@ pub fn insert_new(flow: &ConntrackScratch) {
         if flow.replaced != 0 {
             count(CT_STAT_REPLACED);
         }
+    }
+}
+
+// ---------------------------------------------------------------- the lean path
+
+/// The lean path of an answered flow's ordinary packet, tried before the
+/// full parse: an untagged IPv4 (without options) or IPv6 (without
+/// extension headers) packet, not a later fragment, carrying a TCP segment
+/// without SYN, FIN or RST of an established connection, or a datagram of a
+/// replied UDP flow. Headers are read straight from the frame, with exactly
+/// the full parser's checks for that shape; the key is built in place; one
+/// lookup in the answered table, the expiry check and the flow's counters.
+/// Anything else (another shape, a miss, another state, a translated or
+/// imported flow, a re-check due, a malformed header) returns None, and the
+/// full path decides it, with the outcome this path gives where both apply.
+#[inline(never)]
+pub fn lean(ctx: &XdpContext, config: &DataPathConfig) -> Option<PacketReason> {
+    if config.stateful == 0 {
+        return None;
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let mut key = WordKey {
+        key: ConntrackKey::default(),
+        _tail: 0,
+    };
+    let (src, dst, l4_off) = match read_be16(ctx, 12)? {
+        ETH_P_IP => {
+            let ip = parse::ptr_at::<Ipv4Hdr>(ctx, 14)?;
+            // SAFETY: ptr_at checked that the header lies within the frame, and Ipv4Hdr needs no
+            // alignment.
+            let ip = unsafe { &*ip };
+            let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+            // IHL 5 only; the full parser's checks: whole datagram present,
+            // not a later fragment.
+            if ip.vihl != 0x45
+                || total_len < 20
+                || data + 14 + total_len > end
+                || u16::from_be_bytes(ip.frags) & 0x1fff != 0
+            {
+                return None;
+            }
+            key.key.proto = ip.proto;
+            key.key.family = 4;
+            let (s, d) = (
+                u32::from_be_bytes(ip.src_addr),
+                u32::from_be_bytes(ip.dst_addr),
+            );
+            (((s as u64) << 32, 0), ((d as u64) << 32, 0), 34)
+        }
+        ETH_P_IPV6 => {
+            let ip = parse::ptr_at::<Ipv6Hdr>(ctx, 14)?;
+            // SAFETY: ptr_at checked that the header lies within the frame, and Ipv6Hdr needs no
+            // alignment.
+            let ip = unsafe { &*ip };
+            let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+            if ip.vcf[0] >> 4 != 6 || data + 54 + payload_len > end {
+                return None;
+            }
+            key.key.proto = ip.next_hdr;
+            key.key.family = 6;
+            let word = |a: &[u8; 16], i: usize| {
+                u64::from_be_bytes([
+                    a[i],
+                    a[i + 1],
+                    a[i + 2],
+                    a[i + 3],
+                    a[i + 4],
+                    a[i + 5],
+                    a[i + 6],
+                    a[i + 7],
+                ])
+            };
+            let (s, d) = (&ip.src_addr, &ip.dst_addr);
+            ((word(s, 0), word(s, 8)), (word(d, 0), word(d, 8)), 54)
+        }
+        _ => return None,
+    };
+    let want = match key.key.proto {
+        PROTO_TCP => {
+            let tcp = parse::ptr_at::<TcpHdr>(ctx, l4_off)?;
+            // SAFETY: ptr_at checked that the header lies within the frame, and TcpHdr needs no
+            // alignment.
+            let tcp = unsafe { &*tcp };
+            let data_off = (tcp.doff() as usize) * 4;
+            // The raw flags byte is the parser's `tcp_flags` (FIN bit 0 … CWR bit 7).
+            let flags = read_u8(ctx, l4_off + 13)?;
+            if data_off < TcpHdr::LEN
+                || data + l4_off + data_off > end
+                || flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) != TCP_ACK
+            {
+                return None;
+            }
+            ESTABLISHED
+        }
+        PROTO_UDP => {
+            parse::ptr_at::<UdpHdr>(ctx, l4_off)?;
+            UDP_REPLIED
+        }
+        _ => return None,
+    };
+    let sport = read_be16(ctx, l4_off)?;
+    let dport = read_be16(ctx, l4_off + 2)?;
+    let src_is_lo = key.fill(src, sport, dst, dport);
+    let entry = CONNTRACK.get_ptr_mut(&key.key)?;
+    // SAFETY: the pointer comes from a successful lookup and stays valid for this run (RCU), even
+    // if the entry is evicted meanwhile; another CPU may update the same flow at once, the
+    // accepted race of per-flow state in BPF: at worst an increment or a timestamp is lost.
+    let e = unsafe { &mut *entry };
+    if e.state != want || e.nat != 0 || e.flags != 0 || e.generation != config.generation {
+        return None;
+    }
+    // SAFETY: a BPF helper without arguments that only reads a clock.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    if expired(e, config, now) {
+        return None;
+    }
+    let dir = (src_is_lo != (e.origin_is_lo != 0)) as usize & 1;
+    e.last_seen_ns = now;
+    e.packets[dir] += 1;
+    e.bytes[dir] += (end - data) as u64;
+    Some(PacketReason::PassEstablished)
+}
+
+#[inline(always)]
+fn read_be16(ctx: &XdpContext, off: usize) -> Option<u16> {
+    let p = parse::ptr_at::<[u8; 2]>(ctx, off)?;
+    // SAFETY: ptr_at checked that the bytes lie within the frame; a byte array needs no alignment.
+    Some(u16::from_be_bytes(unsafe { *p }))
+}
+
+#[inline(always)]
+fn read_u8(ctx: &XdpContext, off: usize) -> Option<u8> {
+    let p = parse::ptr_at::<u8>(ctx, off)?;
+    // SAFETY: ptr_at checked that the byte lies within the frame.
+    Some(unsafe { *p })
+}
+
+/// A conntrack key on the stack, 8-aligned so that its addresses are
+/// written as whole words.
+#[repr(C, align(8))]
+struct WordKey {
+    key: ConntrackKey,
+    _tail: u32,
+}
+
+const _: () = assert!(core::mem::offset_of!(ConntrackKey, addr_lo) == 0);
+const _: () = assert!(core::mem::offset_of!(ConntrackKey, addr_hi) == 16);
+
+impl WordKey {
+    /// Completes the key of the flow from `src` to `dst` (addresses as two
+    /// big-endian words each) as [`ConntrackKey::set_from_packet`] does (the
+    /// smaller endpoint first, no VLAN), a word at a time; returns whether
+    /// the source is the `lo` endpoint.
+    #[inline(always)]
+    fn fill(&mut self, src: (u64, u64), sport: u16, dst: (u64, u64), dport: u16) -> bool {
+        let src_is_lo = if src.0 != dst.0 {
+            src.0 < dst.0
+        } else if src.1 != dst.1 {
+            src.1 < dst.1
+        } else {
+            sport < dport
+        };
+        let (lo, hi, port_lo, port_hi) = if src_is_lo {
+            (src, dst, sport, dport)
+        } else {
+            (dst, src, dport, sport)
+        };
+        let words = self as *mut WordKey as *mut u64;
+        // SAFETY: the struct is 8-aligned and `addr_lo`, `addr_hi` are its first 32 bytes
+        // (asserted above): four aligned u64 writes within it.
+        unsafe {
+            *words = lo.0.to_be();
+            *words.add(1) = lo.1.to_be();
+            *words.add(2) = hi.0.to_be();
+            *words.add(3) = hi.1.to_be();
+        }
+        self.key.port_lo = port_lo;
+        self.key.port_hi = port_hi;
+        src_is_lo
     }
 }

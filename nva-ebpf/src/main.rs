@@ -27,9 +27,11 @@ pub fn nva_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn nva_parse_pass(ctx: XdpContext) -> u32 {
     match parse::parse(&ctx) {
-        // Looks at the result so that the parser is not optimised away;
-        // protocol 254 (experimental) is never benchmarked.
-        Ok(Parsed::Ip(pkt)) if pkt.proto == 0xfe => XDP_DROP,
+        // Uses every field it parsed (folded into one word no benchmarked
+        // packet gives), so that no part of the parse is optimised away:
+        // reading only the protocol let the compiler drop the extraction of
+        // addresses and ports, and the baseline measured less than a parse.
+        Ok(Parsed::Ip(pkt)) if pkt.fold() == 0x5a5a_5a5a_5a5a_5a5a => XDP_DROP,
         _ => XDP_PASS,
     }
 }

@@ -341,6 +341,30 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, PacketReason> {
 }
 
 impl Packet {
+    /// Every field folded into one word, for the parse-and-pass baseline.
+    #[inline(always)]
+    pub fn fold(&self) -> u64 {
+        let word = |a: &[u8; 16], i: usize| {
+            // SAFETY: `i` is 0 or 1, so the 8 bytes read lie within the array; read_unaligned
+            // needs no alignment.
+            unsafe { core::ptr::read_unaligned(a.as_ptr().add(i * 8) as *const u64) }
+        };
+        word(&self.src, 0)
+            ^ word(&self.src, 1)
+            ^ word(&self.dst, 0).rotate_left(7)
+            ^ word(&self.dst, 1).rotate_left(13)
+            ^ ((self.sport as u64) << 48
+                | (self.dport as u64) << 32
+                | (self.icmp_id as u64) << 16
+                | self.l4_off as u64)
+            ^ ((self.vlan[0] as u64) << 40
+                | (self.vlan[1] as u64) << 24
+                | (self.proto as u64) << 16
+                | (self.icmp_type as u64) << 8
+                | self.tcp_flags as u64)
+            ^ ((self.is_v6 as u64) << 62 | (self.later_fragment as u64) << 61)
+    }
+
     pub const EMPTY: Packet = Packet {
         is_v6: false,
         src: [0; 16],

@@ -18,6 +18,19 @@ use crate::{classify, conntrack, nat};
 /// conntrack, management failsafe, rules, then NAT.
 #[inline(always)]
 pub fn decide(ctx: &XdpContext) -> u32 {
+    // One read decides the rule set for this packet: a reload flips ACTIVE
+    // only once the other slot is complete.
+    let slot = ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    // An answered flow's ordinary packet takes the lean path, before the
+    // full parse; NAT has nothing to do for it (translated flows take the
+    // full path).
+    if let Some(config) = CONFIG.get(slot) {
+        if config.ready != 0 {
+            if let Some(reason) = conntrack::lean(ctx, config) {
+                return reason as u32;
+            }
+        }
+    }
     // The parsed packet lives in map memory, off the program's small stack.
     let Some(pkt) = PACKET.get_ptr_mut(0) else {
         return PacketReason::PassNotReady as u32;
@@ -31,9 +44,7 @@ pub fn decide(ctx: &XdpContext) -> u32 {
         Ok(false) => return PacketReason::PassNonIp as u32,
         Err(reason) => return reason as u32,
     }
-    // One read decides the rule set for this packet: a reload flips ACTIVE
-    // only once the other slot is complete.
-    let reason = match ACTIVE.get(0).copied().unwrap_or(0) {
+    let reason = match slot {
         0 => decide_with::<maps::slot0::Slot>(ctx, pkt, 0),
         _ => decide_with::<maps::slot1::Slot>(ctx, pkt, 1),
     };

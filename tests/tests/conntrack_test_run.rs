@@ -653,3 +653,81 @@ fn flood_of_new_flows_evicts_no_answered_connection() {
         );
     });
 }
+
+/// The lean path of established flows reads headers straight from the
+/// frame: a malformed frame of a tracked connection must still get the
+/// parser's drop reason, and shapes the lean path leaves to the full path
+/// (IPv4 options) must pass all the same, IPv6 takes it too; the flow's
+/// counters count every passed packet whichever path took it.
+#[test]
+fn established_packets_take_the_lean_path_only_when_well_formed() {
+    require_root();
+    in_private_netns(&[], |_| {
+        let dp = load(false, Default::default());
+        let (b, c) = (BACKEND, CLIENT);
+        for (flags, from_backend) in [(SYN, true), (SYN | ACK, false), (ACK, true)] {
+            let frame = if from_backend {
+                tcp4(b, 40000, c, 80, flags)
+            } else {
+                tcp4(c, 80, b, 40000, flags)
+            };
+            assert!(run(&dp, &frame, 0).1.is_pass());
+        }
+        let ack = tcp4(b, 40000, c, 80, ACK);
+        assert_eq!(run(&dp, &ack, 0).1, R::PassEstablished);
+        // IPv4 total length beyond the frame.
+        let mut long = ack.clone();
+        long[16..18].copy_from_slice(&200u16.to_be_bytes());
+        assert_eq!(run(&dp, &long, 0).1, R::DropMalformedIpv4);
+        // TCP data offset under 5 words, and past the frame.
+        let mut short_doff = ack.clone();
+        short_doff[14 + 20 + 12] = 4 << 4;
+        assert_eq!(run(&dp, &short_doff, 0).1, R::DropMalformedL4);
+        let mut long_doff = ack.clone();
+        long_doff[14 + 20 + 12] = 15 << 4;
+        assert_eq!(run(&dp, &long_doff, 0).1, R::DropMalformedL4);
+        // A TCP header cut short (IP length adjusted to the frame).
+        let mut cut = ack[..14 + 20 + 10].to_vec();
+        cut[16..18].copy_from_slice(&30u16.to_be_bytes());
+        assert_eq!(run(&dp, &cut, 0).1, R::DropMalformedL4);
+        // IP version 5.
+        let mut version = ack.clone();
+        version[14] = 0x55;
+        assert_eq!(run(&dp, &version, 0).1, R::DropMalformedIpv4);
+        // A shape for the full path: IPv4 options.
+        let with_options = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4(v4(b), v4(c), 6, &[1, 1, 1, 1], 0, &tcp(40000, 80, ACK)),
+        );
+        assert_eq!(run(&dp, &with_options, 0).1, R::PassEstablished);
+        // A reply with PSH, and a FIN: the state machine's business.
+        assert_eq!(
+            run(&dp, &tcp4(c, 80, b, 40000, PSH | ACK), 0).1,
+            R::PassEstablished
+        );
+        let e = flow4(&dp, b, c).unwrap();
+        assert_eq!(e.packets, [4, 2], "every passed packet counted");
+        assert_eq!(
+            run(&dp, &tcp4(b, 40000, c, 80, FIN | ACK), 0).1,
+            R::PassEstablished
+        );
+        assert_eq!(state(&dp, b, c), ConntrackState::TcpFinWait);
+        // A segment with SYN on the established connection is still refused.
+        assert_eq!(run(&dp, &tcp4(b, 40000, c, 80, SYN), 0).1, R::DropTcpState);
+        // IPv6: the same through the lean path.
+        for (flags, from_backend) in [(SYN, true), (SYN | ACK, false), (ACK, true)] {
+            let frame = if from_backend {
+                tcp6(BACKEND6, 40001, CLIENT6, 80, flags)
+            } else {
+                tcp6(CLIENT6, 80, BACKEND6, 40001, flags)
+            };
+            assert!(run(&dp, &frame, 0).1.is_pass());
+        }
+        let ack6 = tcp6(BACKEND6, 40001, CLIENT6, 80, ACK);
+        assert_eq!(run(&dp, &ack6, 0).1, R::PassEstablished);
+        let mut long6 = ack6.clone();
+        long6[18..20].copy_from_slice(&500u16.to_be_bytes());
+        assert_eq!(run(&dp, &long6, 0).1, R::DropMalformedIpv6);
+    });
+}

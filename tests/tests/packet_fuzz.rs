@@ -22,7 +22,7 @@ use nva::classifier::compiler::{compile, linear_first_match, PacketView};
 use nva::classifier::rulegen::Rng;
 use nva::datapath::DataPath;
 use nva::policy::model::{Action, Cidr, ManagementPort, PolicySettings, PortRange, Proto, Rule};
-use nva_common::PacketReason as R;
+use nva_common::{PacketReason as R, TCP_ACK, TCP_PSH, TCP_SYN};
 use nva_tests::frames::*;
 use nva_tests::test_run::run;
 use nva_tests::{in_private_netns, require_root};
@@ -469,6 +469,98 @@ fn fuzzed_frames_get_the_reference_verdict_and_reason() {
             "DropRule",
             "DropDefault",
             "PassManagement",
+        ] {
+            assert!(
+                by_reason.contains_key(reason),
+                "no frame ended as {reason}: {by_reason:?}"
+            );
+        }
+    });
+}
+
+/// Stateful, with tracked connections: the lean path of established flows
+/// reads headers straight from the frame, so mutated frames of a tracked
+/// connection (IPv4 and IPv6) must still get the parser's reason whenever
+/// the reference parser refuses them; the rest pass or fall to the state
+/// machine and the rules, never `XDP_ABORTED`.
+#[test]
+fn mutated_frames_of_tracked_connections_get_the_parsers_reason() {
+    require_root();
+    let seed: u64 = std::env::var("NVA_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_f023);
+    in_private_netns(&[], move |_| {
+        let rules = rules();
+        let policy = PolicySettings {
+            stateful: true,
+            ..policy(false)
+        };
+        let compiled = compile(&rules, &policy).unwrap();
+        let dp = DataPath::load(&compiled, 1, &|_| None).unwrap();
+        let v4 = |a: &str| IpAddr::V4(a.parse().unwrap());
+        let v6 = |a: &str| IpAddr::V6(a.parse().unwrap());
+        let segment = |src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8| {
+            let l4 = tcp(sport, dport, flags);
+            match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    ethernet(&[], ETH_P_IP, &ipv4(s, d, 6, &[], 0, &l4))
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => ethernet(&[], ETH_P_IPV6, &ipv6(s, d, 6, &l4)),
+                _ => unreachable!(),
+            }
+        };
+        let mut acks = Vec::new();
+        for (client, server) in [
+            (v4("172.16.0.9"), v4("10.0.0.80")),
+            (v6("fd01::9"), v6("fd00::80")),
+        ] {
+            for (flags, from_client) in
+                [(TCP_SYN, true), (TCP_SYN | TCP_ACK, false), (TCP_ACK, true)]
+            {
+                let frame = if from_client {
+                    segment(client, 40000, server, 80, flags)
+                } else {
+                    segment(server, 80, client, 40000, flags)
+                };
+                assert!(run(&dp, &frame, 0).1.is_pass(), "handshake {flags:#x}");
+            }
+            let ack = segment(client, 40000, server, 80, TCP_ACK | TCP_PSH);
+            assert_eq!(run(&dp, &ack, 0).1, R::PassEstablished);
+            acks.push(ack);
+            acks.push(segment(server, 80, client, 40000, TCP_ACK));
+        }
+        let parser_outcomes = [
+            R::DropMalformedEthernet,
+            R::DropVlanTooDeep,
+            R::DropMalformedIpv4,
+            R::DropMalformedIpv6,
+            R::DropIpv6ExtTooDeep,
+            R::DropMalformedL4,
+            R::PassNonIp,
+            R::DropFragment,
+        ];
+        let mut rng = Rng::new(seed);
+        let mut by_reason = std::collections::BTreeMap::new();
+        for n in 0..20_000usize {
+            let base = acks[n % acks.len()].clone();
+            let frame = mutate(&mut rng, base);
+            let expected = reference(&frame, &rules, false);
+            let (_, got) = run(&dp, &frame, 0);
+            if parser_outcomes.contains(&expected) {
+                assert_eq!(
+                    got, expected,
+                    "frame {n} (seed {seed:#x}) of a tracked connection: {frame:02x?}"
+                );
+            }
+            *by_reason.entry(format!("{got:?}")).or_insert(0u64) += 1;
+        }
+        eprintln!("mutated frames of tracked connections, by reason: {by_reason:?}");
+        for reason in [
+            "PassEstablished",
+            "DropMalformedIpv4",
+            "DropMalformedIpv6",
+            "DropMalformedL4",
         ] {
             assert!(
                 by_reason.contains_key(reason),

@@ -396,6 +396,11 @@ pub fn run(s: &Settings, out_dir: &std::path::Path) -> Result<Outcome> {
             measured: format!("{:.2}× (median, at {n} rules)", r.median),
             met: Some(r.median <= 1.5),
         });
+        verdicts.push(Verdict {
+            target: "established-flow packet ≤ 3 × parse-and-pass (the lean path)".into(),
+            measured: format!("{:.2}× (median, at {n} rules)", r.median),
+            met: Some(r.median <= 3.0),
+        });
     }
     if let Some((n, r)) = new_ratio {
         verdicts.push(Verdict {

@@ -246,6 +246,28 @@ fn bench(quick: bool, only: &[String]) -> Result<ExitCode> {
     status_code(&mut cmd)
 }
 
+/// A seed from the clock, for rounds with random seeds.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `cargo test` of one nva-tests test file, its output shown.
+fn nva_test(file: &str) -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "nva-tests",
+        "--test",
+        file,
+        "--",
+        "--nocapture",
+    ]);
+    cmd
+}
+
 fn chaos(seconds: u64, round: u64, seed: Option<u64>) -> Result<ExitCode> {
     require_root("chaos")?;
     setup()?;
@@ -256,11 +278,7 @@ fn chaos(seconds: u64, round: u64, seed: Option<u64>) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut rounds = 0;
     loop {
-        let this_seed = seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
+        let this_seed = seed.unwrap_or_else(clock_seed);
         let left = seconds.saturating_sub(started.elapsed().as_secs()).max(1);
         let length = round.min(left);
         println!(
@@ -269,16 +287,7 @@ fn chaos(seconds: u64, round: u64, seed: Option<u64>) -> Result<ExitCode> {
             started.elapsed().as_secs()
         );
         let code = status_code(
-            cargo()
-                .args([
-                    "test",
-                    "-p",
-                    "nva-tests",
-                    "--test",
-                    "chaos",
-                    "--",
-                    "--nocapture",
-                ])
+            nva_test("chaos")
                 .env("NVA_CHAOS_SEED", this_seed.to_string())
                 .env("NVA_CHAOS_SECONDS", length.to_string()),
         )?;
@@ -305,24 +314,13 @@ fn fuzz(seconds: u64, frames: u64) -> Result<ExitCode> {
     let (mut seeds, mut total) = (0u64, 0u64);
     while started.elapsed().as_secs() < seconds {
         // A fresh seed from the clock (the test prints it on failure).
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = clock_seed();
         println!(
             "xtask fuzz: seed {seed:#x}, {frames} frames ({} s of {seconds} s, {total} frames so far)",
             started.elapsed().as_secs()
         );
         let code = status_code(
-            cargo()
-                .args([
-                    "test",
-                    "-p",
-                    "nva-tests",
-                    "--test",
-                    "packet_fuzz",
-                    "--",
-                    "--nocapture",
-                ])
+            nva_test("packet_fuzz")
                 .env("NVA_FUZZ_SEED", seed.to_string())
                 .env("NVA_FUZZ_FRAMES", frames.to_string())
                 .env("NVA_FUZZ_SAVE", "1"),

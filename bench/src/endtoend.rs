@@ -300,7 +300,9 @@ fn blocklist(n: usize, t: &Topology) -> Vec<Rule> {
         "block-bench".into(),
         nva::policy::model::Cidr::new(drop_destination(t, Shape::Blocklist), 32),
     ));
-    rules.push(forward_rule(t));
+    // Then everything else allowed: a pure block list (nva's short path),
+    // whatever the default.
+    rules.push(Rule::any("allow-the-rest", Action::Allow));
     rules
 }
 
@@ -494,7 +496,7 @@ fn blocklist_note(at: &[(usize, Firewall, Figures)]) -> String {
     let get = |fw: Firewall| at.iter().find(|(_, f, _)| *f == fw);
     match (get(Firewall::Nva), get(Firewall::NftSets), get(Firewall::Iptables)) {
         (Some((n, _, nva)), Some((_, _, sets)), Some((_, _, ipt))) => format!(
-            "Block lists ({n} drop rules for destination networks, the frames to drop matching the last): the shape nftables sets are made for, one set lookup whatever the size. There nva's receive path costs {:.0} ns per dropped frame against {:.0} ns for the nftables sets ({:.2}×) and {:.0} ns for iptables ({:.1}×). The random rule sets above defeat sets instead: rules of both actions overlap, so first-match order leaves even the expert's ruleset many blocks of one action (the ruleset column), each needing its own lookups.",
+            "Block lists ({n} drop rules for destination networks, the frames to drop matching the last, then a rule allowing the rest; nva takes its short path, one longest-prefix lookup): the shape nftables sets are made for, one set lookup whatever the size. There nva's receive path costs {:.0} ns per dropped frame against {:.0} ns for the nftables sets ({:.2}×) and {:.0} ns for iptables ({:.1}×). The random rule sets above defeat sets instead: rules of both actions overlap, so first-match order leaves even the expert's ruleset many blocks of one action (the ruleset column), each needing its own lookups.",
             nva.drop_ns.median,
             sets.drop_ns.median,
             sets.drop_ns.median / nva.drop_ns.median.max(1e-9),
@@ -722,11 +724,25 @@ pub fn run(s: &Settings, out_dir: &Path) -> Result<(Section, Vec<Verdict>)> {
             ));
         }
     }
-    let verdicts = vec![Verdict {
+    let mut verdicts = vec![Verdict {
         target: format!("drop throughput at {big} rules ≥ 20 × iptables, ≥ 10 × nftables rule list, ≥ 1.5 × best nftables sets/maps; at {small} rules ≥ 2 × nftables (capacity: receive-path CPU per dropped packet)"),
         measured: measured.join("; "),
         met: (big == 10_000 && small == 10).then_some(met),
     }];
+    let blocklist_at = |fw: Firewall| at_blocklist.iter().find(|(_, f, _)| *f == fw);
+    if let (Some((n, _, ours)), Some((_, _, sets))) =
+        (blocklist_at(Firewall::Nva), blocklist_at(Firewall::NftSets))
+    {
+        let cpu = sets.drop_ns.median / ours.drop_ns.median.max(1e-9);
+        verdicts.push(Verdict {
+            target: "block list of 10,000 prefixes at least as fast as nftables with a set (receive-path CPU per dropped packet)".into(),
+            measured: format!(
+                "{cpu:.2}× nftables sets at {n} prefixes ({:.0} against {:.0} ns)",
+                ours.drop_ns.median, sets.drop_ns.median
+            ),
+            met: (*n == 10_000).then_some(cpu >= 1.0),
+        });
+    }
     let section = Section {
         title: "End to end against nftables and iptables".into(),
         intro: format!(

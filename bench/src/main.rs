@@ -87,12 +87,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         sections.push(c.conntrack);
     }
     if wanted(Part::Memory) {
-        let (rule_counts, conntrack_sizes): (&[usize], &[u32]) = if cli.quick {
-            (&[1000], &[65_536])
+        let (rule_counts, blocklists, conntrack_sizes): (&[usize], &[usize], &[u32]) = if cli.quick
+        {
+            (&[1000], &[10_000], &[65_536])
         } else {
-            (&[10_000, 100_000], &[65_536, 1 << 20])
+            (&[10_000, 100_000], &[10_000, 1_000_000], &[65_536, 1 << 20])
         };
-        let (section, v) = memory::run(rule_counts, conntrack_sizes)?;
+        let (section, v) = memory::run(rule_counts, blocklists, conntrack_sizes)?;
         verdicts.extend(v);
         sections.push(section);
     }

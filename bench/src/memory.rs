@@ -5,8 +5,10 @@ use anyhow::Result;
 use nva::classifier::compiler::compile;
 use nva::classifier::rulegen::{Rng, RuleGen};
 use nva::datapath::DataPath;
-use nva::policy::model::{Action, PolicySettings};
+use nva::policy::model::{Action, Cidr, PolicySettings, Rule};
 use serde_json::json;
+use std::net::IpAddr;
+use std::time::Instant;
 
 use crate::report::{Section, Verdict};
 
@@ -15,7 +17,83 @@ fn is_slot_map(name: &str) -> bool {
     name.ends_with("_0") || name.ends_with("_1")
 }
 
-pub fn run(rule_counts: &[usize], conntrack_sizes: &[u32]) -> Result<(Section, Vec<Verdict>)> {
+/// Prefixes per rule of the block lists: a million prefixes stay within
+/// the rule limit.
+const PREFIXES_PER_RULE: usize = 100;
+
+/// A block list of `n` random destination prefixes (/24 and /32, drop),
+/// `PREFIXES_PER_RULE` to a rule, then a rule allowing the rest.
+fn blocklist(n: usize) -> Vec<Rule> {
+    let mut rng = Rng::new(0x00b1_0c11 ^ n as u64);
+    let mut rules: Vec<Rule> = (0..n.div_ceil(PREFIXES_PER_RULE))
+        .map(|i| Rule {
+            dst: (0..PREFIXES_PER_RULE.min(n - i * PREFIXES_PER_RULE))
+                .map(|_| {
+                    let len = if rng.chance(50) { 24 } else { 32 };
+                    Cidr::new(IpAddr::V4((rng.next_u64() as u32).into()), len)
+                })
+                .collect(),
+            ..Rule::any(&format!("block-{i}"), Action::Drop)
+        })
+        .collect();
+    rules.push(Rule::any("allow-the-rest", Action::Allow));
+    rules
+}
+
+/// Block lists (the short path): compile and load time, and the kernel
+/// memory of the slot tables holding them.
+fn blocklist_rows(
+    sizes: &[usize],
+    rows: &mut Vec<Vec<String>>,
+    data: &mut Vec<serde_json::Value>,
+    verdicts: &mut Vec<Verdict>,
+) -> Result<()> {
+    for &n in sizes {
+        eprintln!("bench: memory, block list of {n} prefixes");
+        let rules = blocklist(n);
+        let started = Instant::now();
+        let compiled = compile(&rules, &PolicySettings::with_default(Action::Drop))?;
+        let compile_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let dp = DataPath::load(&compiled, 1, &|_| None)?;
+        let load_s = started.elapsed().as_secs_f64();
+        let tables: u64 = dp
+            .map_memory()
+            .iter()
+            .filter(|(name, _)| is_slot_map(name))
+            .map(|(_, b)| b)
+            .sum();
+        let mib = tables as f64 / (1 << 20) as f64;
+        rows.push(vec![
+            format!("block list, {n} prefixes in {} rules", rules.len()),
+            format!("{mib:.1} MiB in the rule tables of both slots"),
+            format!(
+                "the short path ({}); compiled in {compile_s:.2} s, tables written in {load_s:.2} s",
+                compiled.sizes
+            ),
+        ]);
+        data.push(json!({
+            "blocklist_prefixes": n, "table_bytes": tables,
+            "compile_s": compile_s, "load_s": load_s,
+        }));
+        if n == 1_000_000 {
+            verdicts.push(Verdict {
+                target: "block list of 1,000,000 prefixes within 128 MiB".into(),
+                measured: format!(
+                    "{mib:.1} MiB (compiled in {compile_s:.2} s, written in {load_s:.2} s)"
+                ),
+                met: Some(mib <= 128.0),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn run(
+    rule_counts: &[usize],
+    blocklists: &[usize],
+    conntrack_sizes: &[u32],
+) -> Result<(Section, Vec<Verdict>)> {
     let mut rows = Vec::new();
     let mut data = Vec::new();
     let mut verdicts = Vec::new();
@@ -75,6 +153,7 @@ pub fn run(rule_counts: &[usize], conntrack_sizes: &[u32]) -> Result<(Section, V
             });
         }
     }
+    blocklist_rows(blocklists, &mut rows, &mut data, &mut verdicts)?;
     for &entries in conntrack_sizes {
         eprintln!("bench: memory, conntrack table of {entries} entries");
         let dp = DataPath::open(None, entries)?;

@@ -180,3 +180,8 @@ pub const fn l4_pattern(key: &L4Key) -> u8 {
 pub const PAIR_GROUP_BOTH: u8 = 1;
 pub const PAIR_GROUP_DST_ONLY: u8 = 2;
 pub const PAIR_GROUP_SRC_ONLY: u8 = 4;
+
+/// [`DataPathConfig::prefix_rules`](crate::DataPathConfig) bits: the source
+/// (destination) address tables hold rule ids.
+pub const PREFIX_RULES_SRC: u8 = 1;
+pub const PREFIX_RULES_DST: u8 = 2;

@@ -40,11 +40,14 @@ shared_type! {
         /// `agent.forward`: [`FORWARD_KERNEL`](crate::FORWARD_KERNEL) or
         /// [`FORWARD_XDP`](crate::FORWARD_XDP).
         pub forward: u8,
+        /// `PREFIX_RULES_*` bits, or 0: every rule matches one address side
+        /// and nothing else, so the address tables map prefixes straight to
+        /// rule ids and classification is one lookup per side in use (the
+        /// short path of block lists); the other tables are empty.
+        pub prefix_rules: u8,
+        pub _pad: [u8; 3],
         /// Idle timeout in seconds by [`ConntrackState`](crate::ConntrackState) (index 0 unused).
         pub timeouts_s: [u32; CT_STATES],
-        /// Tail padding to the 8-byte alignment of `generation`, named so that
-        /// no byte of the value is left undefined.
-        pub _pad_tail: u32,
     }
     size = 88, align = 8;
 }

@@ -2,14 +2,16 @@
 //! then the classes are joined by hash lookups. The cost does not depend on
 //! the number of rules; it is bounded by the number of key patterns in use
 //! (see `DataPathConfig::l4_patterns`). First-match order was resolved by the
-//! compiler: the answer is the smallest rule id found.
+//! compiler: the answer is the smallest rule id found. Rule sets of
+//! address prefixes only (block lists) take a short path: one lookup per
+//! address side.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use nva_common::{
     DataPathConfig, L4Key, PairKey, PairMatch, VerdictKey, ANY_CLASS, ICMP_SLOT_V4, ICMP_SLOT_V6,
     NO_RULE, PAIR_GROUP_BOTH, PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_SLOT_TCP_DPORT,
-    PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP, PROTO_UDP,
+    PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_RULES_DST,
+    PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::maps::Tables;
@@ -149,9 +151,52 @@ fn fold_pair<T: Tables>(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto:
     best
 }
 
+/// The short path of rule sets whose every rule matches one address side
+/// and nothing else (block lists): the address tables hold, for each
+/// prefix, the first rule matching every address under it, so the first
+/// match is the smaller of the (at most two) lookups.
+#[inline(always)]
+fn first_prefix_rule<T: Tables>(pkt: &Packet, sides: u8) -> u32 {
+    let mut best = NO_RULE;
+    if pkt.is_v6 {
+        if sides & PREFIX_RULES_SRC != 0 {
+            if let Some(rule) = T::src_v6().get(Key::new(128, pkt.src)) {
+                best = *rule;
+            }
+        }
+        if sides & PREFIX_RULES_DST != 0 {
+            if let Some(rule) = T::dst_v6().get(Key::new(128, pkt.dst)) {
+                best = min(best, *rule);
+            }
+        }
+    } else {
+        if sides & PREFIX_RULES_SRC != 0 {
+            let src4 = [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]];
+            if let Some(rule) = T::src_v4().get(Key::new(32, src4)) {
+                best = *rule;
+            }
+        }
+        if sides & PREFIX_RULES_DST != 0 {
+            let dst4 = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
+            if let Some(rule) = T::dst_v4().get(Key::new(32, dst4)) {
+                best = min(best, *rule);
+            }
+        }
+    }
+    best
+}
+
 /// The id of the first rule (in file order) matching the packet, or NO_RULE.
 #[inline(always)]
 pub fn first_match<T: Tables>(pkt: &Packet, ifindex: u32, config: &DataPathConfig) -> u32 {
+    if config.prefix_rules != 0 {
+        // Rules after a catch-all are dropped by the compiler, not the
+        // catch-all itself.
+        return min(
+            config.catch_all_rule,
+            first_prefix_rule::<T>(pkt, config.prefix_rules),
+        );
+    }
     let proto = nva_common::classifier_proto(pkt.proto);
     let mut best = config.catch_all_rule;
     if let Some(slot) = nva_common::pair_proto_slot(proto) {

@@ -495,16 +495,23 @@ fn truncated_frames_are_dropped_at_every_offset() {
 
 /// Differential: random rule sets, random packets through the real program;
 /// the verdict and the counted rule must be those of linear first match.
+/// Seeds 7 to 9 are rule sets of address prefixes only (block and allow
+/// lists), which take the short path.
 #[test]
 fn real_program_agrees_with_linear_first_match() {
     require_root();
     in_private_netns(&["eth0", "eth1"], |ifindex| {
         let local = nva::datapath::local_addrs();
-        for seed in 1..=6u64 {
+        for seed in 1..=9u64 {
             let mut rng = Rng::new(seed * 7919);
             let n = 100 + rng.below(300) as usize;
             let gen = RuleGen::new(&mut rng, n);
-            let rules = gen.rules(&mut rng, n);
+            let prefixes_only = seed > 6;
+            let rules = if prefixes_only {
+                gen.prefix_rules(&mut rng, n)
+            } else {
+                gen.rules(&mut rng, n)
+            };
             let pol = policy(
                 if seed % 2 == 0 {
                     Action::Allow
@@ -514,6 +521,7 @@ fn real_program_agrees_with_linear_first_match() {
                 false,
             );
             let compiled = compile(&rules, &pol).unwrap();
+            assert_eq!(compiled.prefix_rules != 0, prefixes_only, "seed {seed}");
             let table: HashMap<String, u32> = ifindex.clone();
             let dp = DataPath::load(&compiled, 1, &move |name| table.get(name).copied()).unwrap();
             let mut expected_counts = vec![0u64; rules.len()];
@@ -601,5 +609,61 @@ fn a_slot_without_rules_passes_and_says_so_at_most_once_a_second() {
                 && records[0].contains("slot 0 holds no complete rule set"),
             "{records:?}"
         );
+    });
+}
+
+/// A reload between a block list (the short path) and a general rule set,
+/// either way, changes the verdicts at once and completely: the slot's
+/// configuration says which tables its lookups read.
+#[test]
+fn reloads_switch_between_the_short_path_and_the_general_path() {
+    require_root();
+    in_private_netns(&[], |_| {
+        let general = vec![tcp_rule("web", &["10.1.0.0/16"], 80)];
+        let mut block = Rule::any("block", Action::Drop);
+        block.dst = vec![nva::policy::model::Cidr::new(
+            "10.1.2.0".parse().unwrap(),
+            24,
+        )];
+        let blocklist = vec![block, Rule::any("allow-the-rest", Action::Allow)];
+        let pol = policy(Action::Drop, false);
+        let general = compile(&general, &pol).unwrap();
+        let blocklist = compile(&blocklist, &pol).unwrap();
+        assert_eq!(general.prefix_rules, 0);
+        assert_ne!(blocklist.prefix_rules, 0);
+        let web = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0, &tcp(1, 80, 2)),
+        );
+        let other = ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4(
+                v4("192.0.2.1"),
+                v4("10.9.9.9"),
+                17,
+                &[],
+                0,
+                &udp(1, 53, b""),
+            ),
+        );
+        let mut dp = DataPath::load(&general, 1, &|_| None).unwrap();
+        let counters = [0u32, 1];
+        for generation in 2..=5u64 {
+            let (set, web_reason, other_reason) = if generation % 2 == 0 {
+                (&blocklist, PacketReason::DropRule, PacketReason::PassRule)
+            } else {
+                (&general, PacketReason::PassRule, PacketReason::DropDefault)
+            };
+            dp.install(set, &Default::default(), generation, &counters, &|_| None)
+                .unwrap();
+            assert_eq!(run(&dp, &web, 0).1, web_reason, "generation {generation}");
+            assert_eq!(
+                run(&dp, &other, 0).1,
+                other_reason,
+                "generation {generation}"
+            );
+        }
     });
 }

@@ -15,11 +15,12 @@ use std::net::IpAddr;
 
 use nva_common::{
     l4_pattern, pair_proto_slot, ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey,
-    PairMatch, RuleAction, VerdictKey, ACTION_ALLOW, ACTION_DROP, ANY_CLASS, FRAGMENTS_ALLOW,
-    FRAGMENTS_DROP, ICMP_CLASS_ENTRIES, ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES, NO_RULE,
-    PAIR_GROUP_BOTH, PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_CLASS_ENTRIES,
-    PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
+    PairMatch, RuleAction, VerdictKey, ACTION_ALLOW, ACTION_DROP, ANY_CLASS, CAPACITY_PREFIXES,
+    FRAGMENTS_ALLOW, FRAGMENTS_DROP, ICMP_CLASS_ENTRIES, ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES,
+    NO_RULE, PAIR_GROUP_BOTH, PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_CLASS_ENTRIES,
+    PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT,
+    PREFIX_RULES_DST, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::policy::model::{Action, Cidr, PolicySettings, Proto, Rule};
@@ -40,6 +41,13 @@ pub enum CompileError {
          (wildcard rules crossed with many specific ones); split or merge rules"
     )]
     OverBudget { phase: &'static str, limit: String },
+    #[error("rule set of {rules} rules too large: {table} needs {needed} prefixes, more than its capacity of {capacity}")]
+    OverCapacity {
+        rules: usize,
+        table: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
 }
 
 /// One LPM entry: prefix (address bytes, length) -> class.
@@ -54,6 +62,9 @@ pub struct PrefixClass<const N: usize> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TableSizes {
     pub rules: usize,
+    /// The short path: every rule matches address prefixes of one side only,
+    /// and the prefix tables map straight to rules.
+    pub prefix_rules: bool,
     pub src_prefixes: usize,
     pub dst_prefixes: usize,
     pub src_classes: usize,
@@ -73,6 +84,15 @@ pub struct TableSizes {
 
 impl std::fmt::Display for TableSizes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix_rules {
+            return write!(
+                f,
+                "address prefixes only (one lookup per side): prefixes src {} dst {}, ~{:.1} MiB",
+                self.src_prefixes,
+                self.dst_prefixes,
+                self.bytes as f64 / (1 << 20) as f64
+            );
+        }
         write!(
             f,
             "prefixes src {} dst {}, pairs {} (+{} dst-only, {} src-only), l4 {}, verdicts {}, classes src {} dst {} port {} icmp {} pair {} l4 {}, ~{:.1} MiB",
@@ -115,6 +135,9 @@ pub struct CompiledRuleSet {
     pub l4: HashMap<L4Key, ClassMatch>,
     pub verdicts: HashMap<VerdictKey, u32>,
     pub rule_actions: Vec<RuleAction>,
+    /// `PREFIX_RULES_*` bits when the rule set takes the short path (the
+    /// prefix tables then hold rule ids, not classes), else 0.
+    pub prefix_rules: u8,
     pub catch_all_rule: u32,
     pub proto_catch_all: [u32; 4],
     pub default_action: u8,
@@ -461,6 +484,9 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
     let mut out = rule_set_settings(rules, policy);
     // Rules after the first catch-all can never match: leave them out.
     let live = &rules[..rules.len().min(out.catch_all_rule as usize)];
+    if let Some(sides) = prefix_rule_sides(live) {
+        return compile_prefix_rules(live, sides, out, rules.len(), started);
+    }
     let n = live.len();
     let mut budget = Budget { visits: 0 };
 
@@ -491,6 +517,7 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
 
     let sizes = TableSizes {
         rules: rules.len(),
+        prefix_rules: false,
         src_prefixes: out.src_v4.len() + out.src_v6.len(),
         dst_prefixes: out.dst_v4.len() + out.dst_v6.len(),
         src_classes: next_src as usize,
@@ -506,10 +533,36 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         verdicts: out.verdicts.len(),
         bytes: 0,
     };
+    within_budget(out, sizes, started)
+}
+
+/// Records the tables' sizes and memory estimate in `out`, refusing a rule
+/// set whose tables exceed the memory budget.
+fn within_budget(
+    mut out: CompiledRuleSet,
+    sizes: TableSizes,
+    started: std::time::Instant,
+) -> Result<CompiledRuleSet, CompileError> {
     out.sizes = TableSizes {
         bytes: estimate_bytes(&sizes),
         ..sizes
     };
+    let prefix_tables = [
+        ("the IPv4 source prefix table", out.src_v4.len()),
+        ("the IPv6 source prefix table", out.src_v6.len()),
+        ("the IPv4 destination prefix table", out.dst_v4.len()),
+        ("the IPv6 destination prefix table", out.dst_v6.len()),
+    ];
+    for (table, needed) in prefix_tables {
+        if needed > CAPACITY_PREFIXES as usize {
+            return Err(CompileError::OverCapacity {
+                rules: out.sizes.rules,
+                table,
+                needed,
+                capacity: CAPACITY_PREFIXES,
+            });
+        }
+    }
     if out.sizes.bytes > TABLE_BUDGET_BYTES {
         return Err(CompileError::OverBudget {
             phase: "the compiled tables",
@@ -518,6 +571,129 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
     }
     tracing::debug!(elapsed = ?started.elapsed(), sizes = %out.sizes, "compiled rule set");
     Ok(out)
+}
+
+/// `Some(PREFIX_RULES_* bits)` when every rule matches address prefixes of
+/// one side (source or destination) and nothing else: a block list, or an
+/// allow list of networks. Such a rule set takes the short path.
+fn prefix_rule_sides(live: &[Rule]) -> Option<u8> {
+    let mut sides = 0;
+    for r in live {
+        let names_l4 = r.proto != Proto::Any
+            || r.in_iface.is_some()
+            || !r.sport.is_empty()
+            || !r.dport.is_empty()
+            || !r.icmp_type.is_empty();
+        if names_l4 {
+            return None;
+        }
+        sides |= match (addr_field(&r.src).is_some(), addr_field(&r.dst).is_some()) {
+            (true, false) => PREFIX_RULES_SRC,
+            (false, true) => PREFIX_RULES_DST,
+            _ => return None,
+        };
+    }
+    (sides != 0).then_some(sides)
+}
+
+/// A prefix as a left-aligned 128-bit number (IPv4 in the top 32 bits), so
+/// that both families nest and sort alike.
+fn prefix_bits(c: &Cidr) -> u128 {
+    match c.addr {
+        IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn prefix_mask(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
+}
+
+/// The short path's table of one address side and family: each prefix the
+/// rules name, mapped to the first rule that matches every address under it
+/// (its own rules and those of the prefixes containing it), so that the
+/// longest-prefix match of an address gives its first matching rule. A
+/// prefix that would map to the same rule as the prefix containing it adds
+/// nothing and is left out.
+fn prefix_rule_table<const N: usize>(
+    live: &[Rule],
+    field: impl Fn(&Rule) -> &[Cidr],
+    v4: bool,
+) -> Vec<PrefixClass<N>> {
+    let mut first: HashMap<(u128, u8), u32> = HashMap::new();
+    for (i, r) in live.iter().enumerate() {
+        for c in addr_field(field(r))
+            .unwrap_or(&[])
+            .iter()
+            .filter(|c| c.is_v4() == v4)
+        {
+            // Rules come in order: the first insertion is the first rule.
+            first
+                .entry((prefix_bits(c) & prefix_mask(c.len), c.len))
+                .or_insert(i as u32);
+        }
+    }
+    let mut prefixes: Vec<((u128, u8), u32)> = first.into_iter().collect();
+    // By address, a containing prefix before what it contains.
+    prefixes.sort_unstable_by_key(|(key, _)| *key);
+    // The chain of prefixes containing the current one, with their rules.
+    let mut enclosing: Vec<(u128, u8, u32)> = Vec::new();
+    let mut out = Vec::new();
+    for ((bits, len), rule) in prefixes {
+        while let Some(&(outer, outer_len, _)) = enclosing.last() {
+            if bits & prefix_mask(outer_len) == outer {
+                break;
+            }
+            enclosing.pop();
+        }
+        let inherited = enclosing.last().map_or(NO_RULE, |e| e.2);
+        let rule = rule.min(inherited);
+        if rule == inherited {
+            continue;
+        }
+        enclosing.push((bits, len, rule));
+        let bytes = bits.to_be_bytes();
+        let mut addr = [0u8; N];
+        addr.copy_from_slice(&bytes[..N]);
+        out.push(PrefixClass {
+            addr,
+            len,
+            class: rule,
+        });
+    }
+    out
+}
+
+/// The short path (see [`prefix_rule_sides`]): prefix tables of rule ids,
+/// nothing else.
+fn compile_prefix_rules(
+    live: &[Rule],
+    sides: u8,
+    mut out: CompiledRuleSet,
+    n_rules: usize,
+    started: std::time::Instant,
+) -> Result<CompiledRuleSet, CompileError> {
+    out.prefix_rules = sides;
+    out.src_v4 = prefix_rule_table(live, |r| &r.src, true);
+    out.src_v6 = prefix_rule_table(live, |r| &r.src, false);
+    out.dst_v4 = prefix_rule_table(live, |r| &r.dst, true);
+    out.dst_v6 = prefix_rule_table(live, |r| &r.dst, false);
+    // Not read on the short path; written as zeroes so that no slot keeps
+    // an older rule set's classes.
+    out.port_class = vec![0; PORT_CLASS_ENTRIES as usize];
+    out.icmp_class = vec![0; ICMP_CLASS_ENTRIES as usize];
+    let sizes = TableSizes {
+        rules: n_rules,
+        prefix_rules: true,
+        src_prefixes: out.src_v4.len() + out.src_v6.len(),
+        dst_prefixes: out.dst_v4.len() + out.dst_v6.len(),
+        ..Default::default()
+    };
+    within_budget(out, sizes, started)
 }
 
 /// The rule set's settings and per-rule data: actions, management ports,
@@ -996,8 +1172,9 @@ impl CompiledRuleSet {
             nat_snat: 0,
             nat_bindings: 0,
             forward: nva_common::FORWARD_KERNEL,
+            prefix_rules: self.prefix_rules,
+            _pad: [0; 3],
             timeouts_s: self.timeouts_s,
-            _pad_tail: 0,
         }
     }
 
@@ -1027,6 +1204,17 @@ impl LookupModel<'_> {
             ),
             _ => (None, None),
         };
+        if set.prefix_rules != 0 {
+            let side = |bit: u8, found: Option<u32>| {
+                found
+                    .filter(|_| set.prefix_rules & bit != 0)
+                    .unwrap_or(NO_RULE)
+            };
+            return set
+                .catch_all_rule
+                .min(side(PREFIX_RULES_SRC, s))
+                .min(side(PREFIX_RULES_DST, d));
+        }
         let pair = match (s, d) {
             (Some(s), Some(d)) => set
                 .pairs

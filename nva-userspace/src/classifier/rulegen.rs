@@ -190,6 +190,40 @@ impl RuleGen {
         (0..n).map(|i| self.rule(rng, i)).collect()
     }
 
+    /// A rule of address prefixes only, as block and allow lists are: one
+    /// side (source or destination), one to four nested or overlapping
+    /// prefixes, mostly of one family, either action.
+    pub fn prefix_rule(&self, rng: &mut Rng, index: usize) -> Rule {
+        let v4 = rng.chance(60);
+        let list: Vec<Cidr> = (0..1 + rng.below(4))
+            .map(|_| {
+                let family = if rng.chance(10) { !v4 } else { v4 };
+                self.cidr(rng, family)
+            })
+            .collect();
+        let (src, dst) = if rng.chance(50) {
+            (list, vec![])
+        } else {
+            (vec![], list)
+        };
+        Rule {
+            src,
+            dst,
+            ..Rule::any(
+                &format!("r{index}"),
+                if rng.chance(50) {
+                    Action::Allow
+                } else {
+                    Action::Drop
+                },
+            )
+        }
+    }
+
+    pub fn prefix_rules(&self, rng: &mut Rng, n: usize) -> Vec<Rule> {
+        (0..n).map(|i| self.prefix_rule(rng, i)).collect()
+    }
+
     fn addr_in(&self, rng: &mut Rng, list: &[Cidr], v4: bool) -> IpAddr {
         let c = if !list.is_empty() && rng.chance(85) {
             list[rng.below(list.len() as u64) as usize]

@@ -516,10 +516,21 @@ mod tests {
 
     #[test]
     fn pinned_layout_changes_only_with_a_new_version() {
-        let text: String = pinned_maps()
+        let mut text: String = pinned_maps()
             .iter()
             .map(|(n, t, k, v)| format!("{n} type {t} key {k} value {v}\n"))
             .collect();
+        // The configuration's field offsets too (recorded from v6 on): a
+        // field can move, and change its meaning, without changing a size.
+        {
+            use std::mem::offset_of;
+            use DataPathConfig as C;
+            text += &format!(
+                "config prefix_rules {} timeouts_s {}\n",
+                offset_of!(C, prefix_rules),
+                offset_of!(C, timeouts_s)
+            );
+        }
         let found = fingerprint(&text);
         let recorded = crate::datapath::pin::LAYOUT_FINGERPRINTS
             .iter()

@@ -21,6 +21,9 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     ("v3", 0x58aa8ab71a5cc7df),
     ("v4", 0x1edcb3032386847a),
     ("v5", 0x4083a20a76bdfea0),
+    // From v6 on, the fingerprint also covers the configuration's field
+    // offsets (`prefix_rules`, the short path, moved the timeouts).
+    ("v6", 0xcef5f966b046aa46),
 ];
 
 #[derive(Clone, Debug)]

@@ -168,3 +168,111 @@ fn over_budget_rule_set_is_refused_with_a_clear_error() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
 }
+
+/// Rule sets of address prefixes only (block and allow lists, either side,
+/// both actions, nested prefixes, sometimes a catch-all at the end) take the
+/// short path, and it agrees with linear first match.
+#[test]
+fn prefix_only_rule_sets_take_the_short_path_and_agree_with_linear_first_match() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng::new(seed * 104_729);
+        let n = 1 + rng.below(300) as usize;
+        let gen = RuleGen::new(&mut rng, n);
+        let mut rules = gen.prefix_rules(&mut rng, n);
+        if seed % 4 == 0 {
+            rules.push(Rule::any("all", Action::Allow));
+            rules.extend(gen.prefix_rules(&mut rng, 5));
+        }
+        let c = compile(&rules, &policy()).expect("compiles");
+        assert_ne!(c.prefix_rules, 0, "seed {seed}: short path");
+        assert!(c.sizes.prefix_rules);
+        assert!(c.pairs.is_empty() && c.l4.is_empty() && c.verdicts.is_empty());
+        let model = c.model();
+        let mut matched = 0;
+        for _ in 0..1_000 {
+            let pkt = gen.packet(&mut rng, &rules);
+            let want = linear_first_match(&rules, &pkt).map_or(NO_RULE, |i| i as u32);
+            assert_eq!(model.lookup(&pkt), want, "seed {seed}: {pkt:?}");
+            matched += (want != NO_RULE) as usize;
+        }
+        assert!(matched > 250, "seed {seed}: only {matched} matched");
+    }
+}
+
+#[test]
+fn a_rule_naming_more_than_one_address_side_keeps_the_general_path() {
+    let cidr = |s: &str| Cidr::parse(s).unwrap();
+    let mut block = Rule::any("block", Action::Drop);
+    block.dst = vec![cidr("192.0.2.0/24")];
+    let mut web = Rule::any("web", Action::Allow);
+    web.proto = Proto::Tcp;
+    web.dst = vec![cidr("198.51.100.0/24")];
+    let mut pair = Rule::any("pair", Action::Allow);
+    pair.src = vec![cidr("10.0.0.0/8")];
+    pair.dst = vec![cidr("10.0.0.0/8")];
+    assert_ne!(
+        compile(&[block.clone()], &policy()).unwrap().prefix_rules,
+        0
+    );
+    for other in [web, pair] {
+        let c = compile(&[block.clone(), other], &policy()).unwrap();
+        assert_eq!(c.prefix_rules, 0);
+    }
+}
+
+/// A prefix inside one that already maps to the same first rule adds no
+/// entry; one whose own rule comes first does.
+#[test]
+fn short_path_tables_keep_only_prefixes_that_change_the_first_rule() {
+    let cidr = |s: &str| Cidr::parse(s).unwrap();
+    let rule = |name: &str, action, prefixes: &[&str]| {
+        let mut r = Rule::any(name, action);
+        r.dst = prefixes.iter().map(|p| cidr(p)).collect();
+        r
+    };
+    let rules = vec![
+        rule("wide", Action::Drop, &["10.0.0.0/8"]),
+        rule("inside", Action::Allow, &["10.1.0.0/16", "192.0.2.0/24"]),
+        rule("early", Action::Drop, &["192.0.2.128/25"]),
+    ];
+    let c = compile(&rules, &policy()).unwrap();
+    assert_eq!(c.prefix_rules, PREFIX_RULES_DST);
+    let entries: Vec<(String, u32)> = c
+        .dst_v4
+        .iter()
+        .map(|e| {
+            (
+                format!("{}/{}", std::net::Ipv4Addr::from(e.addr), e.len),
+                e.class,
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        vec![
+            ("10.0.0.0/8".to_string(), 0),
+            ("192.0.2.0/24".to_string(), 1)
+        ],
+        "10.1.0.0/16 and 192.0.2.128/25 add nothing: their first rule is the enclosing one's"
+    );
+}
+
+/// More prefixes than a prefix table holds: refused up front with the rule
+/// count and the capacity, not half-written into the kernel.
+#[test]
+fn a_block_list_beyond_the_prefix_capacity_is_refused_with_its_figures() {
+    let n = CAPACITY_PREFIXES as usize + 1;
+    let block = Rule {
+        dst: (0..n as u32)
+            .map(|i| Cidr::new(std::net::IpAddr::V4((i << 8).into()), 24))
+            .collect(),
+        ..Rule::any("block", Action::Drop)
+    };
+    let err = compile(&[block], &policy()).expect_err("over capacity");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "rule set of 1 rules too large: the IPv4 destination prefix table needs {n} prefixes, more than its capacity of {CAPACITY_PREFIXES}"
+        )
+    );
+}

@@ -139,7 +139,7 @@ pub fn run(
             format!("{n} rules"),
             format!("{mib:.1} MiB in the rule tables of both slots"),
             format!(
-                "the empty slot alone takes {:.1} MiB: hash buckets sized by the tables' capacity, not by their entries (compiler estimate of the entries: {:.1} MiB)",
+                "the slot not in use takes {:.1} MiB (arrays sized for the largest rule set, and each join table's single free entry); compiler estimate of the entries: {:.1} MiB",
                 empty as f64 / (1 << 20) as f64,
                 compiled.sizes.bytes as f64 / (1 << 20) as f64
             ),
@@ -191,7 +191,7 @@ pub fn run(
     }
     let section = Section {
         title: "Memory".into(),
-        intro: "Kernel memory of the maps as the kernel accounts it (`memlock` in each map's fdinfo). Rule tables are hash maps without preallocation, so they use what their entries need; the conntrack tables (answered flows, and a quarter of that for flows not answered yet) are LRU hashes, preallocated at their full size.".into(),
+        intro: "Kernel memory of the maps as the kernel accounts it (`memlock` in each map's fdinfo). The join tables are created for each rule set at the size it needs (maps of maps, swapped with the slot); the other rule tables are arrays (ports, ICMP types, rule actions) or hash maps and tries without preallocation; the conntrack tables (answered flows, and a quarter of that for flows not answered yet) are LRU hashes, preallocated at their full size.".into(),
         columns: ["what", "kernel memory", "note"].map(String::from).to_vec(),
         rows,
         notes: vec![],

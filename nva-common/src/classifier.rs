@@ -9,11 +9,10 @@ pub const NO_RULE: u32 = u32::MAX;
 /// Largest number of rules one rule set may hold (size of per-rule arrays).
 pub const MAX_RULES: u32 = 131_072;
 
-/// Capacities of the rule tables of one slot (hash tables are not
-/// preallocated, so these bound memory rather than reserve it).
+/// Capacity of each prefix table of one slot (tries are not preallocated,
+/// so this bounds memory rather than reserves it). The join tables have no
+/// fixed capacity: each rule set's are created at the size it needs.
 pub const CAPACITY_PREFIXES: u32 = 1 << 20;
-pub const CAPACITY_ADDR_TABLE: u32 = 1 << 20;
-pub const CAPACITY_JOIN_TABLE: u32 = 1 << 22;
 
 /// Port-class array layout: one 65,536-entry slice per (protocol, direction).
 pub const PORT_SLOT_TCP_SPORT: u32 = 0;

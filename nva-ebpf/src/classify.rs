@@ -100,10 +100,7 @@ fn l4_matches<T: Tables>(pkt: &Packet, ifindex: u32, patterns: u8, out: &mut L4M
                     _pad8: 0,
                     _pad16: 0,
                 };
-                // SAFETY: the reference is used only during this run, under RCU, so the element
-                // stays allocated; the active slot's tables are not written while it is active (a
-                // reload writes the other slot, then switches).
-                if let Some(m) = unsafe { T::l4().get(&key) } {
+                if let Some(m) = T::l4(&key) {
                     out.classes[$p] = m.class;
                     best = min(best, m.wildcard_rule);
                 }
@@ -141,10 +138,7 @@ fn fold_pair<T: Tables>(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto:
             pair_class: m.class,
             l4_class: class,
         };
-        // SAFETY: the reference is used only during this run, under RCU, so the element stays
-        // allocated; the active slot's tables are not written while it is active (a reload writes
-        // the other slot, then switches).
-        if let Some(rule) = unsafe { T::verdicts().get(&key) } {
+        if let Some(rule) = T::verdict(&key) {
             best = min(best, *rule);
         }
     }
@@ -217,21 +211,14 @@ pub fn first_match<T: Tables>(pkt: &Packet, ifindex: u32, config: &DataPathConfi
                 src_class: s,
                 dst_class: d,
             };
-            // SAFETY: the reference is used only during this run, under RCU, so the element stays
-            // allocated; the active slot's tables are not written while it is active (a reload
-            // writes the other slot, then switches).
-            best = fold_pair::<T>(best, unsafe { T::pairs().get(&key) }, &l4s, proto);
+            best = fold_pair::<T>(best, T::pair(&key), &l4s, proto);
         }
     }
     if let Some(d) = dst.filter(|_| groups & PAIR_GROUP_DST_ONLY != 0) {
-        // SAFETY: as for the pair table above.
-        best = fold_pair::<T>(best, unsafe { T::dst_only().get(&d) }, &l4s, proto);
+        best = fold_pair::<T>(best, T::dst_only(d), &l4s, proto);
     }
     if let Some(s) = src.filter(|_| groups & PAIR_GROUP_SRC_ONLY != 0) {
-        // SAFETY: the reference is used only during this run, under RCU, so the element stays
-        // allocated; the active slot's tables are not written while it is active (a reload writes
-        // the other slot, then switches).
-        best = fold_pair::<T>(best, unsafe { T::src_only().get(&s) }, &l4s, proto);
+        best = fold_pair::<T>(best, T::src_only(s), &l4s, proto);
     }
     best
 }

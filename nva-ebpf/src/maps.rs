@@ -2,20 +2,24 @@
 //!
 //! Rule tables exist twice, in slots 0 and 1: a reload writes the inactive
 //! slot and then flips `ACTIVE` with one write, so a packet sees either the
-//! old or the new rule set, never a mix. Hash tables are not preallocated:
-//! their `max_entries` is a capacity, memory follows what is stored.
+//! old or the new rule set, never a mix. The join tables (the larger hash
+//! tables) are maps of maps: the agent creates each slot's table at the
+//! size its rule set needs and swaps it in with the slot, so memory follows
+//! the rule set, not the largest one allowed. Other hash tables are not
+//! preallocated: their `max_entries` is a capacity, memory follows what is
+//! stored.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    btf_maps::{ArrayOfMaps, HashMap as JoinTable},
+    macros::{btf_map, map},
     maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use nva_common::{
     ClassMatch, ConntrackEntry, ConntrackKey, ConntrackScratch, DataPathConfig, L4Key, LogBudget,
     ManagementKey, NatBinding, NatCounters, NatMatch, PairKey, PairMatch, RuleAction, RuleCounters,
-    VerdictKey, CAPACITY_ADDR_TABLE, CAPACITY_JOIN_TABLE, CAPACITY_PREFIXES, CT_STATS,
-    FORWARD_PATHS, ICMP_CLASS_ENTRIES, MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES,
-    PACKET_REASONS, PORT_CLASS_ENTRIES,
+    VerdictKey, CAPACITY_PREFIXES, CT_STATS, FORWARD_PATHS, ICMP_CLASS_ENTRIES, MAX_EGRESS,
+    MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES, PACKET_REASONS, PORT_CLASS_ENTRIES,
 };
 
 /// Index (0 or 1) of the slot the program uses.
@@ -91,6 +95,43 @@ pub static PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_ent
 #[map]
 pub static DIAG_LAST_NS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// A join table of one slot: created by the agent for each rule set, at
+/// the size it needs (the 1 here is only the template's), never
+/// preallocated.
+type Join<K, V> = JoinTable<K, V, 1, { BPF_F_NO_PREALLOC as usize }>;
+
+/// Slot -> (src class, dst class) -> pair.
+#[btf_map]
+pub static PAIRS: ArrayOfMaps<Join<PairKey, PairMatch>, 2> = ArrayOfMaps::new();
+/// Slot -> dst class -> pair (rules with any source).
+#[btf_map]
+pub static DST_ONLY: ArrayOfMaps<Join<u32, PairMatch>, 2> = ArrayOfMaps::new();
+/// Slot -> src class -> pair (rules with any destination).
+#[btf_map]
+pub static SRC_ONLY: ArrayOfMaps<Join<u32, PairMatch>, 2> = ArrayOfMaps::new();
+/// Slot -> L4 key (per pattern) -> L4 class.
+#[btf_map]
+pub static L4: ArrayOfMaps<Join<L4Key, ClassMatch>, 2> = ArrayOfMaps::new();
+/// Slot -> (pair class, L4 class) -> first matching rule id.
+#[btf_map]
+pub static VERDICTS: ArrayOfMaps<Join<VerdictKey, u32>, 2> = ArrayOfMaps::new();
+
+/// Looks `key` up in `slot`'s table of `outer`.
+#[inline(always)]
+fn join_get<K, V>(
+    outer: &'static ArrayOfMaps<Join<K, V>, 2>,
+    slot: u32,
+    key: &K,
+) -> Option<&'static V> {
+    let value = outer.get_value_ptr_mut(slot, key)?;
+    // SAFETY: the pointer comes from a successful lookup in a hash table
+    // without preallocation, whose elements are freed only after an RCU
+    // grace period, so it stays valid for this run; the table of the active
+    // slot is not written while it is active (a reload builds a new table
+    // for the other slot, then switches).
+    Some(unsafe { &*value })
+}
+
 /// The rule tables of one slot.
 pub trait Tables {
     /// Source and destination prefix -> address class.
@@ -105,13 +146,13 @@ pub trait Tables {
     /// Ingress ifindex -> interface class.
     fn iface_class() -> &'static HashMap<u32, u32>;
     /// (src class, dst class), dst class alone, src class alone -> pair.
-    fn pairs() -> &'static HashMap<PairKey, PairMatch>;
-    fn dst_only() -> &'static HashMap<u32, PairMatch>;
-    fn src_only() -> &'static HashMap<u32, PairMatch>;
+    fn pair(key: &PairKey) -> Option<&'static PairMatch>;
+    fn dst_only(dst_class: u32) -> Option<&'static PairMatch>;
+    fn src_only(src_class: u32) -> Option<&'static PairMatch>;
     /// L4 key (per pattern) -> L4 class.
-    fn l4() -> &'static HashMap<L4Key, ClassMatch>;
+    fn l4(key: &L4Key) -> Option<&'static ClassMatch>;
     /// (pair class, L4 class) -> first matching rule id.
-    fn verdicts() -> &'static HashMap<VerdictKey, u32>;
+    fn verdict(key: &VerdictKey) -> Option<&'static u32>;
     /// Rule id -> action and counter index.
     fn rule_actions() -> &'static Array<RuleAction>;
     /// Management (failsafe) ports.
@@ -122,7 +163,7 @@ pub trait Tables {
 }
 
 macro_rules! slot_tables {
-    ($slot:ident, $src_v4:literal, $src_v6:literal, $dst_v4:literal, $dst_v6:literal, $port_class:literal, $icmp_class:literal, $iface_class:literal, $pairs:literal, $dst_only:literal, $src_only:literal, $l4:literal, $verdicts:literal, $rule_actions:literal, $management:literal, $nat_dnat:literal, $nat_snat:literal) => {
+    ($slot:ident, $index:literal, $src_v4:literal, $src_v6:literal, $dst_v4:literal, $dst_v6:literal, $port_class:literal, $icmp_class:literal, $iface_class:literal, $rule_actions:literal, $management:literal, $nat_dnat:literal, $nat_snat:literal) => {
         pub mod $slot {
             use super::*;
 
@@ -140,21 +181,6 @@ macro_rules! slot_tables {
             static ICMP_CLASS: Array<u32> = Array::with_max_entries(ICMP_CLASS_ENTRIES, 0);
             #[map(name = $iface_class)]
             static IFACE_CLASS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
-            #[map(name = $pairs)]
-            static PAIRS: HashMap<PairKey, PairMatch> =
-                HashMap::with_max_entries(CAPACITY_JOIN_TABLE, BPF_F_NO_PREALLOC);
-            #[map(name = $dst_only)]
-            static DST_ONLY: HashMap<u32, PairMatch> =
-                HashMap::with_max_entries(CAPACITY_ADDR_TABLE, BPF_F_NO_PREALLOC);
-            #[map(name = $src_only)]
-            static SRC_ONLY: HashMap<u32, PairMatch> =
-                HashMap::with_max_entries(CAPACITY_ADDR_TABLE, BPF_F_NO_PREALLOC);
-            #[map(name = $l4)]
-            static L4: HashMap<L4Key, ClassMatch> =
-                HashMap::with_max_entries(CAPACITY_JOIN_TABLE, BPF_F_NO_PREALLOC);
-            #[map(name = $verdicts)]
-            static VERDICTS: HashMap<VerdictKey, u32> =
-                HashMap::with_max_entries(CAPACITY_JOIN_TABLE, BPF_F_NO_PREALLOC);
             #[map(name = $rule_actions)]
             static RULE_ACTIONS: Array<RuleAction> = Array::with_max_entries(MAX_RULES, 0);
             #[map(name = $management)]
@@ -196,24 +222,24 @@ macro_rules! slot_tables {
                     &IFACE_CLASS
                 }
                 #[inline(always)]
-                fn pairs() -> &'static HashMap<PairKey, PairMatch> {
-                    &PAIRS
+                fn pair(key: &PairKey) -> Option<&'static PairMatch> {
+                    join_get(&PAIRS, $index, key)
                 }
                 #[inline(always)]
-                fn dst_only() -> &'static HashMap<u32, PairMatch> {
-                    &DST_ONLY
+                fn dst_only(dst_class: u32) -> Option<&'static PairMatch> {
+                    join_get(&DST_ONLY, $index, &dst_class)
                 }
                 #[inline(always)]
-                fn src_only() -> &'static HashMap<u32, PairMatch> {
-                    &SRC_ONLY
+                fn src_only(src_class: u32) -> Option<&'static PairMatch> {
+                    join_get(&SRC_ONLY, $index, &src_class)
                 }
                 #[inline(always)]
-                fn l4() -> &'static HashMap<L4Key, ClassMatch> {
-                    &L4
+                fn l4(key: &L4Key) -> Option<&'static ClassMatch> {
+                    join_get(&L4, $index, key)
                 }
                 #[inline(always)]
-                fn verdicts() -> &'static HashMap<VerdictKey, u32> {
-                    &VERDICTS
+                fn verdict(key: &VerdictKey) -> Option<&'static u32> {
+                    join_get(&VERDICTS, $index, key)
                 }
                 #[inline(always)]
                 fn rule_actions() -> &'static Array<RuleAction> {
@@ -238,6 +264,7 @@ macro_rules! slot_tables {
 
 slot_tables!(
     slot0,
+    0,
     "SRC_V4_0",
     "SRC_V6_0",
     "DST_V4_0",
@@ -245,11 +272,6 @@ slot_tables!(
     "PORT_CLASS_0",
     "ICMP_CLASS_0",
     "IFACE_CLASS_0",
-    "PAIRS_0",
-    "DST_ONLY_0",
-    "SRC_ONLY_0",
-    "L4_0",
-    "VERDICTS_0",
     "RULE_ACTIONS_0",
     "MANAGEMENT_0",
     "NAT_DNAT_0",
@@ -257,6 +279,7 @@ slot_tables!(
 );
 slot_tables!(
     slot1,
+    1,
     "SRC_V4_1",
     "SRC_V6_1",
     "DST_V4_1",
@@ -264,11 +287,6 @@ slot_tables!(
     "PORT_CLASS_1",
     "ICMP_CLASS_1",
     "IFACE_CLASS_1",
-    "PAIRS_1",
-    "DST_ONLY_1",
-    "SRC_ONLY_1",
-    "L4_1",
-    "VERDICTS_1",
     "RULE_ACTIONS_1",
     "MANAGEMENT_1",
     "NAT_DNAT_1",

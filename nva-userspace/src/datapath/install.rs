@@ -14,6 +14,10 @@ use nva_common::{
 use super::{map_err, map_fd, slot_name, ArrayShadow, DataPath, DataPathError, NatTables};
 use crate::classifier::{CompiledRuleSet, PrefixClass, TableSink};
 
+/// `BPF_F_NO_PREALLOC` (linux/bpf.h): a hash table's memory follows its
+/// entries.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 /// Extra margin after the RCU grace period below.
 const GRACE: Duration = Duration::from_millis(5);
 
@@ -148,13 +152,8 @@ impl DataPath {
         clear_lpm!(names::DST_V4, 4);
         clear_lpm!(names::DST_V6, 16);
         clear_hash!(names::IFACE_CLASS, u32, u32);
-        clear_hash!(names::PAIRS, PairKey, PairMatch);
-        clear_hash!(names::DST_ONLY, u32, PairMatch);
-        clear_hash!(names::SRC_ONLY, u32, PairMatch);
-        clear_hash!(names::L4, L4Key, ClassMatch);
-        clear_hash!(names::VERDICTS, VerdictKey, u32);
         clear_hash!(names::MANAGEMENT, ManagementKey, u8);
-        Ok(())
+        self.clear_join_tables(slot)
     }
 
     fn write_slot(
@@ -225,6 +224,55 @@ impl DataPath {
     }
 }
 
+/// Tables created for each rule set at the size it needs, and swapped in
+/// with the slot (maps of maps; see nva-ebpf's `maps`).
+pub(super) const JOIN_TABLES: [&str; 5] = [
+    names::PAIRS,
+    names::DST_ONLY,
+    names::SRC_ONLY,
+    names::L4,
+    names::VERDICTS,
+];
+
+impl DataPath {
+    /// Creates `slot`'s `table` with exactly `entries` (a table of one
+    /// free entry when there are none) and puts it in the slot, replacing
+    /// the table there, which the kernel frees once no program run holds it.
+    fn set_join_table<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        table: &'static str,
+        slot: u32,
+        entries: &[(K, V)],
+    ) -> Result<(), DataPathError> {
+        use aya::maps::{ArrayOfMaps, IterableMap, MapData, MapFd};
+        use std::os::fd::AsFd;
+        let name = slot_name(table, slot);
+        let capacity = u32::try_from(entries.len().max(1))
+            .map_err(|_| DataPathError::Capacity(format!("{} entries in {name}", entries.len())))?;
+        let inner: aya::maps::HashMap<MapData, K, V> =
+            aya::maps::HashMap::create(capacity, BPF_F_NO_PREALLOC).map_err(map_err(&name))?;
+        let inner_fd: &MapFd = IterableMap::<K, V>::map(&inner).fd();
+        crate::datapath::batch::update(inner_fd.as_fd(), entries).map_err(|source| {
+            DataPathError::Batch {
+                name: name.clone(),
+                source,
+            }
+        })?;
+        let mut outer: ArrayOfMaps<&mut MapData, MapFd> =
+            ArrayOfMaps::try_from(self.map_mut(table)?).map_err(map_err(table))?;
+        outer.set(slot, inner_fd, 0).map_err(map_err(table))
+    }
+
+    /// Empties `slot`'s join tables (fresh tables of one free entry).
+    pub(super) fn clear_join_tables(&mut self, slot: u32) -> Result<(), DataPathError> {
+        self.set_join_table::<PairKey, PairMatch>(names::PAIRS, slot, &[])?;
+        self.set_join_table::<u32, PairMatch>(names::DST_ONLY, slot, &[])?;
+        self.set_join_table::<u32, PairMatch>(names::SRC_ONLY, slot, &[])?;
+        self.set_join_table::<L4Key, ClassMatch>(names::L4, slot, &[])?;
+        self.set_join_table::<VerdictKey, u32>(names::VERDICTS, slot, &[])
+    }
+}
+
 /// The maps of the slot being filled, as the classifier sees them.
 struct SlotSink<'a> {
     datapath: &'a mut DataPath,
@@ -276,6 +324,9 @@ impl TableSink for SlotSink<'_> {
         table: &'static str,
         entries: &[(K, V)],
     ) -> Result<(), DataPathError> {
+        if JOIN_TABLES.contains(&table) {
+            return self.datapath.set_join_table(table, self.slot, entries);
+        }
         let name = slot_name(table, self.slot);
         let fd = map_fd(self.datapath.map(&name)?)?;
         crate::datapath::batch::update(fd, entries)

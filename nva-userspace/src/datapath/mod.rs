@@ -28,7 +28,7 @@ pub use crate::nat::NatTables;
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nva"));
 
 /// Rule tables that exist once per slot (named `{NAME}_{slot}`).
-const SLOT_MAPS: [&str; 16] = [
+const SLOT_MAPS: [&str; 11] = [
     names::SRC_V4,
     names::SRC_V6,
     names::DST_V4,
@@ -36,11 +36,6 @@ const SLOT_MAPS: [&str; 16] = [
     names::PORT_CLASS,
     names::ICMP_CLASS,
     names::IFACE_CLASS,
-    names::PAIRS,
-    names::DST_ONLY,
-    names::SRC_ONLY,
-    names::L4,
-    names::VERDICTS,
     names::RULE_ACTIONS,
     names::MANAGEMENT,
     names::NAT_DNAT,
@@ -120,10 +115,13 @@ fn slot_name(base: &str, slot: u32) -> String {
     format!("{base}_{slot}")
 }
 
-/// Every map pinned under the layout: the global maps, then each slot's.
+/// Every map pinned under the layout: the global maps, the join tables'
+/// outer maps (their tables live as long as they hold them), then each
+/// slot's maps.
 fn pinned_map_names() -> Vec<String> {
     GLOBAL_MAPS
         .iter()
+        .chain(install::JOIN_TABLES.iter())
         .map(|n| n.to_string())
         .chain(
             SLOT_MAPS
@@ -295,8 +293,17 @@ impl DataPath {
     /// Kernel memory of each map (`memlock` of its fdinfo: for hash maps
     /// without preallocation, what the entries present use).
     pub fn map_memory(&self) -> Vec<(String, u64)> {
-        use aya::maps::Map;
+        use aya::maps::{ArrayOfMaps, Map, MapData};
         use std::os::fd::{AsFd, AsRawFd};
+        let memlock = |data: &MapData| -> Option<u64> {
+            let fd = data.fd().as_fd().as_raw_fd();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))?
+                .trim()
+                .parse()
+                .ok()
+        };
         let mut out: Vec<(String, u64)> = self
             .ebpf
             .maps()
@@ -307,20 +314,25 @@ impl DataPath {
                     | Map::LpmTrie(d)
                     | Map::PerCpuArray(d)
                     | Map::LruHashMap(d)
-                    | Map::RingBuf(d) => d,
+                    | Map::RingBuf(d)
+                    | Map::ArrayOfMaps(d) => d,
                     _ => return None,
                 };
-                let fd = data.fd().as_fd().as_raw_fd();
-                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-                let bytes = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("memlock:"))?
-                    .trim()
-                    .parse()
-                    .ok()?;
-                Some((name.to_string(), bytes))
+                Some((name.to_string(), memlock(data)?))
             })
             .collect();
+        // Each slot's join table, named like a slot map.
+        for table in install::JOIN_TABLES {
+            let Ok(map) = self.map(table) else { continue };
+            let Ok(outer) = ArrayOfMaps::<&MapData, MapData>::try_from(map) else {
+                continue;
+            };
+            for slot in 0..2 {
+                if let Some(bytes) = outer.get(&slot, 0).ok().as_ref().and_then(memlock) {
+                    out.push((slot_name(table, slot), bytes));
+                }
+            }
+        }
         out.sort();
         out
     }

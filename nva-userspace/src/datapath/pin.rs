@@ -22,8 +22,9 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     ("v4", 0x1edcb3032386847a),
     ("v5", 0x4083a20a76bdfea0),
     // From v6 on, the fingerprint also covers the configuration's field
-    // offsets (`prefix_rules`, the short path, moved the timeouts).
-    ("v6", 0xcef5f966b046aa46),
+    // offsets (`prefix_rules`, the short path, moved the timeouts); the
+    // join tables became maps of maps, sized per rule set.
+    ("v6", 0x2f5014f39760631c),
 ];
 
 #[derive(Clone, Debug)]

@@ -667,3 +667,44 @@ fn reloads_switch_between_the_short_path_and_the_general_path() {
         }
     });
 }
+
+/// The rule tables take the memory their rule set needs: the join tables
+/// are created for each rule set, and a reload to a smaller set gives the
+/// memory back.
+#[test]
+fn rule_tables_take_the_memory_their_rule_set_needs() {
+    require_root();
+    in_private_netns(&[], |_| {
+        let pol = policy(Action::Drop, false);
+        let small = compile(&fixed_rules(), &pol).unwrap();
+        let mut rng = Rng::new(2_000);
+        let gen = RuleGen::new(&mut rng, 2_000);
+        let big = compile(&gen.rules(&mut rng, 2_000), &pol).unwrap();
+        let tables = |dp: &DataPath| -> u64 {
+            dp.map_memory()
+                .iter()
+                .filter(|(name, _)| name.ends_with("_0") || name.ends_with("_1"))
+                .map(|(_, bytes)| bytes)
+                .sum()
+        };
+        const MIB: u64 = 1 << 20;
+        let mut dp = DataPath::load(&small, 1, &|_| None).unwrap();
+        let at_small = tables(&dp);
+        assert!(at_small <= 8 * MIB, "{at_small} bytes for {} rules", fixed_rules().len());
+        let counters: Vec<u32> = (0..2_000).collect();
+        dp.install(&big, &Default::default(), 2, &counters, &|_| None)
+            .unwrap();
+        let at_big = tables(&dp);
+        assert!(
+            at_big > at_small + MIB,
+            "2,000 rules take more: {at_big} against {at_small} bytes"
+        );
+        dp.install(&small, &Default::default(), 3, &counters, &|_| None)
+            .unwrap();
+        let back = tables(&dp);
+        assert!(
+            back <= at_small + MIB / 4,
+            "the larger rule set's tables are freed: {back} against {at_small} bytes"
+        );
+    });
+}

@@ -184,3 +184,68 @@ pub const PAIR_GROUP_SRC_ONLY: u8 = 4;
 /// (destination) address tables hold rule ids.
 pub const PREFIX_RULES_SRC: u8 = 1;
 pub const PREFIX_RULES_DST: u8 = 2;
+/// With the short path: the prefixes are in the hash table (`PREFIXES`),
+/// looked up once per prefix length in use, longest first, instead of the
+/// tries; block lists use few lengths, and a hash lookup costs less than a
+/// trie walk.
+pub const PREFIX_RULES_HASHED: u8 = 4;
+
+/// Prefix lengths per table on the hashed short path (longest first).
+pub const PREFIX_HASH_LENS: usize = 4;
+// `DataPathConfig::prefix_lens` holds them for the 4 tables.
+const _: () = assert!(4 * PREFIX_HASH_LENS == 16);
+/// An unused entry of `DataPathConfig::prefix_lens`.
+pub const NO_PREFIX_LEN: u8 = 0xff;
+/// Index of a (side, family) table in `DataPathConfig::prefix_lens`.
+#[inline(always)]
+pub const fn prefix_table_index(dst: bool, is_v6: bool) -> usize {
+    (dst as usize) * 2 + is_v6 as usize
+}
+
+shared_type! {
+    /// A prefix of the hashed short path: the address as two big-endian
+    /// words (IPv4 in the top 32 bits of the first), host bits cleared.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct PrefixKey {
+        pub addr: [u64; 2],
+        pub len: u8,
+        /// [`prefix_table_index`] of the prefix's side and family.
+        pub table: u8,
+        pub _pad: [u8; 6],
+    }
+    size = 24, align = 8;
+}
+
+impl PrefixKey {
+    /// The key of `addr` (16 bytes; an IPv4 address in the first 4) cut to
+    /// its first `len` bits.
+    #[inline(always)]
+    pub fn masked(addr: &[u8; 16], is_v6: bool, len: u8, table: u8) -> PrefixKey {
+        let hi = u64::from_be_bytes([
+            addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+        ]);
+        let lo = u64::from_be_bytes([
+            addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+        ]);
+        let (hi, lo) = if is_v6 {
+            (hi, lo)
+        } else {
+            (hi & 0xffff_ffff_0000_0000, 0)
+        };
+        let keep = |bits: u8| -> u64 {
+            if bits == 0 {
+                0
+            } else if bits >= 64 {
+                u64::MAX
+            } else {
+                u64::MAX << (64 - bits)
+            }
+        };
+        PrefixKey {
+            addr: [hi & keep(len.min(64)), lo & keep(len.saturating_sub(64))],
+            len,
+            table,
+            _pad: [0; 6],
+        }
+    }
+}

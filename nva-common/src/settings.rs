@@ -48,6 +48,10 @@ shared_type! {
         pub _pad: [u8; 3],
         /// Idle timeout in seconds by [`ConntrackState`](crate::ConntrackState) (index 0 unused).
         pub timeouts_s: [u32; CT_STATES],
+        /// On the hashed short path: the prefix lengths in use per table
+        /// ([`prefix_table_index`](crate::prefix_table_index)), longest first, padded
+        /// with [`NO_PREFIX_LEN`](crate::NO_PREFIX_LEN).
+        pub prefix_lens: [u8; 16],
     }
-    size = 88, align = 8;
+    size = 104, align = 8;
 }

@@ -8,10 +8,11 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use nva_common::{
-    DataPathConfig, L4Key, PairKey, PairMatch, VerdictKey, ANY_CLASS, ICMP_SLOT_V4, ICMP_SLOT_V6,
-    NO_RULE, PAIR_GROUP_BOTH, PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_SLOT_TCP_DPORT,
-    PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_RULES_DST,
-    PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    prefix_table_index, DataPathConfig, L4Key, PairKey, PairMatch, PrefixKey, VerdictKey,
+    ANY_CLASS, ICMP_SLOT_V4, ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE, PAIR_GROUP_BOTH,
+    PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT,
+    PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS, PREFIX_RULES_DST,
+    PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::maps::Tables;
@@ -150,7 +151,33 @@ fn fold_pair<T: Tables>(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto:
 /// prefix, the first rule matching every address under it, so the first
 /// match is the smaller of the (at most two) lookups.
 #[inline(always)]
-fn first_prefix_rule<T: Tables>(pkt: &Packet, sides: u8) -> u32 {
+fn first_prefix_rule<T: Tables>(pkt: &Packet, config: &DataPathConfig) -> u32 {
+    let sides = config.prefix_rules;
+    if sides & PREFIX_RULES_HASHED != 0 {
+        // Constant table indexes in each branch: the verifier sees `is_v6`
+        // as a byte read from map memory, not as 0 or 1.
+        const SRC_V4: usize = prefix_table_index(false, false);
+        const SRC_V6: usize = prefix_table_index(false, true);
+        const DST_V4: usize = prefix_table_index(true, false);
+        const DST_V6: usize = prefix_table_index(true, true);
+        let mut best = NO_RULE;
+        if pkt.is_v6 {
+            if sides & PREFIX_RULES_SRC != 0 {
+                best = hashed_prefix_rule::<T, SRC_V6>(&pkt.src, config);
+            }
+            if sides & PREFIX_RULES_DST != 0 {
+                best = min(best, hashed_prefix_rule::<T, DST_V6>(&pkt.dst, config));
+            }
+        } else {
+            if sides & PREFIX_RULES_SRC != 0 {
+                best = hashed_prefix_rule::<T, SRC_V4>(&pkt.src, config);
+            }
+            if sides & PREFIX_RULES_DST != 0 {
+                best = min(best, hashed_prefix_rule::<T, DST_V4>(&pkt.dst, config));
+            }
+        }
+        return best;
+    }
     let mut best = NO_RULE;
     if pkt.is_v6 {
         if sides & PREFIX_RULES_SRC != 0 {
@@ -180,16 +207,42 @@ fn first_prefix_rule<T: Tables>(pkt: &Packet, sides: u8) -> u32 {
     best
 }
 
+/// The hashed short path's lookup of one address: one hash lookup per
+/// prefix length in use, longest first; the first found is the longest
+/// matching prefix, whose entry carries the first rule.
+#[inline(always)]
+fn hashed_prefix_rule<T: Tables, const TABLE: usize>(
+    addr: &[u8; 16],
+    config: &DataPathConfig,
+) -> u32 {
+    let is_v6 = TABLE & 1 != 0;
+    // Unrolled by hand (constant i): straight-line code verifies cheaply.
+    macro_rules! length {
+        ($i:expr) => {{
+            let len = config.prefix_lens[TABLE * PREFIX_HASH_LENS + $i];
+            if len == NO_PREFIX_LEN {
+                return NO_RULE;
+            }
+            let key = PrefixKey::masked(addr, is_v6, len, TABLE as u8);
+            if let Some(rule) = T::prefix(&key) {
+                return *rule;
+            }
+        }};
+    }
+    length!(0);
+    length!(1);
+    length!(2);
+    length!(3);
+    NO_RULE
+}
+
 /// The id of the first rule (in file order) matching the packet, or NO_RULE.
 #[inline(always)]
 pub fn first_match<T: Tables>(pkt: &Packet, ifindex: u32, config: &DataPathConfig) -> u32 {
     if config.prefix_rules != 0 {
         // Rules after a catch-all are dropped by the compiler, not the
         // catch-all itself.
-        return min(
-            config.catch_all_rule,
-            first_prefix_rule::<T>(pkt, config.prefix_rules),
-        );
+        return min(config.catch_all_rule, first_prefix_rule::<T>(pkt, config));
     }
     let proto = nva_common::classifier_proto(pkt.proto);
     let mut best = config.catch_all_rule;

@@ -17,9 +17,9 @@ use aya_ebpf::{
 };
 use nva_common::{
     ClassMatch, ConntrackEntry, ConntrackKey, ConntrackScratch, DataPathConfig, L4Key, LogBudget,
-    ManagementKey, NatBinding, NatCounters, NatMatch, PairKey, PairMatch, RuleAction, RuleCounters,
-    VerdictKey, CAPACITY_PREFIXES, CT_STATS, FORWARD_PATHS, ICMP_CLASS_ENTRIES, MAX_EGRESS,
-    MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES, PACKET_REASONS, PORT_CLASS_ENTRIES,
+    ManagementKey, NatBinding, NatCounters, NatMatch, PairKey, PairMatch, PrefixKey, RuleAction,
+    RuleCounters, VerdictKey, CAPACITY_PREFIXES, CT_STATS, FORWARD_PATHS, ICMP_CLASS_ENTRIES,
+    MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES, PACKET_REASONS, PORT_CLASS_ENTRIES,
 };
 
 /// Index (0 or 1) of the slot the program uses.
@@ -116,6 +116,10 @@ pub static L4: ArrayOfMaps<Join<L4Key, ClassMatch>, 2> = ArrayOfMaps::new();
 #[btf_map]
 pub static VERDICTS: ArrayOfMaps<Join<VerdictKey, u32>, 2> = ArrayOfMaps::new();
 
+/// Slot -> prefix (hashed short path) -> first rule.
+#[btf_map]
+pub static PREFIXES: ArrayOfMaps<Join<PrefixKey, u32>, 2> = ArrayOfMaps::new();
+
 /// Looks `key` up in `slot`'s table of `outer`.
 #[inline(always)]
 fn join_get<K, V>(
@@ -153,6 +157,8 @@ pub trait Tables {
     fn l4(key: &L4Key) -> Option<&'static ClassMatch>;
     /// (pair class, L4 class) -> first matching rule id.
     fn verdict(key: &VerdictKey) -> Option<&'static u32>;
+    /// Prefix -> first rule (the hashed short path).
+    fn prefix(key: &PrefixKey) -> Option<&'static u32>;
     /// Rule id -> action and counter index.
     fn rule_actions() -> &'static Array<RuleAction>;
     /// Management (failsafe) ports.
@@ -240,6 +246,10 @@ macro_rules! slot_tables {
                 #[inline(always)]
                 fn verdict(key: &VerdictKey) -> Option<&'static u32> {
                     join_get(&VERDICTS, $index, key)
+                }
+                #[inline(always)]
+                fn prefix(key: &PrefixKey) -> Option<&'static u32> {
+                    join_get(&PREFIXES, $index, key)
                 }
                 #[inline(always)]
                 fn rule_actions() -> &'static Array<RuleAction> {

@@ -495,19 +495,23 @@ fn truncated_frames_are_dropped_at_every_offset() {
 
 /// Differential: random rule sets, random packets through the real program;
 /// the verdict and the counted rule must be those of linear first match.
-/// Seeds 7 to 9 are rule sets of address prefixes only (block and allow
-/// lists), which take the short path.
+/// Seeds 7 to 10 are rule sets of address prefixes only (block and allow
+/// lists), which take the short path: through the tries (7, 9) and, with
+/// few prefix lengths, through the hash table (8, 10).
 #[test]
 fn real_program_agrees_with_linear_first_match() {
     require_root();
     in_private_netns(&["eth0", "eth1"], |ifindex| {
         let local = nva::datapath::local_addrs();
-        for seed in 1..=9u64 {
+        for seed in 1..=10u64 {
             let mut rng = Rng::new(seed * 7919);
             let n = 100 + rng.below(300) as usize;
             let gen = RuleGen::new(&mut rng, n);
             let prefixes_only = seed > 6;
-            let rules = if prefixes_only {
+            let hashed = prefixes_only && seed % 2 == 0;
+            let rules = if hashed {
+                gen.prefix_rules_of_few_lengths(&mut rng, n)
+            } else if prefixes_only {
                 gen.prefix_rules(&mut rng, n)
             } else {
                 gen.rules(&mut rng, n)
@@ -522,6 +526,7 @@ fn real_program_agrees_with_linear_first_match() {
             );
             let compiled = compile(&rules, &pol).unwrap();
             assert_eq!(compiled.prefix_rules != 0, prefixes_only, "seed {seed}");
+            assert_eq!(compiled.sizes.prefixes_hashed, hashed, "seed {seed}");
             let table: HashMap<String, u32> = ifindex.clone();
             let dp = DataPath::load(&compiled, 1, &move |name| table.get(name).copied()).unwrap();
             let mut expected_counts = vec![0u64; rules.len()];
@@ -690,7 +695,11 @@ fn rule_tables_take_the_memory_their_rule_set_needs() {
         const MIB: u64 = 1 << 20;
         let mut dp = DataPath::load(&small, 1, &|_| None).unwrap();
         let at_small = tables(&dp);
-        assert!(at_small <= 8 * MIB, "{at_small} bytes for {} rules", fixed_rules().len());
+        assert!(
+            at_small <= 8 * MIB,
+            "{at_small} bytes for {} rules",
+            fixed_rules().len()
+        );
         let counters: Vec<u32> = (0..2_000).collect();
         dp.install(&big, &Default::default(), 2, &counters, &|_| None)
             .unwrap();

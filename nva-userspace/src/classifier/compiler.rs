@@ -14,13 +14,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use nva_common::{
-    l4_pattern, pair_proto_slot, ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey,
-    PairMatch, RuleAction, VerdictKey, ACTION_ALLOW, ACTION_DROP, ANY_CLASS, CAPACITY_PREFIXES,
-    FRAGMENTS_ALLOW, FRAGMENTS_DROP, ICMP_CLASS_ENTRIES, ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES,
-    NO_RULE, PAIR_GROUP_BOTH, PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_CLASS_ENTRIES,
-    PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT,
-    PREFIX_RULES_DST, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP,
-    PROTO_UDP,
+    l4_pattern, pair_proto_slot, prefix_table_index, ClassMatch, DataPathConfig, L4Key,
+    ManagementKey, PairKey, PairMatch, PrefixKey, RuleAction, VerdictKey, ACTION_ALLOW,
+    ACTION_DROP, ANY_CLASS, CAPACITY_PREFIXES, FRAGMENTS_ALLOW, FRAGMENTS_DROP, ICMP_CLASS_ENTRIES,
+    ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES, NO_PREFIX_LEN, NO_RULE, PAIR_GROUP_BOTH,
+    PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_CLASS_ENTRIES, PORT_SLOT_TCP_DPORT,
+    PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS,
+    PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::policy::model::{Action, Cidr, PolicySettings, Proto, Rule};
@@ -65,6 +66,9 @@ pub struct TableSizes {
     /// The short path: every rule matches address prefixes of one side only,
     /// and the prefix tables map straight to rules.
     pub prefix_rules: bool,
+    /// On the short path, the prefixes are hashed by length (few lengths)
+    /// rather than in tries.
+    pub prefixes_hashed: bool,
     pub src_prefixes: usize,
     pub dst_prefixes: usize,
     pub src_classes: usize,
@@ -87,7 +91,12 @@ impl std::fmt::Display for TableSizes {
         if self.prefix_rules {
             return write!(
                 f,
-                "address prefixes only (one lookup per side): prefixes src {} dst {}, ~{:.1} MiB",
+                "address prefixes only ({}): prefixes src {} dst {}, ~{:.1} MiB",
+                if self.prefixes_hashed {
+                    "one hash lookup per prefix length in use"
+                } else {
+                    "one trie lookup per side"
+                },
                 self.src_prefixes,
                 self.dst_prefixes,
                 self.bytes as f64 / (1 << 20) as f64
@@ -138,6 +147,10 @@ pub struct CompiledRuleSet {
     /// `PREFIX_RULES_*` bits when the rule set takes the short path (the
     /// prefix tables then hold rule ids, not classes), else 0.
     pub prefix_rules: u8,
+    /// The hashed short path's prefixes (`PREFIX_RULES_HASHED`), and the
+    /// lengths in use per table, longest first.
+    pub prefix_hash: Vec<(PrefixKey, u32)>,
+    pub prefix_lens: [u8; 16],
     pub catch_all_rule: u32,
     pub proto_catch_all: [u32; 4],
     pub default_action: u8,
@@ -518,6 +531,7 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
     let sizes = TableSizes {
         rules: rules.len(),
         prefix_rules: false,
+        prefixes_hashed: false,
         src_prefixes: out.src_v4.len() + out.src_v6.len(),
         dst_prefixes: out.dst_v4.len() + out.dst_v6.len(),
         src_classes: next_src as usize,
@@ -668,6 +682,57 @@ fn prefix_rule_table<const N: usize>(
     out
 }
 
+/// The lengths in use in a prefix table, longest first.
+fn lengths<const N: usize>(table: &[PrefixClass<N>]) -> Vec<u8> {
+    let mut lens: Vec<u8> = table.iter().map(|e| e.len).collect();
+    lens.sort_unstable_by(|a, b| b.cmp(a));
+    lens.dedup();
+    lens
+}
+
+/// Moves the short path's prefixes from the tries to the hash table when
+/// no table uses more than [`PREFIX_HASH_LENS`] prefix lengths: one hash
+/// lookup per length, longest first, costs less than a trie walk. The first
+/// hit is the longest matching prefix stored, as the trie would find.
+fn hash_if_few_lengths(out: &mut CompiledRuleSet) {
+    let lens = [
+        (prefix_table_index(false, false), lengths(&out.src_v4)),
+        (prefix_table_index(false, true), lengths(&out.src_v6)),
+        (prefix_table_index(true, false), lengths(&out.dst_v4)),
+        (prefix_table_index(true, true), lengths(&out.dst_v6)),
+    ];
+    if lens.iter().any(|(_, l)| l.len() > PREFIX_HASH_LENS) {
+        return;
+    }
+    out.prefix_lens = [NO_PREFIX_LEN; 16];
+    for (table, l) in &lens {
+        out.prefix_lens[table * PREFIX_HASH_LENS..][..l.len()].copy_from_slice(l);
+    }
+    fn keys<const N: usize>(
+        entries: &[PrefixClass<N>],
+        table: usize,
+    ) -> impl Iterator<Item = (PrefixKey, u32)> + '_ {
+        entries.iter().map(move |e| {
+            let mut addr = [0u8; 16];
+            addr[..N].copy_from_slice(&e.addr);
+            (
+                PrefixKey::masked(&addr, N == 16, e.len, table as u8),
+                e.class,
+            )
+        })
+    }
+    out.prefix_hash = keys(&out.src_v4, prefix_table_index(false, false))
+        .chain(keys(&out.src_v6, prefix_table_index(false, true)))
+        .chain(keys(&out.dst_v4, prefix_table_index(true, false)))
+        .chain(keys(&out.dst_v6, prefix_table_index(true, true)))
+        .collect();
+    out.src_v4.clear();
+    out.src_v6.clear();
+    out.dst_v4.clear();
+    out.dst_v6.clear();
+    out.prefix_rules |= PREFIX_RULES_HASHED;
+}
+
 /// The short path (see [`prefix_rule_sides`]): prefix tables of rule ids,
 /// nothing else.
 fn compile_prefix_rules(
@@ -682,6 +747,11 @@ fn compile_prefix_rules(
     out.src_v6 = prefix_rule_table(live, |r| &r.src, false);
     out.dst_v4 = prefix_rule_table(live, |r| &r.dst, true);
     out.dst_v6 = prefix_rule_table(live, |r| &r.dst, false);
+    let sizes_before_hashing = (
+        out.src_v4.len() + out.src_v6.len(),
+        out.dst_v4.len() + out.dst_v6.len(),
+    );
+    hash_if_few_lengths(&mut out);
     // Not read on the short path; written as zeroes so that no slot keeps
     // an older rule set's classes.
     out.port_class = vec![0; PORT_CLASS_ENTRIES as usize];
@@ -689,8 +759,9 @@ fn compile_prefix_rules(
     let sizes = TableSizes {
         rules: n_rules,
         prefix_rules: true,
-        src_prefixes: out.src_v4.len() + out.src_v6.len(),
-        dst_prefixes: out.dst_v4.len() + out.dst_v6.len(),
+        prefixes_hashed: out.prefix_rules & PREFIX_RULES_HASHED != 0,
+        src_prefixes: sizes_before_hashing.0,
+        dst_prefixes: sizes_before_hashing.1,
         ..Default::default()
     };
     within_budget(out, sizes, started)
@@ -1075,6 +1146,7 @@ fn estimate_bytes(s: &TableSizes) -> u64 {
 /// for the LPM tries. Agrees with the XDP program entry for entry.
 pub struct LookupModel<'a> {
     set: &'a CompiledRuleSet,
+    hashed: HashMap<PrefixKey, u32>,
     src4: HashMap<(u8, [u8; 4]), u32>,
     dst4: HashMap<(u8, [u8; 4]), u32>,
     src6: HashMap<(u8, [u8; 16]), u32>,
@@ -1119,6 +1191,7 @@ impl CompiledRuleSet {
         sink.hash::<u32, PairMatch>(names::SRC_ONLY, &entries(&self.src_only))?;
         sink.hash::<L4Key, ClassMatch>(names::L4, &entries(&self.l4))?;
         sink.hash::<VerdictKey, u32>(names::VERDICTS, &entries(&self.verdicts))?;
+        sink.hash::<PrefixKey, u32>(names::PREFIXES, &self.prefix_hash)?;
         let ifaces: Vec<(u32, u32)> = self
             .iface_class
             .iter()
@@ -1175,12 +1248,18 @@ impl CompiledRuleSet {
             prefix_rules: self.prefix_rules,
             _pad: [0; 3],
             timeouts_s: self.timeouts_s,
+            prefix_lens: if self.prefix_rules & PREFIX_RULES_HASHED != 0 {
+                self.prefix_lens
+            } else {
+                [NO_PREFIX_LEN; 16]
+            },
         }
     }
 
     pub fn model(&self) -> LookupModel<'_> {
         LookupModel {
             set: self,
+            hashed: self.prefix_hash.iter().copied().collect(),
             src4: lpm_index(&self.src_v4),
             dst4: lpm_index(&self.dst_v4),
             src6: lpm_index(&self.src_v6),
@@ -1204,6 +1283,36 @@ impl LookupModel<'_> {
             ),
             _ => (None, None),
         };
+        if set.prefix_rules & PREFIX_RULES_HASHED != 0 {
+            let hashed = |ip: IpAddr, dst: bool| -> u32 {
+                let (addr, is_v6) = match ip {
+                    IpAddr::V4(a) => {
+                        let mut bytes = [0u8; 16];
+                        bytes[..4].copy_from_slice(&a.octets());
+                        (bytes, false)
+                    }
+                    IpAddr::V6(a) => (a.octets(), true),
+                };
+                let table = prefix_table_index(dst, is_v6);
+                set.prefix_lens[table * PREFIX_HASH_LENS..][..PREFIX_HASH_LENS]
+                    .iter()
+                    .take_while(|len| **len != NO_PREFIX_LEN)
+                    .find_map(|&len| {
+                        self.hashed
+                            .get(&PrefixKey::masked(&addr, is_v6, len, table as u8))
+                            .copied()
+                    })
+                    .unwrap_or(NO_RULE)
+            };
+            let mut best = set.catch_all_rule;
+            if set.prefix_rules & PREFIX_RULES_SRC != 0 {
+                best = best.min(hashed(pkt.src, false));
+            }
+            if set.prefix_rules & PREFIX_RULES_DST != 0 {
+                best = best.min(hashed(pkt.dst, true));
+            }
+            return best;
+        }
         if set.prefix_rules != 0 {
             let side = |bit: u8, found: Option<u32>| {
                 found

@@ -224,6 +224,30 @@ impl RuleGen {
         (0..n).map(|i| self.prefix_rule(rng, i)).collect()
     }
 
+    /// Like [`prefix_rules`](Self::prefix_rules), with prefixes of three
+    /// lengths per family (/16, /24, /32; /32, /48, /64), as block lists
+    /// usually have.
+    pub fn prefix_rules_of_few_lengths(&self, rng: &mut Rng, n: usize) -> Vec<Rule> {
+        let shorten = |list: &mut Vec<Cidr>, rng: &mut Rng| {
+            for c in list.iter_mut() {
+                let lens: [u8; 3] = if c.is_v4() {
+                    [16, 24, 32]
+                } else {
+                    [32, 48, 64]
+                };
+                *c = Cidr::new(c.addr, lens[rng.below(3) as usize]);
+            }
+        };
+        (0..n)
+            .map(|i| {
+                let mut r = self.prefix_rule(rng, i);
+                shorten(&mut r.src, rng);
+                shorten(&mut r.dst, rng);
+                r
+            })
+            .collect()
+    }
+
     fn addr_in(&self, rng: &mut Rng, list: &[Cidr], v4: bool) -> IpAddr {
         let c = if !list.is_empty() && rng.chance(85) {
             list[rng.below(list.len() as u64) as usize]

@@ -8,7 +8,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::Array;
 use nva_common::{
     map_names as names, ClassMatch, ConntrackKey, DataPathConfig, L4Key, ManagementKey, NatBinding,
-    NatMatch, PairKey, PairMatch, VerdictKey, MAX_NAT_ATOMS, MAX_RULES,
+    NatMatch, PairKey, PairMatch, PrefixKey, VerdictKey, MAX_NAT_ATOMS, MAX_RULES,
 };
 
 use super::{map_err, map_fd, slot_name, ArrayShadow, DataPath, DataPathError, NatTables};
@@ -226,12 +226,13 @@ impl DataPath {
 
 /// Tables created for each rule set at the size it needs, and swapped in
 /// with the slot (maps of maps; see nva-ebpf's `maps`).
-pub(super) const JOIN_TABLES: [&str; 5] = [
+pub(super) const JOIN_TABLES: [&str; 6] = [
     names::PAIRS,
     names::DST_ONLY,
     names::SRC_ONLY,
     names::L4,
     names::VERDICTS,
+    names::PREFIXES,
 ];
 
 impl DataPath {
@@ -269,7 +270,8 @@ impl DataPath {
         self.set_join_table::<u32, PairMatch>(names::DST_ONLY, slot, &[])?;
         self.set_join_table::<u32, PairMatch>(names::SRC_ONLY, slot, &[])?;
         self.set_join_table::<L4Key, ClassMatch>(names::L4, slot, &[])?;
-        self.set_join_table::<VerdictKey, u32>(names::VERDICTS, slot, &[])
+        self.set_join_table::<VerdictKey, u32>(names::VERDICTS, slot, &[])?;
+        self.set_join_table::<PrefixKey, u32>(names::PREFIXES, slot, &[])
     }
 }
 

@@ -23,8 +23,9 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     ("v5", 0x4083a20a76bdfea0),
     // From v6 on, the fingerprint also covers the configuration's field
     // offsets (`prefix_rules`, the short path, moved the timeouts); the
-    // join tables became maps of maps, sized per rule set.
-    ("v6", 0x2f5014f39760631c),
+    // join tables became maps of maps, sized per rule set; the hashed
+    // short path (PREFIXES, prefix_lens).
+    ("v6", 0x42a963e7fd1e271e),
 ];
 
 #[derive(Clone, Debug)]

@@ -178,7 +178,13 @@ fn prefix_only_rule_sets_take_the_short_path_and_agree_with_linear_first_match()
         let mut rng = Rng::new(seed * 104_729);
         let n = 1 + rng.below(300) as usize;
         let gen = RuleGen::new(&mut rng, n);
-        let mut rules = gen.prefix_rules(&mut rng, n);
+        // Odd seeds: three lengths per family, which the hash table holds.
+        let few_lengths = seed % 2 == 1;
+        let mut rules = if few_lengths {
+            gen.prefix_rules_of_few_lengths(&mut rng, n)
+        } else {
+            gen.prefix_rules(&mut rng, n)
+        };
         if seed % 4 == 0 {
             rules.push(Rule::any("all", Action::Allow));
             rules.extend(gen.prefix_rules(&mut rng, 5));
@@ -186,6 +192,9 @@ fn prefix_only_rule_sets_take_the_short_path_and_agree_with_linear_first_match()
         let c = compile(&rules, &policy()).expect("compiles");
         assert_ne!(c.prefix_rules, 0, "seed {seed}: short path");
         assert!(c.sizes.prefix_rules);
+        if few_lengths {
+            assert!(c.sizes.prefixes_hashed, "seed {seed}: hashed");
+        }
         assert!(c.pairs.is_empty() && c.l4.is_empty() && c.verdicts.is_empty());
         let model = c.model();
         let mut matched = 0;
@@ -236,17 +245,16 @@ fn short_path_tables_keep_only_prefixes_that_change_the_first_rule() {
         rule("early", Action::Drop, &["192.0.2.128/25"]),
     ];
     let c = compile(&rules, &policy()).unwrap();
-    assert_eq!(c.prefix_rules, PREFIX_RULES_DST);
-    let entries: Vec<(String, u32)> = c
-        .dst_v4
+    assert_eq!(c.prefix_rules, PREFIX_RULES_DST | PREFIX_RULES_HASHED);
+    let mut entries: Vec<(String, u32)> = c
+        .prefix_hash
         .iter()
-        .map(|e| {
-            (
-                format!("{}/{}", std::net::Ipv4Addr::from(e.addr), e.len),
-                e.class,
-            )
+        .map(|(key, rule)| {
+            let addr = std::net::Ipv4Addr::from((key.addr[0] >> 32) as u32);
+            (format!("{addr}/{}", key.len), *rule)
         })
         .collect();
+    entries.sort();
     assert_eq!(
         entries,
         vec![
@@ -255,6 +263,33 @@ fn short_path_tables_keep_only_prefixes_that_change_the_first_rule() {
         ],
         "10.1.0.0/16 and 192.0.2.128/25 add nothing: their first rule is the enclosing one's"
     );
+    assert_eq!(
+        &c.prefix_lens[..4],
+        &[NO_PREFIX_LEN; 4],
+        "no source prefixes"
+    );
+    assert_eq!(
+        &c.prefix_lens[prefix_table_index(true, false) * PREFIX_HASH_LENS..][..3],
+        &[24, 8, NO_PREFIX_LEN],
+        "destination lengths in use, longest first"
+    );
+}
+
+/// More prefix lengths than the hash table takes: the tries.
+#[test]
+fn many_prefix_lengths_keep_the_tries() {
+    let rules: Vec<Rule> = [8u8, 12, 16, 20, 24]
+        .iter()
+        .map(|&len| Rule {
+            // Disjoint prefixes (a nested one could be left out).
+            dst: vec![Cidr::new(format!("{len}.0.0.0").parse().unwrap(), len)],
+            ..Rule::any(&format!("len-{len}"), Action::Drop)
+        })
+        .collect();
+    let c = compile(&rules, &policy()).unwrap();
+    assert_eq!(c.prefix_rules, PREFIX_RULES_DST);
+    assert!(c.prefix_hash.is_empty());
+    assert_eq!(c.dst_v4.len(), 5);
 }
 
 /// More prefixes than a prefix table holds: refused up front with the rule
@@ -263,8 +298,9 @@ fn short_path_tables_keep_only_prefixes_that_change_the_first_rule() {
 fn a_block_list_beyond_the_prefix_capacity_is_refused_with_its_figures() {
     let n = CAPACITY_PREFIXES as usize + 1;
     let block = Rule {
+        // Five lengths, so the tries (the hash table has no fixed capacity).
         dst: (0..n as u32)
-            .map(|i| Cidr::new(std::net::IpAddr::V4((i << 8).into()), 24))
+            .map(|i| Cidr::new(std::net::IpAddr::V4((i << 8).into()), 24 + (i % 5) as u8))
             .collect(),
         ..Rule::any("block", Action::Drop)
     };

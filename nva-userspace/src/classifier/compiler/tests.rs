@@ -312,3 +312,30 @@ fn a_block_list_beyond_the_prefix_capacity_is_refused_with_its_figures() {
         )
     );
 }
+
+/// Past `HASHED_PREFIXES_MAX` prefixes the tries hold them, whatever the
+/// lengths: a trie node takes about a third of a hash element's memory.
+#[test]
+fn large_block_lists_keep_the_tries() {
+    let n = HASHED_PREFIXES_MAX as u32 + 1;
+    let block = Rule {
+        dst: (0..n)
+            .map(|i| Cidr::new(std::net::IpAddr::V4((i << 8).into()), 24))
+            .collect(),
+        ..Rule::any("block", Action::Drop)
+    };
+    let c = compile(&[block], &policy()).unwrap();
+    assert_eq!(c.prefix_rules, PREFIX_RULES_DST);
+    assert_eq!(c.dst_v4.len(), n as usize);
+    let c = compile(
+        &[Rule {
+            dst: (0..n - 1)
+                .map(|i| Cidr::new(std::net::IpAddr::V4((i << 8).into()), 24))
+                .collect(),
+            ..Rule::any("block", Action::Drop)
+        }],
+        &policy(),
+    )
+    .unwrap();
+    assert_eq!(c.prefix_rules, PREFIX_RULES_DST | PREFIX_RULES_HASHED);
+}

@@ -243,3 +243,79 @@ fn check_reports_errors_with_positions() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A block list through `nva agent` and real packets: `nva check` names
+/// the short path, the listed destinations are dropped and the rest passes,
+/// and a reload moving the list to the other family swaps both at once.
+#[test]
+fn a_block_list_drops_what_it_lists_and_passes_the_rest() {
+    require_root();
+    let t = Topology::new(241);
+    let config = |blocked: &str| {
+        format!(
+            r#"
+[agent]
+interfaces = ["{NVA_IN_IF}", "{NVA_OUT_IF}"]
+forward = "kernel"
+health_listen = "127.0.0.1:9090"
+bpffs = "{{bpffs}}"
+
+[policy]
+default = "drop"
+
+[[rules]]
+name = "block-server"
+action = "drop"
+dst = ["{blocked}"]
+
+[[rules]]
+name = "block-elsewhere"
+action = "drop"
+dst = ["198.51.100.0/24", "203.0.113.7/32", "2001:db8:ffff::/48"]
+
+[[rules]]
+name = "allow-the-rest"
+action = "allow"
+"#
+        )
+    };
+    let mut agent = RunningAgent::start(&t, &config(&t.server_v4()), true);
+    let check = agent.nva(&["check"]);
+    let report = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{report}");
+    assert!(
+        report.contains("address prefixes only"),
+        "nva check names the short path: {report}"
+    );
+    assert_eq!(
+        udp_delivered(&t.client, &t.server, &t.server_v4(), 7001, 20),
+        0,
+        "the listed IPv4 address is dropped"
+    );
+    assert_eq!(
+        udp_delivered(&t.client, &t.server, &t.server_v6(), 7001, 20),
+        20,
+        "the rest passes"
+    );
+    assert!(agent.packets_of("block-server") >= 20);
+
+    agent.write_config(&config(&t.server_v6()));
+    let out = agent.nva(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        udp_delivered(&t.client, &t.server, &t.server_v6(), 7002, 20),
+        0,
+        "after the reload the listed IPv6 address is dropped"
+    );
+    assert_eq!(
+        udp_delivered(&t.client, &t.server, &t.server_v4(), 7002, 20),
+        20,
+        "and IPv4 passes"
+    );
+    drop(agent);
+}

@@ -279,7 +279,7 @@ action = "allow"
 "#
         )
     };
-    let mut agent = RunningAgent::start(&t, &config(&t.server_v4()), true);
+    let agent = RunningAgent::start(&t, &config(&t.server_v4()), true);
     let check = agent.nva(&["check"]);
     let report = String::from_utf8_lossy(&check.stdout).to_string()
         + &String::from_utf8_lossy(&check.stderr);

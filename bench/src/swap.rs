@@ -1,19 +1,20 @@
 //! Rule-set swap under traffic: `nva agent` on the client ── nva ── server
-//! topology holds a large random rule set; `nva reload` swaps it for another
-//! of the same size, again and again, while a steady UDP flow (one datagram
-//! per millisecond, allowed by the first rule of both sets) is counted at
-//! both ends.
+//! topology holds a large rule set (random, or a block list); `nva reload`
+//! swaps it for another of the same size and shape, again and again, while
+//! a steady UDP flow (one datagram per millisecond, allowed by both sets) is
+//! counted at both ends.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use nva::classifier::compiler::compile;
 use nva::classifier::rulegen::{rules_toml, Rng, RuleGen};
-use nva::policy::model::{Action, PolicySettings, Rule};
+use nva::policy::model::{Action, Cidr, PolicySettings, Rule};
 use nva_tests::agent::RunningAgent;
 use nva_tests::traffic::SteadyFlow;
 use nva_tests::{Topology, NVA_IN_IF, NVA_OUT_IF};
 use serde_json::json;
+use std::net::IpAddr;
 
 use crate::report::{Section, Spread, Verdict};
 
@@ -22,6 +23,9 @@ const STEADY_PORT: u16 = 7000;
 
 pub struct Settings {
     pub sizes: Vec<usize>,
+    /// Sizes of the block lists (drop rules of destination prefixes, then
+    /// allow the rest: the short path).
+    pub blocklists: Vec<usize>,
     pub swaps: usize,
 }
 
@@ -30,11 +34,13 @@ impl Settings {
         if quick {
             Settings {
                 sizes: vec![1000],
+                blocklists: vec![1000],
                 swaps: 3,
             }
         } else {
             Settings {
                 sizes: vec![10_000, 100_000],
+                blocklists: vec![100_000],
                 swaps: 20,
             }
         }
@@ -52,7 +58,37 @@ fn random_rules(n: usize, which: u64) -> Vec<Rule> {
     rules
 }
 
-fn config(rules: &[Rule]) -> String {
+/// Block list `which` (0 or 1): `n` drop rules of random /24 and /32
+/// destination prefixes outside the topology's networks, then a rule
+/// allowing the rest (the steady flow among it).
+fn block_list(n: usize, which: u64) -> Vec<Rule> {
+    let mut rng = Rng::new(0xb10c ^ (n as u64) << 1 ^ which);
+    let ours = Cidr::new(format!("10.{TOPOLOGY_ID}.0.0").parse().expect("prefix"), 16);
+    let mut rules = Vec::with_capacity(n + 1);
+    while rules.len() < n {
+        let len = if rng.chance(50) { 24 } else { 32 };
+        let c = Cidr::new(IpAddr::V4((rng.next_u64() as u32).into()), len);
+        if !ours.contains(c.addr) && !c.contains(ours.addr) {
+            rules.push(Rule {
+                dst: vec![c],
+                ..Rule::any(&format!("block-{}", rules.len()), Action::Drop)
+            });
+        }
+    }
+    rules.push(Rule::any("allow-the-rest", Action::Allow));
+    rules
+}
+
+/// The agent's config: a random rule set after the rule allowing the
+/// steady flow; a block list alone (its last rule allows the flow, and a
+/// rule naming a port would take it off the short path).
+fn config(rules: &[Rule], blocklist: bool) -> String {
+    if blocklist {
+        return format!(
+            "[agent]\ninterfaces = [\"{NVA_IN_IF}\", \"{NVA_OUT_IF}\"]\nhealth_listen = \"127.0.0.1:9090\"\nbpffs = \"{{bpffs}}\"\n\n[policy]\ndefault = \"drop\"\n\n{}",
+            rules_toml(rules)
+        );
+    }
     format!(
         r#"[agent]
 interfaces = ["{NVA_IN_IF}", "{NVA_OUT_IF}"]
@@ -118,38 +154,45 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
     let mut data = Vec::new();
     let mut verdict_parts = Vec::new();
     let mut met = true;
-    for &n in &s.sizes {
-        eprintln!("bench: rule-set swap, {n} rules");
-        let sets = [random_rules(n, 0), random_rules(n, 1)];
+    let runs = s
+        .sizes
+        .iter()
+        .map(|&n| (n, false))
+        .chain(s.blocklists.iter().map(|&n| (n, true)));
+    for (n, blocklist) in runs {
+        let label = if blocklist {
+            format!("{n} (block list)")
+        } else {
+            n.to_string()
+        };
+        eprintln!("bench: rule-set swap, {label} rules");
+        let sets = if blocklist {
+            [block_list(n, 0), block_list(n, 1)]
+        } else {
+            [random_rules(n, 0), random_rules(n, 1)]
+        };
         let policy = PolicySettings::with_default(Action::Drop);
         if let Some(e) = sets.iter().find_map(|set| compile(set, &policy).err()) {
             rows.push(vec![
-                n.to_string(),
+                label.clone(),
                 format!("does not compile: {e}"),
                 "–".into(),
                 "–".into(),
                 "–".into(),
                 "–".into(),
             ]);
-            data.push(json!({"rules": n, "error": e.to_string()}));
-            verdict_parts.push(format!("{n} rules do not compile"));
+            data.push(json!({"rules": n, "blocklist": blocklist, "error": e.to_string()}));
+            verdict_parts.push(format!("{label} rules do not compile"));
             met = false;
             continue;
         }
         let t = Topology::new(TOPOLOGY_ID);
-        let agent = RunningAgent::start(&t, &config(&sets[0]), true);
-        let flow = SteadyFlow::start(
-            &t.client,
-            &t.server,
-            &t.server_v4(),
-            STEADY_PORT,
-            Duration::from_millis(1),
-            10_000_000,
-        );
+        let agent = RunningAgent::start(&t, &config(&sets[0], blocklist), true);
+        let flow = SteadyFlow::client_to_server(&t, STEADY_PORT, 10_000_000);
         std::thread::sleep(Duration::from_millis(300));
         let mut walls = Vec::new();
         for i in 0..s.swaps {
-            agent.write_config(&config(&sets[(i + 1) % 2]));
+            agent.write_config(&config(&sets[(i + 1) % 2], blocklist));
             let started = Instant::now();
             let out = agent.nva(&["reload"]);
             walls.push(started.elapsed().as_secs_f64());
@@ -178,7 +221,7 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
         let wall = Spread::of(&walls.iter().map(|x| x * 1e3).collect::<Vec<_>>());
         let lost = sent.saturating_sub(received);
         rows.push(vec![
-            n.to_string(),
+            label.clone(),
             compiling.show(0),
             swap.show(0),
             freed.show(0),
@@ -186,12 +229,12 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
             format!("{lost} of {sent}"),
         ]);
         data.push(json!({
-            "rules": n, "swaps": s.swaps, "compile_ms": compiling, "compile_and_swap_ms": swap, "old_slot_freed_ms": freed,
+            "rules": n, "blocklist": blocklist, "swaps": s.swaps, "compile_ms": compiling, "compile_and_swap_ms": swap, "old_slot_freed_ms": freed,
             "nva_reload_wall_ms": wall, "steady_sent": sent, "steady_received": received,
         }));
         met &= lost == 0 && (n != 100_000 || swap.max < 1000.0);
         verdict_parts.push(format!(
-            "{n} rules: compile-and-swap {:.0} ms median, {:.0} ms worst; {lost} of {sent} lost",
+            "{label} rules: compile-and-swap {:.0} ms median, {:.0} ms worst; {lost} of {sent} lost",
             swap.median, swap.max
         ));
     }
@@ -203,7 +246,7 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
     let section = Section {
         title: "Rule-set swap under traffic".into(),
         intro: format!(
-            "`nva agent` (default drop, stateless as by default) with random rules, swapped {} times by `nva reload` for another random set of the same size, while a UDP flow allowed by the first rule of both sets sends one datagram per millisecond through the NVA. The agent's own figures for each reload (the config file read excluded): compile; compile and swap, from the start of compiling to the switch that makes the new rules live (compile, write the standby slot, one write to switch); then freeing the old slot's tables, after the switch. `nva reload`: the command's wall time, until the agent has freed the old slot and written its state (it polls every 50 ms). Milliseconds, median (min–max).",
+            "`nva agent` (default drop, stateless as by default) with random rules (after a rule allowing the flow below) or a block list (drop rules of random /24 and /32 destination prefixes, then allow the rest: the short path), swapped {} times by `nva reload` for another random set of the same size, while a UDP flow allowed by the first rule of both sets sends one datagram per millisecond through the NVA. The agent's own figures for each reload (the config file read excluded): compile; compile and swap, from the start of compiling to the switch that makes the new rules live (compile, write the standby slot, one write to switch); then freeing the old slot's tables, after the switch. `nva reload`: the command's wall time, until the agent has freed the old slot and written its state (it polls every 50 ms). Milliseconds, median (min–max).",
             s.swaps
         ),
         columns: ["rules", "compile ms", "compile and swap ms", "old slot freed ms", "`nva reload` ms", "steady flow lost"]

@@ -60,6 +60,19 @@ pub struct SteadyFlow {
 }
 
 impl SteadyFlow {
+    /// Client to server (IPv4) on `port`, one datagram per millisecond, at
+    /// most `max`: the flow the swap tests and the swap bench watch.
+    pub fn client_to_server(t: &crate::Topology, port: u16, max: u64) -> SteadyFlow {
+        SteadyFlow::start(
+            &t.client,
+            &t.server,
+            &t.server_v4(),
+            port,
+            Duration::from_millis(1),
+            max,
+        )
+    }
+
     pub fn start(
         from: &Netns,
         to: &Netns,

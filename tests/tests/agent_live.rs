@@ -63,14 +63,7 @@ dport = ["{TOGGLED_PORT}"]
 
 /// The steady flow: client -> server udp/STEADY_PORT, one datagram per ms.
 fn steady_flow(t: &Topology) -> SteadyFlow {
-    SteadyFlow::start(
-        &t.client,
-        &t.server,
-        &t.server_v4(),
-        STEADY_PORT,
-        Duration::from_millis(1),
-        1_000_000,
-    )
+    SteadyFlow::client_to_server(t, STEADY_PORT, 1_000_000)
 }
 
 fn reload(agent: &RunningAgent) -> (bool, String) {

@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use nva::classifier::compiler::{linear_first_match, PacketView};
 use nva::classifier::rulegen::{rules_toml, Rng};
@@ -123,14 +122,7 @@ fn a_hundred_thousand_rules_load_swap_without_loss_and_take_what_they_need() {
     let agent = RunningAgent::start(&t, &config(&t, 0), true);
     probes_agree_with_the_reference(&t, &sets[0], "set 0");
 
-    let flow = SteadyFlow::start(
-        &t.client,
-        &t.server,
-        &t.server_v4(),
-        STEADY_PORT,
-        Duration::from_millis(1),
-        1_000_000,
-    );
+    let flow = SteadyFlow::client_to_server(&t, STEADY_PORT, 1_000_000);
     for (swap, set) in [1u64, 0, 1].into_iter().enumerate() {
         agent.write_config(&config(&t, set));
         let started = std::time::Instant::now();

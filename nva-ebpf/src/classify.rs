@@ -3,8 +3,9 @@
 //! the number of rules; it is bounded by the number of key patterns in use
 //! (see `DataPathConfig::l4_patterns`). First-match order was resolved by the
 //! compiler: the answer is the smallest rule id found. Rule sets of
-//! address prefixes only (block lists) take a short path: one lookup per
-//! address side.
+//! address prefixes only (block lists) take a short path: one
+//! longest-prefix match per address side, through a trie or, with few
+//! prefix lengths, one hash lookup per length.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use nva_common::{
@@ -178,6 +179,8 @@ fn first_prefix_rule<T: Tables>(pkt: &Packet, config: &DataPathConfig) -> u32 {
         }
         return best;
     }
+    // Not `addr_classes`: combining its two `Option`s here, LLVM packs them
+    // into shifted registers that the verifier refuses (pointer arithmetic).
     let mut best = NO_RULE;
     if pkt.is_v6 {
         if sides & PREFIX_RULES_SRC != 0 {
@@ -240,8 +243,7 @@ fn hashed_prefix_rule<T: Tables, const TABLE: usize>(
 #[inline(always)]
 pub fn first_match<T: Tables>(pkt: &Packet, ifindex: u32, config: &DataPathConfig) -> u32 {
     if config.prefix_rules != 0 {
-        // Rules after a catch-all are dropped by the compiler, not the
-        // catch-all itself.
+        // A catch-all may close the list: it takes what no prefix does.
         return min(config.catch_all_rule, first_prefix_rule::<T>(pkt, config));
     }
     let proto = nva_common::classifier_proto(pkt.proto);

@@ -1147,7 +1147,13 @@ fn estimate_bytes(s: &TableSizes) -> u64 {
     hash(s.pairs + s.dst_only + s.src_only, 32)
         + hash(s.l4_entries, 24)
         + hash(s.verdicts, 16)
-        + (s.src_prefixes + s.dst_prefixes) as u64 * ((lpm4 + lpm6) / 2)
+        + (s.src_prefixes + s.dst_prefixes) as u64
+            * if s.prefixes_hashed {
+                // A hash element: overhead, 24-byte key, value.
+                48 + 24 + 8
+            } else {
+                (lpm4 + lpm6) / 2
+            }
         + PORT_CLASS_ENTRIES as u64 * 4
         + ICMP_CLASS_ENTRIES as u64 * 4
         + s.rules as u64 * 4

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nva::classifier::compiler::{compile, linear_first_match};
+use nva::classifier::rulegen::classbench::{ClassBench, Shape};
 use nva::classifier::rulegen::{Rng, RuleGen};
 use nva::datapath::DataPath;
 use nva::policy::model::{Action, ManagementPort, PolicySettings, PortRange, Proto, Rule};
@@ -497,19 +498,32 @@ fn truncated_frames_are_dropped_at_every_offset() {
 /// the verdict and the counted rule must be those of linear first match.
 /// Seeds 7 to 10 are rule sets of address prefixes only (block and allow
 /// lists), which take the short path: through the tries (7, 9) and, with
-/// few prefix lengths, through the hash table (8, 10).
+/// few prefix lengths, through the hash table (8, 10). Seeds 11 to 13 are
+/// ClassBench-shaped sets of 1,000 rules (acl, fw, ipc).
 #[test]
 fn real_program_agrees_with_linear_first_match() {
     require_root();
     in_private_netns(&["eth0", "eth1"], |ifindex| {
         let local = nva::datapath::local_addrs();
-        for seed in 1..=10u64 {
+        for seed in 1..=13u64 {
             let mut rng = Rng::new(seed * 7919);
-            let n = 100 + rng.below(300) as usize;
+            let classbench = match seed {
+                11 => Some(Shape::Acl),
+                12 => Some(Shape::Fw),
+                13 => Some(Shape::Ipc),
+                _ => None,
+            };
+            let n = if classbench.is_some() {
+                1_000
+            } else {
+                100 + rng.below(300) as usize
+            };
             let gen = RuleGen::new(&mut rng, n);
-            let prefixes_only = seed > 6;
+            let prefixes_only = (7..=10).contains(&seed);
             let hashed = prefixes_only && seed % 2 == 0;
-            let rules = if hashed {
+            let rules = if let Some(shape) = classbench {
+                ClassBench::new(shape, &mut rng, n).rules(&mut rng, n)
+            } else if hashed {
                 gen.prefix_rules_of_few_lengths(&mut rng, n)
             } else if prefixes_only {
                 gen.prefix_rules(&mut rng, n)

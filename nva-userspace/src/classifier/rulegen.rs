@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::classifier::compiler::PacketView;
 use crate::policy::model::{Action, Cidr, PortRange, Proto, Rule};
 
+pub mod classbench;
+
 /// xorshift64*: small, fast, good enough for test data.
 pub struct Rng(u64);
 

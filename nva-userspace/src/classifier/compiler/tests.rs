@@ -339,3 +339,72 @@ fn large_block_lists_keep_the_tries() {
     .unwrap();
     assert_eq!(c.prefix_rules, PREFIX_RULES_DST | PREFIX_RULES_HASHED);
 }
+
+/// Agreement with linear first match on `probes` packets aimed at the rules
+/// (and some at nothing); returns how many matched a rule.
+fn agree_on_probes(rules: &[Rule], compiled: &CompiledRuleSet, seed: u64, probes: usize) -> usize {
+    let mut rng = Rng::new(seed);
+    let packets = RuleGen::new(&mut rng, 1_000);
+    let model = compiled.model();
+    let mut matched = 0;
+    for _ in 0..probes {
+        let pkt = packets.packet(&mut rng, rules);
+        let want = linear_first_match(rules, &pkt).map_or(NO_RULE, |i| i as u32);
+        assert_eq!(model.lookup(&pkt), want, "seed {seed}: packet {pkt:?}");
+        matched += (want != NO_RULE) as usize;
+    }
+    matched
+}
+
+/// ClassBench-shaped rule sets (acl, fw, ipc) of 1,000 and 10,000 rules
+/// compile and agree with linear first match.
+#[test]
+fn classbench_shapes_agree_with_linear_first_match() {
+    use crate::classifier::rulegen::classbench::{ClassBench, Shape};
+    for shape in Shape::ALL {
+        for (n, probes) in [(1_000usize, 3_000usize), (10_000, 600)] {
+            let seed = n as u64 + shape as u64;
+            let mut rng = Rng::new(seed);
+            let rules = ClassBench::new(shape, &mut rng, n).rules(&mut rng, n);
+            let compiled =
+                compile(&rules, &policy()).unwrap_or_else(|e| panic!("{} {n}: {e}", shape.name()));
+            assert_eq!(compiled.prefix_rules, 0, "the general path");
+            let matched = agree_on_probes(&rules, &compiled, seed, probes);
+            assert!(
+                matched * 2 > probes,
+                "{} {n}: {matched} of {probes} matched",
+                shape.name()
+            );
+        }
+    }
+}
+
+/// 100,000 rules of the fw shape compile; sampled probes agree.
+#[test]
+fn a_100k_classbench_fw_set_compiles_and_agrees() {
+    use crate::classifier::rulegen::classbench::{ClassBench, Shape};
+    let n = 100_000;
+    let mut rng = Rng::new(7);
+    let rules = ClassBench::new(Shape::Fw, &mut rng, n).rules(&mut rng, n);
+    let compiled = compile(&rules, &policy()).expect("compiles");
+    assert!(compiled.sizes.bytes <= TABLE_BUDGET_BYTES);
+    let matched = agree_on_probes(&rules, &compiled, 7, 300);
+    assert!(matched > 150, "{matched} of 300 matched");
+}
+
+/// A rule set whose address pairs are far over the memory budget is
+/// refused before they are built, with the rule count and the budget.
+#[test]
+fn a_rule_set_far_over_the_pair_budget_is_refused_before_building() {
+    use crate::classifier::rulegen::classbench::{ClassBench, Shape};
+    let n = 100_000;
+    let mut rng = Rng::new(n as u64);
+    let rules = ClassBench::new(Shape::Acl, &mut rng, n).rules(&mut rng, n);
+    let err = compile(&rules, &policy()).expect_err("over budget");
+    let text = err.to_string();
+    assert!(text.contains("rule set of 100000 rules"), "{text}");
+    assert!(
+        text.contains("the address pair table needs more than 64 MiB"),
+        "{text}"
+    );
+}

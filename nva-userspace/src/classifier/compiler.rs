@@ -1022,6 +1022,33 @@ fn l4_phase(
     out: &mut CompiledRuleSet,
     budget: &mut Budget,
 ) -> Result<Classes, CompileError> {
+    // Counted before building, like the pairs: a rule set over the budget
+    // is refused at once, not after half a minute of work.
+    let port_count = |list_empty: bool, per_rule: &[Vec<u32>], i: usize| {
+        if list_empty {
+            1
+        } else {
+            per_rule[i].len() as u64
+        }
+    };
+    let combinations: u64 = live
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !is_l4_wild(r) && !pair_phase_only(r))
+        .map(|(i, r)| match r.proto {
+            Proto::Tcp => {
+                port_count(r.sport.is_empty(), &fields.tcp_s, i)
+                    * port_count(r.dport.is_empty(), &fields.tcp_d, i)
+            }
+            Proto::Udp => {
+                port_count(r.sport.is_empty(), &fields.udp_s, i)
+                    * port_count(r.dport.is_empty(), &fields.udp_d, i)
+            }
+            // ICMP types, or any protocol (one entry per protocol).
+            _ => 5,
+        })
+        .sum();
+    budget.spend(combinations, "the L4 table")?;
     let mut l4_acc: HashMap<L4Key, (Vec<u32>, u32)> = HashMap::new();
     for (i, r) in live.iter().enumerate() {
         if is_l4_wild(r) || pair_phase_only(r) {
@@ -1085,10 +1112,6 @@ fn l4_phase(
                 ),
                 _ => (vec![ANY_CLASS], vec![ANY_CLASS]),
             };
-            budget.spend(
-                (ifaces.len() * a_list.len() * b_list.len()) as u64,
-                "the L4 table",
-            )?;
             for &iface_class in &ifaces {
                 for &a in &a_list {
                     for &b in &b_list {

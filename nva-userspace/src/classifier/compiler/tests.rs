@@ -408,3 +408,20 @@ fn a_rule_set_far_over_the_pair_budget_is_refused_before_building() {
         "{text}"
     );
 }
+
+/// 100,000 random rules (ranges of ports crossing thousands of port
+/// classes) need more L4 combinations than the budget: refused, counted
+/// before the table is built, with the rule count.
+#[test]
+fn random_100k_rules_are_refused_with_the_rule_count() {
+    let n = 100_000;
+    let mut rng = Rng::new(n as u64);
+    let gen = RuleGen::new(&mut rng, n);
+    let rules = gen.rules(&mut rng, n);
+    let err = compile(&rules, &policy()).expect_err("over budget");
+    let text = err.to_string();
+    assert!(
+        text.contains("rule set of 100000 rules too large"),
+        "{text}"
+    );
+}

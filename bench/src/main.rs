@@ -84,6 +84,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         let c = classify::run(&classify::Settings::new(cli.quick), &cli.out)?;
         verdicts.extend(c.verdicts);
         sections.push(c.section);
+        sections.push(c.classbench);
         sections.push(c.conntrack);
     }
     if wanted(Part::Memory) {

@@ -167,6 +167,34 @@ shared_type! {
     size = 4, align = 2;
 }
 
+/// Rule groups of the general path, at most. A large rule set is split into
+/// groups by how wide its address prefixes are, each group with its own
+/// address classes, so that the wide prefixes of one group never cross the
+/// narrow ones of another (the pair table would grow with the product). The
+/// address tries give an address's class in every group at once; the
+/// program then joins each group's classes as a rule set of its own.
+pub const RULE_GROUPS: usize = 4;
+
+shared_type! {
+    /// Value of the address tries. General path: the address's class in
+    /// each rule group ([`NO_RULE`] in groups not in use). Short path: the
+    /// first rule of the prefix in `class[0]`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct AddrClass {
+        pub class: [u32; RULE_GROUPS],
+    }
+    size = 16, align = 4;
+}
+
+impl AddrClass {
+    /// One class (or rule) in group 0, none in the others.
+    pub const fn single(class: u32) -> AddrClass {
+        let mut all = [NO_RULE; RULE_GROUPS];
+        all[0] = class;
+        AddrClass { class: all }
+    }
+}
+
 /// Pattern of an L4 key: bit 2 interface named, bit 1 source port class,
 /// bit 0 destination port / ICMP type class (else ANY).
 #[inline(always)]
@@ -176,9 +204,11 @@ pub const fn l4_pattern(key: &L4Key) -> u8 {
         | (key.b_class != ANY_CLASS) as u8
 }
 
-pub const PAIR_GROUP_BOTH: u8 = 1;
-pub const PAIR_GROUP_DST_ONLY: u8 = 2;
-pub const PAIR_GROUP_SRC_ONLY: u8 = 4;
+/// [`DataPathConfig::pair_tables`](crate::DataPathConfig) bits: which
+/// address tables hold entries of a rule group.
+pub const PAIR_TABLE_BOTH: u8 = 1;
+pub const PAIR_TABLE_DST_ONLY: u8 = 2;
+pub const PAIR_TABLE_SRC_ONLY: u8 = 4;
 
 /// [`DataPathConfig::prefix_rules`](crate::DataPathConfig) bits: the source
 /// (destination) address tables hold rule ids.

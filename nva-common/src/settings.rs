@@ -22,8 +22,10 @@ shared_type! {
         /// Bit p set: the L4 map holds keys of pattern p ([`l4_pattern`]); the
         /// program skips lookups of patterns no rule uses.
         pub l4_patterns: u8,
-        /// `PAIR_GROUP_*` bits: which address tables hold entries.
-        pub pair_groups: u8,
+        /// Per rule group ([`RULE_GROUPS`](crate::RULE_GROUPS)), `PAIR_TABLE_*`
+        /// bits: which address tables hold entries of the group (0: the group
+        /// is not in use).
+        pub pair_tables: [u8; crate::RULE_GROUPS],
         /// `policy.log_drops`: emit sampled events for rule and default drops.
         pub log_drops: u8,
         /// `policy.stateful`: track connections; replies of tracked flows pass.
@@ -45,13 +47,19 @@ shared_type! {
         /// rule ids and classification is one lookup per side in use (the
         /// short path of block lists); the other tables are empty.
         pub prefix_rules: u8,
-        pub _pad: [u8; 3],
+        pub _pad: [u8; 4 - crate::RULE_GROUPS],
         /// Idle timeout in seconds by [`ConntrackState`](crate::ConntrackState) (index 0 unused).
         pub timeouts_s: [u32; CT_STATES],
         /// On the hashed short path: the prefix lengths in use per table
         /// ([`prefix_table_index`](crate::prefix_table_index)), longest first, padded
         /// with [`NO_PREFIX_LEN`](crate::NO_PREFIX_LEN).
         pub prefix_lens: [u8; 16],
+        /// [`ANY_CLASS`](crate::ANY_CLASS), read by the program from here
+        /// rather than as a constant: the verifier then cannot tell which
+        /// L4 patterns a packet found, and explores one path instead of one
+        /// per combination (which, with rule groups, exceeded its limit).
+        pub no_class: u32,
+        pub _pad_end: u32,
     }
-    size = 104, align = 8;
+    size = 112, align = 8;
 }

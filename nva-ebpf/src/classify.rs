@@ -2,18 +2,20 @@
 //! then the classes are joined by hash lookups. The cost does not depend on
 //! the number of rules; it is bounded by the number of key patterns in use
 //! (see `DataPathConfig::l4_patterns`). First-match order was resolved by the
-//! compiler: the answer is the smallest rule id found. Rule sets of
+//! compiler: the answer is the smallest rule id found. Large rule sets are
+//! split into up to four rule groups, each joined on its own classes. Rule sets of
 //! address prefixes only (block lists) take a short path: one
 //! longest-prefix match per address side, through a trie or, with few
 //! prefix lengths, one hash lookup per length.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use nva_common::{
-    prefix_table_index, DataPathConfig, L4Key, PairKey, PairMatch, PrefixKey, VerdictKey,
-    ANY_CLASS, ICMP_SLOT_V4, ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE, PAIR_GROUP_BOTH,
-    PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT,
+    prefix_table_index, AddrClass, DataPathConfig, L4Key, PairKey, PairMatch, PrefixKey,
+    VerdictKey, ANY_CLASS, ICMP_SLOT_V4, ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH,
+    PAIR_TABLE_DST_ONLY, PAIR_TABLE_SRC_ONLY, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT,
     PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS, PREFIX_RULES_DST,
     PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    RULE_GROUPS,
 };
 
 use crate::maps::Tables;
@@ -35,20 +37,32 @@ fn icmp_class<T: Tables>(slot: u32, icmp_type: u8) -> u32 {
         .unwrap_or(0)
 }
 
-/// Address classes of the packet: (source, destination).
+/// Address classes of the packet in every rule group: (source, destination),
+/// [`NO_RULE`] where the address tables hold no prefix of the address. Not
+/// `Option`s: LLVM packs a pair of them into shifted registers, which the
+/// verifier refuses or explores path by path.
 #[inline(always)]
-fn addr_classes<T: Tables>(pkt: &Packet) -> (Option<u32>, Option<u32>) {
+fn addr_classes<T: Tables>(pkt: &Packet) -> (AddrClass, AddrClass) {
+    const NONE: AddrClass = AddrClass {
+        class: [NO_RULE; RULE_GROUPS],
+    };
     if pkt.is_v6 {
         (
-            T::src_v6().get(Key::new(128, pkt.src)).copied(),
-            T::dst_v6().get(Key::new(128, pkt.dst)).copied(),
+            T::src_v6()
+                .get(Key::new(128, pkt.src))
+                .copied()
+                .unwrap_or(NONE),
+            T::dst_v6()
+                .get(Key::new(128, pkt.dst))
+                .copied()
+                .unwrap_or(NONE),
         )
     } else {
         let src4 = [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]];
         let dst4 = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
         (
-            T::src_v4().get(Key::new(32, src4)).copied(),
-            T::dst_v4().get(Key::new(32, dst4)).copied(),
+            T::src_v4().get(Key::new(32, src4)).copied().unwrap_or(NONE),
+            T::dst_v4().get(Key::new(32, dst4)).copied().unwrap_or(NONE),
         )
     }
 }
@@ -56,8 +70,10 @@ fn addr_classes<T: Tables>(pkt: &Packet) -> (Option<u32>, Option<u32>) {
 /// L4 classes found, one per key pattern (interface, source port class,
 /// destination port or ICMP type class; each either a class or ANY).
 struct L4Matches {
-    /// ANY_CLASS where the pattern was not found.
+    /// `none` where the pattern was not found.
     classes: [u32; 8],
+    /// ANY_CLASS, from the configuration (`DataPathConfig::no_class`).
+    none: u32,
 }
 
 /// Looks up every L4 key pattern in use into `out`; returns the smallest
@@ -131,19 +147,31 @@ fn fold_pair<T: Tables>(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto:
     if let Some(slot) = nva_common::pair_proto_slot(proto) {
         best = min(best, m.proto_rule[slot]);
     }
-    // Slots not found hold ANY_CLASS, which no verdict key uses.
-    for class in l4.classes {
-        if class == ANY_CLASS {
-            continue;
-        }
-        let key = VerdictKey {
-            pair_class: m.class,
-            l4_class: class,
-        };
-        if let Some(rule) = T::verdict(&key) {
-            best = min(best, *rule);
-        }
+    // Slots not found hold `none`, which no verdict key uses. Unrolled by
+    // hand (constant i): as a loop, the verifier walks it once per path into
+    // it, which with several rule groups exceeds its limit.
+    macro_rules! verdict {
+        ($i:expr) => {{
+            let class = l4.classes[$i];
+            if class != l4.none {
+                let key = VerdictKey {
+                    pair_class: m.class,
+                    l4_class: class,
+                };
+                if let Some(rule) = T::verdict(&key) {
+                    best = min(best, *rule);
+                }
+            }
+        }};
     }
+    verdict!(0);
+    verdict!(1);
+    verdict!(2);
+    verdict!(3);
+    verdict!(4);
+    verdict!(5);
+    verdict!(6);
+    verdict!(7);
     best
 }
 
@@ -185,25 +213,25 @@ fn first_prefix_rule<T: Tables>(pkt: &Packet, config: &DataPathConfig) -> u32 {
     if pkt.is_v6 {
         if sides & PREFIX_RULES_SRC != 0 {
             if let Some(rule) = T::src_v6().get(Key::new(128, pkt.src)) {
-                best = *rule;
+                best = rule.class[0];
             }
         }
         if sides & PREFIX_RULES_DST != 0 {
             if let Some(rule) = T::dst_v6().get(Key::new(128, pkt.dst)) {
-                best = min(best, *rule);
+                best = min(best, rule.class[0]);
             }
         }
     } else {
         if sides & PREFIX_RULES_SRC != 0 {
             let src4 = [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]];
             if let Some(rule) = T::src_v4().get(Key::new(32, src4)) {
-                best = *rule;
+                best = rule.class[0];
             }
         }
         if sides & PREFIX_RULES_DST != 0 {
             let dst4 = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
             if let Some(rule) = T::dst_v4().get(Key::new(32, dst4)) {
-                best = min(best, *rule);
+                best = min(best, rule.class[0]);
             }
         }
     }
@@ -252,37 +280,65 @@ pub fn first_match<T: Tables>(pkt: &Packet, ifindex: u32, config: &DataPathConfi
         best = min(best, config.proto_catch_all[slot]);
     }
     let mut l4s = L4Matches {
-        classes: [ANY_CLASS; 8],
+        classes: [config.no_class; 8],
+        none: config.no_class,
     };
     best = min(
         best,
         l4_matches::<T>(pkt, ifindex, config.l4_patterns, &mut l4s),
     );
-    let groups = config.pair_groups;
     let (src, dst) = addr_classes::<T>(pkt);
-    if let (Some(s), Some(d)) = (src, dst) {
-        if groups & PAIR_GROUP_BOTH != 0 {
-            let key = PairKey {
-                src_class: s,
-                dst_class: d,
-            };
-            best = fold_pair::<T>(best, T::pair(&key), &l4s, proto);
-        }
+    // Each rule group in use joins its own classes, as a rule set of its
+    // own; the smallest rule id over all groups is the first match.
+    // Unrolled by hand (constant g): straight-line code verifies cheaply.
+    macro_rules! group {
+        ($g:expr) => {{
+            let tables = config.pair_tables[$g];
+            if tables != 0 {
+                best = fold_group::<T>(best, tables, src.class[$g], dst.class[$g], &l4s, proto);
+            }
+        }};
     }
-    if let Some(d) = dst.filter(|_| groups & PAIR_GROUP_DST_ONLY != 0) {
-        best = fold_pair::<T>(best, T::dst_only(d), &l4s, proto);
+    group!(0);
+    group!(1);
+    group!(2);
+    group!(3);
+    best
+}
+
+/// Folds one rule group's address-table matches into `best` (`src`, `dst`:
+/// the group's classes, or NO_RULE).
+#[inline(always)]
+fn fold_group<T: Tables>(
+    mut best: u32,
+    tables: u8,
+    src: u32,
+    dst: u32,
+    l4s: &L4Matches,
+    proto: u8,
+) -> u32 {
+    if src != NO_RULE && dst != NO_RULE && tables & PAIR_TABLE_BOTH != 0 {
+        let key = PairKey {
+            src_class: src,
+            dst_class: dst,
+        };
+        best = fold_pair::<T>(best, T::pair(&key), l4s, proto);
     }
-    if let Some(s) = src.filter(|_| groups & PAIR_GROUP_SRC_ONLY != 0) {
-        best = fold_pair::<T>(best, T::src_only(s), &l4s, proto);
+    if dst != NO_RULE && tables & PAIR_TABLE_DST_ONLY != 0 {
+        best = fold_pair::<T>(best, T::dst_only(dst), l4s, proto);
+    }
+    if src != NO_RULE && tables & PAIR_TABLE_SRC_ONLY != 0 {
+        best = fold_pair::<T>(best, T::src_only(src), l4s, proto);
     }
     best
 }
 
+/// Without a branch: every branch on a rule id splits the verifier's walk
+/// into paths it cannot merge, and with several rule groups the walk
+/// exceeds its limit.
 #[inline(always)]
 fn min(a: u32, b: u32) -> u32 {
-    if a < b {
-        a
-    } else {
-        b
-    }
+    // All ones when a < b (the subtraction borrows into bit 63).
+    let a_smaller = 0u64.wrapping_sub((a as u64).wrapping_sub(b as u64) >> 63) as u32;
+    (a & a_smaller) | (b & !a_smaller)
 }

@@ -16,10 +16,11 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use nva_common::{
-    ClassMatch, ConntrackEntry, ConntrackKey, ConntrackScratch, DataPathConfig, L4Key, LogBudget,
-    ManagementKey, NatBinding, NatCounters, NatMatch, PairKey, PairMatch, PrefixKey, RuleAction,
-    RuleCounters, VerdictKey, CAPACITY_PREFIXES, CT_STATS, FORWARD_PATHS, ICMP_CLASS_ENTRIES,
-    MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES, PACKET_REASONS, PORT_CLASS_ENTRIES,
+    AddrClass, ClassMatch, ConntrackEntry, ConntrackKey, ConntrackScratch, DataPathConfig, L4Key,
+    LogBudget, ManagementKey, NatBinding, NatCounters, NatMatch, PairKey, PairMatch, PrefixKey,
+    RuleAction, RuleCounters, VerdictKey, CAPACITY_PREFIXES, CT_STATS, FORWARD_PATHS,
+    ICMP_CLASS_ENTRIES, MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES, PACKET_REASONS,
+    PORT_CLASS_ENTRIES,
 };
 
 /// Index (0 or 1) of the slot the program uses.
@@ -138,11 +139,12 @@ fn join_get<K, V>(
 
 /// The rule tables of one slot.
 pub trait Tables {
-    /// Source and destination prefix -> address class.
-    fn src_v4() -> &'static LpmTrie<[u8; 4], u32>;
-    fn src_v6() -> &'static LpmTrie<[u8; 16], u32>;
-    fn dst_v4() -> &'static LpmTrie<[u8; 4], u32>;
-    fn dst_v6() -> &'static LpmTrie<[u8; 16], u32>;
+    /// Source and destination prefix -> address class in each rule group
+    /// (or, on the short path, the prefix's first rule).
+    fn src_v4() -> &'static LpmTrie<[u8; 4], AddrClass>;
+    fn src_v6() -> &'static LpmTrie<[u8; 16], AddrClass>;
+    fn dst_v4() -> &'static LpmTrie<[u8; 4], AddrClass>;
+    fn dst_v6() -> &'static LpmTrie<[u8; 16], AddrClass>;
     /// (protocol, direction, port) -> port class; ranges are spread out.
     fn port_class() -> &'static Array<u32>;
     /// (ICMP or ICMPv6, type) -> type class.
@@ -174,13 +176,17 @@ macro_rules! slot_tables {
             use super::*;
 
             #[map(name = $src_v4)]
-            static SRC_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
+            static SRC_V4: LpmTrie<[u8; 4], AddrClass> =
+                LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
             #[map(name = $src_v6)]
-            static SRC_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
+            static SRC_V6: LpmTrie<[u8; 16], AddrClass> =
+                LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
             #[map(name = $dst_v4)]
-            static DST_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
+            static DST_V4: LpmTrie<[u8; 4], AddrClass> =
+                LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
             #[map(name = $dst_v6)]
-            static DST_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
+            static DST_V6: LpmTrie<[u8; 16], AddrClass> =
+                LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
             #[map(name = $port_class)]
             static PORT_CLASS: Array<u32> = Array::with_max_entries(PORT_CLASS_ENTRIES, 0);
             #[map(name = $icmp_class)]
@@ -200,19 +206,19 @@ macro_rules! slot_tables {
 
             impl Tables for Slot {
                 #[inline(always)]
-                fn src_v4() -> &'static LpmTrie<[u8; 4], u32> {
+                fn src_v4() -> &'static LpmTrie<[u8; 4], AddrClass> {
                     &SRC_V4
                 }
                 #[inline(always)]
-                fn src_v6() -> &'static LpmTrie<[u8; 16], u32> {
+                fn src_v6() -> &'static LpmTrie<[u8; 16], AddrClass> {
                     &SRC_V6
                 }
                 #[inline(always)]
-                fn dst_v4() -> &'static LpmTrie<[u8; 4], u32> {
+                fn dst_v4() -> &'static LpmTrie<[u8; 4], AddrClass> {
                     &DST_V4
                 }
                 #[inline(always)]
-                fn dst_v6() -> &'static LpmTrie<[u8; 16], u32> {
+                fn dst_v6() -> &'static LpmTrie<[u8; 16], AddrClass> {
                     &DST_V6
                 }
                 #[inline(always)]

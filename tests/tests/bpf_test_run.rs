@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use nva::classifier::compiler::{compile, linear_first_match};
+use nva::classifier::compiler::{compile, compile_in_groups, linear_first_match};
 use nva::classifier::rulegen::classbench::{ClassBench, Shape};
 use nva::classifier::rulegen::{Rng, RuleGen};
 use nva::datapath::DataPath;
@@ -499,13 +499,15 @@ fn truncated_frames_are_dropped_at_every_offset() {
 /// Seeds 7 to 10 are rule sets of address prefixes only (block and allow
 /// lists), which take the short path: through the tries (7, 9) and, with
 /// few prefix lengths, through the hash table (8, 10). Seeds 11 to 13 are
-/// ClassBench-shaped sets of 1,000 rules (acl, fw, ipc).
+/// ClassBench-shaped sets of 1,000 rules (acl, fw, ipc). Seeds 14 and 15
+/// are random rule sets compiled into rule groups (which large rule sets
+/// take), so that the program's walk over the groups is checked too.
 #[test]
 fn real_program_agrees_with_linear_first_match() {
     require_root();
     in_private_netns(&["eth0", "eth1"], |ifindex| {
         let local = nva::datapath::local_addrs();
-        for seed in 1..=13u64 {
+        for seed in 1..=15u64 {
             let mut rng = Rng::new(seed * 7919);
             let classbench = match seed {
                 11 => Some(Shape::Acl),
@@ -538,7 +540,13 @@ fn real_program_agrees_with_linear_first_match() {
                 },
                 false,
             );
-            let compiled = compile(&rules, &pol).unwrap();
+            let in_groups = seed >= 14;
+            let compiled = if in_groups {
+                compile_in_groups(&rules, &pol).unwrap()
+            } else {
+                compile(&rules, &pol).unwrap()
+            };
+            assert_eq!(compiled.sizes.rule_groups > 1, in_groups, "seed {seed}");
             assert_eq!(compiled.prefix_rules != 0, prefixes_only, "seed {seed}");
             assert_eq!(compiled.sizes.prefixes_hashed, hashed, "seed {seed}");
             let table: HashMap<String, u32> = ifindex.clone();

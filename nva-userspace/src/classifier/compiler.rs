@@ -14,14 +14,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use nva_common::{
-    l4_pattern, pair_proto_slot, prefix_table_index, ClassMatch, DataPathConfig, L4Key,
+    l4_pattern, pair_proto_slot, prefix_table_index, AddrClass, ClassMatch, DataPathConfig, L4Key,
     ManagementKey, PairKey, PairMatch, PrefixKey, RuleAction, VerdictKey, ACTION_ALLOW,
     ACTION_DROP, ANY_CLASS, CAPACITY_PREFIXES, FRAGMENTS_ALLOW, FRAGMENTS_DROP, ICMP_CLASS_ENTRIES,
-    ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES, NO_PREFIX_LEN, NO_RULE, PAIR_GROUP_BOTH,
-    PAIR_GROUP_DST_ONLY, PAIR_GROUP_SRC_ONLY, PORT_CLASS_ENTRIES, PORT_SLOT_TCP_DPORT,
+    ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES, NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH,
+    PAIR_TABLE_DST_ONLY, PAIR_TABLE_SRC_ONLY, PORT_CLASS_ENTRIES, PORT_SLOT_TCP_DPORT,
     PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS,
     PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER,
-    PROTO_TCP, PROTO_UDP,
+    PROTO_TCP, PROTO_UDP, RULE_GROUPS,
 };
 
 use crate::policy::model::{Action, Cidr, PolicySettings, Proto, Rule};
@@ -55,12 +55,13 @@ pub enum CompileError {
     },
 }
 
-/// One LPM entry: prefix (address bytes, length) -> class.
+/// One LPM entry: prefix (address bytes, length) -> its class in each rule
+/// group (on the short path: its first rule, in group 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrefixClass<const N: usize> {
     pub addr: [u8; N],
     pub len: u8,
-    pub class: u32,
+    pub class: AddrClass,
 }
 
 /// Sizes of the produced tables, as reported by `nva check` and the agent.
@@ -86,6 +87,8 @@ pub struct TableSizes {
     pub l4_entries: usize,
     pub l4_classes: usize,
     pub verdicts: usize,
+    /// Rule groups of the general path (1 unless the rule set is large).
+    pub rule_groups: usize,
     /// Estimate of kernel memory for these tables.
     pub bytes: u64,
 }
@@ -108,7 +111,8 @@ impl std::fmt::Display for TableSizes {
         }
         write!(
             f,
-            "prefixes src {} dst {}, pairs {} (+{} dst-only, {} src-only), l4 {}, verdicts {}, classes src {} dst {} port {} icmp {} pair {} l4 {}, ~{:.1} MiB",
+            "rule groups {}, prefixes src {} dst {}, pairs {} (+{} dst-only, {} src-only), l4 {}, verdicts {}, classes src {} dst {} port {} icmp {} pair {} l4 {}, ~{:.1} MiB",
+            self.rule_groups,
             self.src_prefixes,
             self.dst_prefixes,
             self.pairs,
@@ -147,6 +151,9 @@ pub struct CompiledRuleSet {
     pub src_only: HashMap<u32, PairMatch>,
     pub l4: HashMap<L4Key, ClassMatch>,
     pub verdicts: HashMap<VerdictKey, u32>,
+    /// Per rule group, `PAIR_TABLE_*` bits of the address tables holding
+    /// its entries (0: group not in use).
+    pub pair_tables: [u8; RULE_GROUPS],
     pub rule_actions: Vec<RuleAction>,
     /// `PREFIX_RULES_*` bits when the rule set takes the short path (the
     /// prefix tables then hold rule ids, not classes), else 0.
@@ -354,6 +361,7 @@ fn ancestors(c: &Cidr) -> impl Iterator<Item = Cidr> + '_ {
 /// allocated from `next_id` so that v4 and v6 classes never collide.
 fn addr_classes(
     rules: &[Rule],
+    in_group: &dyn Fn(usize) -> bool,
     field: impl Fn(&Rule) -> &[Cidr],
     v4: bool,
     next_id: &mut u32,
@@ -368,7 +376,7 @@ fn addr_classes(
         0,
     );
     by_prefix.insert(zero, Vec::new());
-    for (i, r) in rules.iter().enumerate() {
+    for (i, r) in rules.iter().enumerate().filter(|(i, _)| in_group(*i)) {
         if let Some(list) = addr_field(field(r)) {
             for c in list.iter().filter(|c| c.is_v4() == v4) {
                 by_prefix.entry(*c).or_default().push(i as u32);
@@ -497,6 +505,23 @@ impl Budget {
 
 /// Compiles `rules` (in file order) under `policy`.
 pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSet, CompileError> {
+    compile_grouping_past(rules, policy, GROUP_WHEN_PAIRS_OVER)
+}
+
+/// Like [`compile`], with rule groups whatever the rule set's size (tests
+/// and benchmarks: the groups of small rule sets, and their cost).
+pub fn compile_in_groups(
+    rules: &[Rule],
+    policy: &PolicySettings,
+) -> Result<CompiledRuleSet, CompileError> {
+    compile_grouping_past(rules, policy, 0)
+}
+
+fn compile_grouping_past(
+    rules: &[Rule],
+    policy: &PolicySettings,
+    group_when_pairs_over: u64,
+) -> Result<CompiledRuleSet, CompileError> {
     if rules.len() > MAX_RULES as usize {
         return Err(CompileError::TooManyRules(rules.len()));
     }
@@ -513,30 +538,29 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         rules: rules.len(),
     };
 
-    // Address classes.
-    let mut next_src = 0;
-    let mut next_dst = 0;
-    let src4 = addr_classes(live, |r| &r.src, true, &mut next_src);
-    let src6 = addr_classes(live, |r| &r.src, false, &mut next_src);
-    let dst4 = addr_classes(live, |r| &r.dst, true, &mut next_dst);
-    let dst6 = addr_classes(live, |r| &r.dst, false, &mut next_dst);
+    // Address classes, per rule group: one group unless its pairs would be
+    // many (see `rule_group`).
+    let mut group_of = vec![0u8; n];
+    if nested_pairs_estimate(live) > group_when_pairs_over {
+        for (i, r) in live.iter().enumerate() {
+            group_of[i] = rule_group(r);
+        }
+    }
+    let count = group_of.iter().max().map_or(1, |g| *g as usize + 1);
+    let groups = group_classes(live, &group_of, count);
+    let (next_src, next_dst) = groups.last().map_or((0, 0), |g| g.next_ids);
 
-    let pair_classes = pair_phase(
-        live,
-        [(&src4, &dst4), (&src6, &dst6)],
-        &mut out,
-        &mut budget,
-    )?;
+    let pair_classes = pair_phase(live, &groups, &group_of, &mut out, &mut budget)?;
     let pc_of_rule = pair_classes.containing(n);
     let fields = l4_field_classes(live, &mut out);
     let l4_classes = l4_phase(live, &fields, &mut out, &mut budget)?;
     let lc_of_rule = l4_classes.containing(n);
     out.verdicts = verdict_phase(&pc_of_rule, &lc_of_rule, &mut budget)?;
 
-    out.src_v4 = prefix_table(&src4.entries);
-    out.src_v6 = prefix_table(&src6.entries);
-    out.dst_v4 = prefix_table(&dst4.entries);
-    out.dst_v6 = prefix_table(&dst6.entries);
+    out.src_v4 = prefix_table(&merge_groups(&groups, |g| &g.src4));
+    out.src_v6 = prefix_table(&merge_groups(&groups, |g| &g.src6));
+    out.dst_v4 = prefix_table(&merge_groups(&groups, |g| &g.dst4));
+    out.dst_v6 = prefix_table(&merge_groups(&groups, |g| &g.dst6));
 
     let sizes = TableSizes {
         rules: rules.len(),
@@ -555,9 +579,170 @@ pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSe
         l4_entries: out.l4.len(),
         l4_classes: l4_classes.sets.len(),
         verdicts: out.verdicts.len(),
+        rule_groups: out.pair_tables.iter().filter(|t| **t != 0).count().max(1),
         bytes: 0,
     };
     within_budget(out, sizes, started)
+}
+
+/// The address classes of one rule group.
+struct GroupClasses {
+    src4: AddrClasses,
+    src6: AddrClasses,
+    dst4: AddrClasses,
+    dst6: AddrClasses,
+    /// Next free (source, destination) class ids after this group: ids are
+    /// unique over all groups, so the groups share the join tables.
+    next_ids: (u32, u32),
+}
+
+/// Address classes of each of `count` rule groups (`group_of`: rule -> group).
+fn group_classes(live: &[Rule], group_of: &[u8], count: usize) -> Vec<GroupClasses> {
+    let (mut next_src, mut next_dst) = (0, 0);
+    (0..count as u8)
+        .map(|g| {
+            let in_group = |i: usize| group_of[i] == g;
+            let src4 = addr_classes(live, &in_group, |r| &r.src, true, &mut next_src);
+            let src6 = addr_classes(live, &in_group, |r| &r.src, false, &mut next_src);
+            let dst4 = addr_classes(live, &in_group, |r| &r.dst, true, &mut next_dst);
+            let dst6 = addr_classes(live, &in_group, |r| &r.dst, false, &mut next_dst);
+            GroupClasses {
+                src4,
+                src6,
+                dst4,
+                dst6,
+                next_ids: (next_src, next_dst),
+            }
+        })
+        .collect()
+}
+
+/// Pair-table entries to visit: for each rule specific in both addresses,
+/// (source classes containing it) x (destination classes containing it).
+fn pair_combinations(live: &[Rule], groups: &[GroupClasses], group_of: &[u8]) -> u64 {
+    live.iter()
+        .enumerate()
+        .filter(|(_, r)| addr_field(&r.src).is_some() && addr_field(&r.dst).is_some())
+        .map(|(i, _)| {
+            let g = &groups[group_of[i] as usize];
+            let s = g.src4.per_rule[i].len() + g.src6.per_rule[i].len();
+            let d = g.dst4.per_rule[i].len() + g.dst6.per_rule[i].len();
+            (s * d) as u64
+        })
+        .sum()
+}
+
+/// The pair-table entries one group would need, estimated without
+/// building its classes (which, for the sets that need groups, takes
+/// seconds): for each rule specific in both addresses, the prefixes named
+/// under its source prefixes times those under its destination prefixes,
+/// counted by binary search in the sorted prefixes of each side.
+fn nested_pairs_estimate(live: &[Rule]) -> u64 {
+    // Per family: the sorted network addresses of the prefixes named.
+    let sorted = |field: fn(&Rule) -> &[Cidr], v4: bool| {
+        let mut starts: Vec<u128> = live
+            .iter()
+            .filter_map(|r| addr_field(field(r)))
+            .flatten()
+            .filter(|c| c.is_v4() == v4)
+            .map(prefix_bits)
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        starts
+    };
+    let src = [sorted(|r| &r.src, true), sorted(|r| &r.src, false)];
+    let dst = [sorted(|r| &r.dst, true), sorted(|r| &r.dst, false)];
+    let under = |starts: &[Vec<u128>; 2], list: &[Cidr]| -> u64 {
+        list.iter()
+            .map(|c| {
+                let starts = &starts[!c.is_v4() as usize];
+                let lo = prefix_bits(c);
+                let hi = lo | !prefix_mask(c.len);
+                let from = starts.partition_point(|s| *s < lo);
+                let to = starts.partition_point(|s| *s <= hi);
+                (to - from) as u64
+            })
+            .sum()
+    };
+    live.iter()
+        .filter_map(|r| Some((addr_field(&r.src)?, addr_field(&r.dst)?)))
+        .map(|(s, d)| under(&src, s) * under(&dst, d))
+        .sum()
+}
+
+/// Past this many pair-table entries, rules are split into rule groups.
+/// Below it, one group costs fewer lookups per packet; 10,000 rules of the
+/// ClassBench shapes need 0.1 to 0.2 million.
+const GROUP_WHEN_PAIRS_OVER: u64 = 500_000;
+
+/// Prefixes shorter than these are wide: a wide prefix holds many others,
+/// and crossing the classes under a wide source with those under a wide
+/// destination is what makes the pair table grow with the product. Rules
+/// whose prefixes are all long cross few classes.
+const WIDE_V4: u8 = 20;
+const WIDE_V6: u8 = 48;
+
+/// The rule group of a rule: bit 0 a wide source prefix, bit 1 a wide
+/// destination prefix. Within a group, the prefixes under a rule's wide
+/// prefix are the group's wide prefixes only, which are few.
+fn rule_group(rule: &Rule) -> u8 {
+    let wide = |list: &[Cidr]| {
+        addr_field(list).is_some_and(|list| {
+            list.iter()
+                .any(|c| c.len < if c.is_v4() { WIDE_V4 } else { WIDE_V6 })
+        })
+    };
+    wide(&rule.src) as u8 | (wide(&rule.dst) as u8) << 1
+}
+
+/// One address side's trie entries over all groups: every prefix any group
+/// names, with its class in each group (the class of that group's longest
+/// prefix containing it; every group has the zero-length prefix).
+fn merge_groups(
+    groups: &[GroupClasses],
+    side: impl Fn(&GroupClasses) -> &AddrClasses,
+) -> Vec<(Cidr, AddrClass)> {
+    if let [only] = groups {
+        return side(only)
+            .entries
+            .iter()
+            .map(|(c, class)| (*c, AddrClass::single(*class)))
+            .collect();
+    }
+    let by_prefix: Vec<HashMap<Cidr, u32>> = groups
+        .iter()
+        .map(|g| side(g).entries.iter().copied().collect())
+        .collect();
+    let mut prefixes: Vec<Cidr> = by_prefix.iter().flat_map(|m| m.keys().copied()).collect();
+    // By address, a containing prefix before what it contains.
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    // Per group, the chain of its prefixes containing the current one.
+    let mut enclosing: Vec<Vec<(Cidr, u32)>> = vec![Vec::new(); groups.len()];
+    prefixes
+        .into_iter()
+        .map(|p| {
+            let mut class = AddrClass::single(NO_RULE);
+            for (g, index) in by_prefix.iter().enumerate() {
+                let chain = &mut enclosing[g];
+                while chain
+                    .last()
+                    .is_some_and(|(outer, _)| outer.len > p.len || !outer.contains(p.addr))
+                {
+                    chain.pop();
+                }
+                class.class[g] = match index.get(&p) {
+                    Some(&own) => {
+                        chain.push((p, own));
+                        own
+                    }
+                    None => chain.last().map_or(NO_RULE, |e| e.1),
+                };
+            }
+            (p, class)
+        })
+        .collect()
 }
 
 /// Records the tables' sizes and memory estimate in `out`, refusing a rule
@@ -687,7 +872,7 @@ fn prefix_rule_table<const N: usize>(
         out.push(PrefixClass {
             addr,
             len,
-            class: rule,
+            class: AddrClass::single(rule),
         });
     }
     out
@@ -739,7 +924,7 @@ fn hash_if_few_lengths(out: &mut CompiledRuleSet) {
             addr[..N].copy_from_slice(&e.addr);
             (
                 PrefixKey::masked(&addr, N == 16, e.len, table as u8),
-                e.class,
+                e.class.class[0],
             )
         })
     }
@@ -851,7 +1036,8 @@ fn rule_set_settings(rules: &[Rule], policy: &PolicySettings) -> CompiledRuleSet
 /// points at it).
 fn pair_phase(
     live: &[Rule],
-    families: [(&AddrClasses, &AddrClasses); 2],
+    groups: &[GroupClasses],
+    group_of: &[u8],
     out: &mut CompiledRuleSet,
     budget: &mut Budget,
 ) -> Result<Classes, CompileError> {
@@ -860,16 +1046,7 @@ fn pair_phase(
     // million pairs of a 100,000-rule ClassBench acl set took 37 s to build
     // and then be refused). Rules share few pairs, so the count is close to
     // the entries; the factor leaves room for those they share.
-    let combinations: u64 = families
-        .iter()
-        .map(|(src, dst)| {
-            live.iter()
-                .enumerate()
-                .filter(|(_, r)| addr_field(&r.src).is_some() && addr_field(&r.dst).is_some())
-                .map(|(i, _)| (src.per_rule[i].len() * dst.per_rule[i].len()) as u64)
-                .sum::<u64>()
-        })
-        .sum();
+    let combinations = pair_combinations(live, groups, group_of);
     let far_over = 4 * TABLE_BUDGET_BYTES / PAIR_ENTRY_BYTES;
     if combinations > far_over {
         return Err(CompileError::OverBudget {
@@ -885,9 +1062,24 @@ fn pair_phase(
     let mut pair_acc: HashMap<PairKey, PairAcc> = HashMap::new();
     let mut dst_only_acc: HashMap<u32, PairAcc> = HashMap::new();
     let mut src_only_acc: HashMap<u32, PairAcc> = HashMap::new();
-    for (src, dst) in families {
+    let families = groups.iter().enumerate().flat_map(|(g, classes)| {
+        [
+            (g, &classes.src4, &classes.dst4),
+            (g, &classes.src6, &classes.dst6),
+        ]
+    });
+    for (g, src, dst) in families {
         for (i, r) in live.iter().enumerate() {
+            if group_of[i] as usize != g {
+                continue;
+            }
             let (src_any, dst_any) = (addr_field(&r.src).is_none(), addr_field(&r.dst).is_none());
+            out.pair_tables[g] |= match (src_any, dst_any) {
+                (true, true) => 0,
+                (true, false) => PAIR_TABLE_DST_ONLY,
+                (false, true) => PAIR_TABLE_SRC_ONLY,
+                (false, false) => PAIR_TABLE_BOTH,
+            };
             match (src_any, dst_any) {
                 (true, true) => {}
                 (true, false) => {
@@ -1175,8 +1367,8 @@ fn verdict_phase(
     Ok(verdicts)
 }
 
-/// An LPM table of one family (`N` address bytes) from (prefix, class).
-fn prefix_table<const N: usize>(entries: &[(Cidr, u32)]) -> Vec<PrefixClass<N>> {
+/// An LPM table of one family (`N` address bytes) from (prefix, classes).
+fn prefix_table<const N: usize>(entries: &[(Cidr, AddrClass)]) -> Vec<PrefixClass<N>> {
     entries
         .iter()
         .map(|(c, class)| {
@@ -1202,8 +1394,9 @@ const PAIR_ENTRY_BYTES: u64 = 48 + 32;
 
 fn estimate_bytes(s: &TableSizes) -> u64 {
     let hash = |n: usize, kv: u64| n as u64 * (48 + kv);
-    let lpm4 = 40 + 4 + 4;
-    let lpm6 = 40 + 16 + 4;
+    // Node overhead, key, value (a class per rule group).
+    let lpm4 = 40 + 4 + 16;
+    let lpm6 = 40 + 16 + 16;
     (s.pairs + s.dst_only + s.src_only) as u64 * PAIR_ENTRY_BYTES
         + hash(s.l4_entries, 24)
         + hash(s.verdicts, 16)
@@ -1224,17 +1417,20 @@ fn estimate_bytes(s: &TableSizes) -> u64 {
 pub struct LookupModel<'a> {
     set: &'a CompiledRuleSet,
     hashed: HashMap<PrefixKey, u32>,
-    src4: HashMap<(u8, [u8; 4]), u32>,
-    dst4: HashMap<(u8, [u8; 4]), u32>,
-    src6: HashMap<(u8, [u8; 16]), u32>,
-    dst6: HashMap<(u8, [u8; 16]), u32>,
+    src4: HashMap<(u8, [u8; 4]), AddrClass>,
+    dst4: HashMap<(u8, [u8; 4]), AddrClass>,
+    src6: HashMap<(u8, [u8; 16]), AddrClass>,
+    dst6: HashMap<(u8, [u8; 16]), AddrClass>,
 }
 
-fn lpm_index<const N: usize>(table: &[PrefixClass<N>]) -> HashMap<(u8, [u8; N]), u32> {
+fn lpm_index<const N: usize>(table: &[PrefixClass<N>]) -> HashMap<(u8, [u8; N]), AddrClass> {
     table.iter().map(|e| ((e.len, e.addr), e.class)).collect()
 }
 
-fn lpm_lookup<const N: usize>(index: &HashMap<(u8, [u8; N]), u32>, addr: [u8; N]) -> Option<u32> {
+fn lpm_lookup<const N: usize>(
+    index: &HashMap<(u8, [u8; N]), AddrClass>,
+    addr: [u8; N],
+) -> Option<AddrClass> {
     (0..=(N * 8) as u8).rev().find_map(|len| {
         let mut masked = addr;
         for (i, byte) in masked.iter_mut().enumerate() {
@@ -1305,14 +1501,7 @@ impl CompiledRuleSet {
             },
             ready: 1,
             l4_patterns: self.l4.keys().fold(0, |m, k| m | 1 << l4_pattern(k)),
-            pair_groups: [
-                (PAIR_GROUP_BOTH, self.pairs.is_empty()),
-                (PAIR_GROUP_DST_ONLY, self.dst_only.is_empty()),
-                (PAIR_GROUP_SRC_ONLY, self.src_only.is_empty()),
-            ]
-            .iter()
-            .filter(|(_, empty)| !empty)
-            .fold(0, |m, (bit, _)| m | bit),
+            pair_tables: self.pair_tables,
             log_drops: self.log_drops as u8,
             stateful: self.stateful as u8,
             loose_tcp: self.loose_tcp as u8,
@@ -1323,7 +1512,9 @@ impl CompiledRuleSet {
             nat_bindings: 0,
             forward: nva_common::FORWARD_KERNEL,
             prefix_rules: self.prefix_rules,
-            _pad: [0; 3],
+            _pad: Default::default(),
+            no_class: ANY_CLASS,
+            _pad_end: 0,
             timeouts_s: self.timeouts_s,
             prefix_lens: if self.prefix_rules & PREFIX_RULES_HASHED != 0 {
                 self.prefix_lens
@@ -1391,28 +1582,16 @@ impl LookupModel<'_> {
             return best;
         }
         if set.prefix_rules != 0 {
-            let side = |bit: u8, found: Option<u32>| {
+            let side = |bit: u8, found: Option<AddrClass>| {
                 found
                     .filter(|_| set.prefix_rules & bit != 0)
-                    .unwrap_or(NO_RULE)
+                    .map_or(NO_RULE, |c| c.class[0])
             };
             return set
                 .catch_all_rule
                 .min(side(PREFIX_RULES_SRC, s))
                 .min(side(PREFIX_RULES_DST, d));
         }
-        let pair = match (s, d) {
-            (Some(s), Some(d)) => set
-                .pairs
-                .get(&PairKey {
-                    src_class: s,
-                    dst_class: d,
-                })
-                .copied(),
-            _ => None,
-        };
-        let dst_only = d.and_then(|d| set.dst_only.get(&d).copied());
-        let src_only = s.and_then(|s| set.src_only.get(&s).copied());
         let proto = nva_common::classifier_proto(pkt.proto);
         let port = |slot: u32, p: u16| set.port_class[(slot * 65_536 + p as u32) as usize];
         let icmp = |slot: u32, t: u8| set.icmp_class[(slot * 256 + t as u32) as usize];
@@ -1464,7 +1643,30 @@ impl LookupModel<'_> {
         for l in l4s.iter().flatten() {
             best = best.min(l.wildcard_rule);
         }
-        for m in [pair, dst_only, src_only].into_iter().flatten() {
+        // Each rule group in use, with its own classes.
+        let mut matches: Vec<&PairMatch> = Vec::new();
+        for (g, &tables) in set.pair_tables.iter().enumerate() {
+            if tables == 0 {
+                continue;
+            }
+            let (s, d) = (s.map(|c| c.class[g]), d.map(|c| c.class[g]));
+            if let (Some(s), Some(d)) = (s, d) {
+                let key = PairKey {
+                    src_class: s,
+                    dst_class: d,
+                };
+                matches.extend(
+                    set.pairs
+                        .get(&key)
+                        .filter(|_| tables & PAIR_TABLE_BOTH != 0),
+                );
+            }
+            let dst_only = d.and_then(|d| set.dst_only.get(&d));
+            matches.extend(dst_only.filter(|_| tables & PAIR_TABLE_DST_ONLY != 0));
+            let src_only = s.and_then(|s| set.src_only.get(&s));
+            matches.extend(src_only.filter(|_| tables & PAIR_TABLE_SRC_ONLY != 0));
+        }
+        for m in matches {
             best = best.min(m.wildcard_rule);
             if let Some(slot) = pair_proto_slot(proto) {
                 best = best.min(m.proto_rule[slot]);

@@ -7,8 +7,8 @@ use std::time::Duration;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::Array;
 use nva_common::{
-    map_names as names, ClassMatch, ConntrackKey, DataPathConfig, L4Key, ManagementKey, NatBinding,
-    NatMatch, PairKey, PairMatch, PrefixKey, VerdictKey, MAX_NAT_ATOMS, MAX_RULES,
+    map_names as names, AddrClass, ClassMatch, ConntrackKey, DataPathConfig, L4Key, ManagementKey,
+    NatBinding, NatMatch, PairKey, PairMatch, PrefixKey, VerdictKey, MAX_NAT_ATOMS, MAX_RULES,
 };
 
 use super::{map_err, map_fd, slot_name, ArrayShadow, DataPath, DataPathError, NatTables};
@@ -134,7 +134,7 @@ impl DataPath {
         macro_rules! clear_lpm {
             ($base:expr, $n:expr) => {{
                 let name = slot_name($base, slot);
-                let mut map: LpmTrie<_, [u8; $n], u32> =
+                let mut map: LpmTrie<_, [u8; $n], AddrClass> =
                     LpmTrie::try_from(self.map_mut(&name)?).map_err(map_err(&name))?;
                 // A stale prefix would point at a class id that means
                 // something else in the next rule set: errors must surface.
@@ -292,7 +292,7 @@ impl SlotSink<'_> {
         entries: &[PrefixClass<N>],
     ) -> Result<(), DataPathError> {
         let name = slot_name(table, self.slot);
-        let mut trie: LpmTrie<_, [u8; N], u32> =
+        let mut trie: LpmTrie<_, [u8; N], AddrClass> =
             LpmTrie::try_from(self.datapath.map_mut(&name)?).map_err(map_err(&name))?;
         for e in entries {
             trie.insert(&Key::new(e.len as u32, e.addr), e.class, 0)

@@ -26,6 +26,9 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     // join tables became maps of maps, sized per rule set; the hashed
     // short path (PREFIXES, prefix_lens).
     ("v6", 0x42a963e7fd1e271e),
+    // v7: the address tries hold a class per rule group (16-byte values);
+    // the configuration has the pair tables of each group, and `no_class`.
+    ("v7", 0x822f5e7b916f0a64),
 ];
 
 #[derive(Clone, Debug)]

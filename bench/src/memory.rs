@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use nva::classifier::compiler::compile;
+use nva::classifier::rulegen::classbench::{ClassBench, Shape};
 use nva::classifier::rulegen::{Rng, RuleGen};
 use nva::datapath::DataPath;
 use nva::policy::model::{Action, Cidr, PolicySettings, Rule};
@@ -89,6 +90,83 @@ fn blocklist_rows(
     Ok(())
 }
 
+/// All maps of the program except the conntrack tables (measured apart),
+/// with 10 random rules and with 100,000 ClassBench-shaped rules of each
+/// shape loaded.
+fn all_maps_rows(
+    rows: &mut Vec<Vec<String>>,
+    data: &mut Vec<serde_json::Value>,
+    verdicts: &mut Vec<Verdict>,
+) -> Result<()> {
+    let mut rng = Rng::new(10);
+    let gen = RuleGen::new(&mut rng, 10);
+    let mut sets = vec![("10 random rules".to_string(), gen.rules(&mut rng, 10))];
+    for shape in Shape::ALL {
+        let mut rng = Rng::new(0xc1a55 ^ 100_000);
+        let rules = ClassBench::new(shape, &mut rng, 100_000).rules(&mut rng, 100_000);
+        sets.push((format!("100000 ClassBench {} rules", shape.name()), rules));
+    }
+    let mut worst_100k = 0f64;
+    for (label, rules) in sets {
+        eprintln!("bench: memory, all maps with {label}");
+        let compiled = compile(&rules, &PolicySettings::with_default(Action::Drop))?;
+        let dp = DataPath::load(&compiled, 1, &|_| None)?;
+        let maps = dp.map_memory();
+        let conntrack = |name: &str| {
+            name == nva_common::map_names::CONNTRACK
+                || name == nva_common::map_names::CONNTRACK_UNREPLIED
+        };
+        let all: u64 = maps
+            .iter()
+            .filter(|(name, _)| !conntrack(name))
+            .map(|(_, b)| b)
+            .sum();
+        let tables: u64 = maps
+            .iter()
+            .filter(|(name, _)| is_slot_map(name))
+            .map(|(_, b)| b)
+            .sum();
+        let mut largest: Vec<&(String, u64)> =
+            maps.iter().filter(|(name, _)| !conntrack(name)).collect();
+        largest.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        rows.push(vec![
+            format!("all maps but conntrack, {label}"),
+            format!(
+                "{:.1} MiB ({:.1} MiB of it the rule tables of both slots)",
+                mib(all),
+                mib(tables)
+            ),
+            format!(
+                "{}; largest: {}",
+                compiled.sizes,
+                largest
+                    .iter()
+                    .take(4)
+                    .map(|(n, b)| format!("{n} {:.1} MiB", mib(*b)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ]);
+        data.push(json!({"all_maps": label, "bytes": all, "rule_table_bytes": tables}));
+        if label.starts_with("10 ") {
+            verdicts.push(Verdict {
+                target: "all maps ≤ 4 MiB at 10 rules (conntrack apart)".into(),
+                measured: format!("{:.1} MiB", mib(all)),
+                met: Some(mib(all) <= 4.0),
+            });
+        } else {
+            worst_100k = worst_100k.max(mib(all));
+        }
+    }
+    verdicts.push(Verdict {
+        target: "all maps ≤ 64 MiB at 100k rules (ClassBench shapes, conntrack apart)".into(),
+        measured: format!("{worst_100k:.1} MiB (the largest shape)"),
+        met: Some(worst_100k <= 64.0),
+    });
+    Ok(())
+}
+
 pub fn run(
     rule_counts: &[usize],
     blocklists: &[usize],
@@ -154,6 +232,9 @@ pub fn run(
         }
     }
     blocklist_rows(blocklists, &mut rows, &mut data, &mut verdicts)?;
+    if rule_counts.contains(&100_000) {
+        all_maps_rows(&mut rows, &mut data, &mut verdicts)?;
+    }
     for &entries in conntrack_sizes {
         eprintln!("bench: memory, conntrack table of {entries} entries");
         let dp = DataPath::open(None, entries)?;

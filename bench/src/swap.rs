@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use nva::classifier::compiler::compile;
+use nva::classifier::rulegen::classbench::{ClassBench, Shape};
 use nva::classifier::rulegen::{rules_toml, Rng, RuleGen};
 use nva::policy::model::{Action, Cidr, PolicySettings, Rule};
 use nva_tests::agent::RunningAgent;
@@ -26,6 +27,9 @@ pub struct Settings {
     /// Sizes of the block lists (drop rules of destination prefixes, then
     /// allow the rest: the short path).
     pub blocklists: Vec<usize>,
+    /// Sizes of the ClassBench acl-shaped sets (the general path; large ones
+    /// in rule groups).
+    pub classbench: Vec<usize>,
     pub swaps: usize,
 }
 
@@ -35,12 +39,14 @@ impl Settings {
             Settings {
                 sizes: vec![1000],
                 blocklists: vec![1000],
+                classbench: vec![1000],
                 swaps: 3,
             }
         } else {
             Settings {
                 sizes: vec![10_000, 100_000],
                 blocklists: vec![100_000],
+                classbench: vec![100_000],
                 swaps: 20,
             }
         }
@@ -56,6 +62,20 @@ fn random_rules(n: usize, which: u64) -> Vec<Rule> {
         r.in_iface = None;
     }
     rules
+}
+
+/// ClassBench acl-shaped rules of set `which` (0 or 1).
+fn acl_rules(n: usize, which: u64) -> Vec<Rule> {
+    let mut rng = Rng::new(0xac1 ^ (n as u64) << 1 ^ which);
+    ClassBench::new(Shape::Acl, &mut rng, n).rules(&mut rng, n)
+}
+
+/// The shapes swapped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Random,
+    BlockList,
+    ClassBenchAcl,
 }
 
 /// Block list `which` (0 or 1): `n` drop rules of random /24 and /32
@@ -157,19 +177,21 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
     let runs = s
         .sizes
         .iter()
-        .map(|&n| (n, false))
-        .chain(s.blocklists.iter().map(|&n| (n, true)));
-    for (n, blocklist) in runs {
-        let label = if blocklist {
-            format!("{n} (block list)")
-        } else {
-            n.to_string()
+        .map(|&n| (n, Kind::Random))
+        .chain(s.blocklists.iter().map(|&n| (n, Kind::BlockList)))
+        .chain(s.classbench.iter().map(|&n| (n, Kind::ClassBenchAcl)));
+    for (n, kind) in runs {
+        let blocklist = kind == Kind::BlockList;
+        let label = match kind {
+            Kind::Random => n.to_string(),
+            Kind::BlockList => format!("{n} (block list)"),
+            Kind::ClassBenchAcl => format!("{n} (ClassBench acl)"),
         };
         eprintln!("bench: rule-set swap, {label} rules");
-        let sets = if blocklist {
-            [block_list(n, 0), block_list(n, 1)]
-        } else {
-            [random_rules(n, 0), random_rules(n, 1)]
+        let sets = match kind {
+            Kind::Random => [random_rules(n, 0), random_rules(n, 1)],
+            Kind::BlockList => [block_list(n, 0), block_list(n, 1)],
+            Kind::ClassBenchAcl => [acl_rules(n, 0), acl_rules(n, 1)],
         };
         let policy = PolicySettings::with_default(Action::Drop);
         if let Some(e) = sets.iter().find_map(|set| compile(set, &policy).err()) {
@@ -181,7 +203,7 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
                 "–".into(),
                 "–".into(),
             ]);
-            data.push(json!({"rules": n, "blocklist": blocklist, "error": e.to_string()}));
+            data.push(json!({"rules": n, "shape": label, "error": e.to_string()}));
             verdict_parts.push(format!("{label} rules do not compile"));
             met = false;
             continue;
@@ -229,7 +251,7 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
             format!("{lost} of {sent}"),
         ]);
         data.push(json!({
-            "rules": n, "blocklist": blocklist, "swaps": s.swaps, "compile_ms": compiling, "compile_and_swap_ms": swap, "old_slot_freed_ms": freed,
+            "rules": n, "shape": label, "swaps": s.swaps, "compile_ms": compiling, "compile_and_swap_ms": swap, "old_slot_freed_ms": freed,
             "nva_reload_wall_ms": wall, "steady_sent": sent, "steady_received": received,
         }));
         met &= lost == 0 && (n != 100_000 || swap.max < 1000.0);
@@ -246,7 +268,7 @@ pub fn run(s: &Settings) -> Result<(Section, Vec<Verdict>)> {
     let section = Section {
         title: "Rule-set swap under traffic".into(),
         intro: format!(
-            "`nva agent` (default drop, stateless as by default) with random rules (after a rule allowing the flow below) or a block list (drop rules of random /24 and /32 destination prefixes, then allow the rest: the short path), swapped {} times by `nva reload` for another random set of the same size, while a UDP flow allowed by the first rule of both sets sends one datagram per millisecond through the NVA. The agent's own figures for each reload (the config file read excluded): compile; compile and swap, from the start of compiling to the switch that makes the new rules live (compile, write the standby slot, one write to switch); then freeing the old slot's tables, after the switch. `nva reload`: the command's wall time, until the agent has freed the old slot and written its state (it polls every 50 ms). Milliseconds, median (min–max).",
+            "`nva agent` (default drop, stateless as by default) with random rules or ClassBench acl-shaped rules (after a rule allowing the flow below) or a block list (drop rules of random /24 and /32 destination prefixes, then allow the rest: the short path), swapped {} times by `nva reload` for another random set of the same size, while a UDP flow allowed by the first rule of both sets sends one datagram per millisecond through the NVA. The agent's own figures for each reload (the config file read excluded): compile; compile and swap, from the start of compiling to the switch that makes the new rules live (compile, write the standby slot, one write to switch); then freeing the old slot's tables, after the switch. `nva reload`: the command's wall time, until the agent has freed the old slot and written its state (it polls every 50 ms). Milliseconds, median (min–max).",
             s.swaps
         ),
         columns: ["rules", "compile ms", "compile and swap ms", "old slot freed ms", "`nva reload` ms", "steady flow lost"]

@@ -39,6 +39,7 @@ fn failover_for_each_failure_kind() {
         d1.log_text()
     );
     let leader = if d1.is_leader() { &d1 } else { &d2 };
+    let leader_log = || leader.log_text();
     assert!(!(d1.is_leader() && d2.is_leader()), "one leader");
     let requests = RequestStream::start(&lab, Duration::from_millis(20));
     assert!(
@@ -47,12 +48,27 @@ fn failover_for_each_failure_kind() {
     );
     // The Azure shape: the public address (the VIP) reaches the service
     // through DNAT, and the backend goes out as the VIP through SNAT.
-    let nat_works = |when: &str| {
+    // The daemon moves the VIP after the routes, each step behind a
+    // leadership check with ZooKeeper: on a loaded machine (this file's
+    // tests run side by side, each with its own ensemble) that can take a
+    // while after the routes moved, so the switch is complete only when the
+    // VIP is on the active NVA too.
+    let nat_works = |when: &str, active: usize| {
+        assert!(
+            wait_until(Duration::from_secs(10), || lab.vip_holders() == [active]),
+            "{when}: the VIP is on {} alone (held by {:?}): {}",
+            ["nva-a", "nva-b"][active],
+            lab.vip_holders(),
+            leader_log()
+        );
         assert!(
             lab::request(&lab, lab::VIP, lab::PUBLIC_PORT),
-            "{when}: the client reaches the service through {}:{} (DNAT)",
+            "{when}: the client reaches the service through {}:{} (DNAT); the fabric has {:?} for the VIP, nva-{}'s ext0 is {}",
             lab::VIP,
-            lab::PUBLIC_PORT
+            lab::PUBLIC_PORT,
+            lab.fabric_vip_mac(),
+            ["a", "b"][active],
+            lab.ext_mac(active)
         );
         let seen = lab::backend_out_seen_as(&lab).expect("the backend connects out");
         assert_eq!(
@@ -61,7 +77,7 @@ fn failover_for_each_failure_kind() {
             "{when}: the client sees the VIP (SNAT)"
         );
     };
-    nat_works("on nva-a");
+    nat_works("on nva-a", 0);
 
     let mut outages = Vec::new();
     let mut active = 0;
@@ -101,10 +117,10 @@ fn failover_for_each_failure_kind() {
         repair_nva(&lab, &mut agents, active, k);
         active = other;
     }
-    nat_works(&format!(
-        "after the failovers, on {}",
-        ["nva-a", "nva-b"][active]
-    ));
+    nat_works(
+        &format!("after the failovers, on {}", ["nva-a", "nva-b"][active]),
+        active,
+    );
     let sent = requests.stop();
     eprintln!("outages (interval_ms = 100, fall = 3, session timeout 2000 ms): {outages:?}; {sent} requests sent");
     for (kind, _, outage) in &outages {

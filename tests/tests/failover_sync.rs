@@ -51,6 +51,14 @@ fn established_connections_survive_each_failure_kind() {
         d2.log_text()
     );
     let first_active = lab.routed_to().expect("routed");
+    // The VIP moves after the routes (see failover_lab): the DNAT
+    // connections need it.
+    assert!(
+        wait_until(Duration::from_secs(10), || lab.vip_holders()
+            == [first_active]),
+        "the VIP is on the active NVA alone (held by {:?})",
+        lab.vip_holders()
+    );
 
     let established = Established::start(&lab);
     let started = Instant::now();

@@ -14,18 +14,34 @@ pub const MAX_RULES: u32 = 131_072;
 /// fixed capacity: each rule set's are created at the size it needs.
 pub const CAPACITY_PREFIXES: u32 = 1 << 20;
 
-/// Port-class array layout: one 65,536-entry slice per (protocol, direction).
+/// The class arrays (ports, ICMP types) hold one `u64` per port or type:
+/// its class in each slot, 16 bits per slot (slot `k` in bits `16k..16k+16`).
+/// An array map stores values in 8-byte units, so four 16-bit classes cost
+/// what one `u32` would. A slot has at most one class per port (65,536), so
+/// class ids fit.
+pub const CLASS_LANE_BITS: u32 = 16;
+
+/// The class of slot `slot` in a class-array entry.
+#[inline(always)]
+pub const fn class_lane(entry: u64, slot: u32) -> u32 {
+    ((entry >> (slot * CLASS_LANE_BITS)) & 0xffff) as u32
+}
+
+/// Port-class slots (lanes of a port's entry): (protocol, direction).
 pub const PORT_SLOT_TCP_SPORT: u32 = 0;
 pub const PORT_SLOT_TCP_DPORT: u32 = 1;
 pub const PORT_SLOT_UDP_SPORT: u32 = 2;
 pub const PORT_SLOT_UDP_DPORT: u32 = 3;
 pub const PORT_SLOTS: u32 = 4;
-pub const PORT_CLASS_ENTRIES: u32 = PORT_SLOTS * 65_536;
+/// Entries of the port-class array: one per port.
+pub const PORT_CLASS_ENTRIES: u32 = 65_536;
 
-/// ICMP-type-class array layout: 256 types for ICMP, then 256 for ICMPv6.
+/// ICMP-type-class slots (lanes of a type's entry): ICMP, ICMPv6.
 pub const ICMP_SLOT_V4: u32 = 0;
 pub const ICMP_SLOT_V6: u32 = 1;
-pub const ICMP_CLASS_ENTRIES: u32 = 2 * 256;
+pub const ICMP_SLOTS: u32 = 2;
+/// Entries of the ICMP-type-class array: one per type.
+pub const ICMP_CLASS_ENTRIES: u32 = 256;
 
 /// Fold an IP protocol number into the classifier's protocol space.
 #[inline(always)]

@@ -6,6 +6,9 @@ use crate::classifier::MAX_RULES;
 pub const LOG_EVENTS_PER_SECOND: u32 = 10;
 /// Budget slot of default drops (rules use their counter index).
 pub const LOG_SLOT_DEFAULT_DROP: u32 = MAX_RULES;
+/// Budget slots kept at once (LRU): rules logging within the same second
+/// beyond this many may send a few more events than their budget.
+pub const LOG_BUDGET_SLOTS: u32 = 4096;
 
 shared_type! {
     /// Rate-limit state of one log budget slot (per CPU).

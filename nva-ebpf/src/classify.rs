@@ -10,12 +10,12 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use nva_common::{
-    prefix_table_index, AddrClass, DataPathConfig, L4Key, PairKey, PairMatch, PrefixKey,
-    VerdictKey, ANY_CLASS, ICMP_SLOT_V4, ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH,
-    PAIR_TABLE_DST_ONLY, PAIR_TABLE_SRC_ONLY, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT,
-    PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS, PREFIX_RULES_DST,
-    PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    RULE_GROUPS,
+    class_lane, prefix_table_index, AddrClass, DataPathConfig, L4Key, PairKey, PairMatch,
+    PrefixKey, VerdictKey, ANY_CLASS, ICMP_SLOT_V4, ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE,
+    PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY, PAIR_TABLE_SRC_ONLY, PORT_SLOT_TCP_DPORT,
+    PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS,
+    PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP, RULE_GROUPS,
 };
 
 use crate::maps::Tables;
@@ -24,17 +24,15 @@ use crate::parse::Packet;
 #[inline(always)]
 fn port_class<T: Tables>(slot: u32, port: u16) -> u32 {
     T::port_class()
-        .get(slot * 65_536 + port as u32)
-        .copied()
-        .unwrap_or(0)
+        .get(port as u32)
+        .map_or(0, |entry| class_lane(*entry, slot))
 }
 
 #[inline(always)]
 fn icmp_class<T: Tables>(slot: u32, icmp_type: u8) -> u32 {
     T::icmp_class()
-        .get(slot * 256 + icmp_type as u32)
-        .copied()
-        .unwrap_or(0)
+        .get(icmp_type as u32)
+        .map_or(0, |entry| class_lane(*entry, slot))
 }
 
 /// Address classes of the packet in every rule group: (source, destination),

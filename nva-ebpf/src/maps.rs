@@ -13,14 +13,17 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::{ArrayOfMaps, HashMap as JoinTable},
     macros::{btf_map, map},
-    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::LpmTrie, Array, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray,
+        RingBuf,
+    },
 };
 use nva_common::{
     AddrClass, ClassMatch, ConntrackEntry, ConntrackKey, ConntrackScratch, DataPathConfig, L4Key,
     LogBudget, ManagementKey, NatBinding, NatCounters, NatMatch, PairKey, PairMatch, PrefixKey,
     RuleAction, RuleCounters, VerdictKey, CAPACITY_PREFIXES, CT_STATS, FORWARD_PATHS,
-    ICMP_CLASS_ENTRIES, MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES, PACKET_REASONS,
-    PORT_CLASS_ENTRIES,
+    ICMP_CLASS_ENTRIES, LOG_BUDGET_SLOTS, MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES,
+    PACKET_REASONS, PORT_CLASS_ENTRIES,
 };
 
 /// Index (0 or 1) of the slot the program uses.
@@ -41,10 +44,13 @@ pub static LOCAL_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 
 /// Sampled packet events for the agent's log.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
-/// Per-CPU rate limit of events: one slot per rule counter, one for
-/// default drops.
+/// Per-CPU rate limit of events, by rule counter (and one slot for default
+/// drops). LRU and small rather than an array of every possible rule: a
+/// slot exists only for rules that log, and an evicted one (a rule that has
+/// not logged for a while) only starts a fresh window.
 #[map]
-pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(MAX_RULES + 1, 0);
+pub static LOG_BUDGET: LruPerCpuHashMap<u32, LogBudget> =
+    LruPerCpuHashMap::with_max_entries(LOG_BUDGET_SLOTS, 0);
 /// Tracked flows that their responder has answered, shared by both slots (a
 /// rule change re-checks a flow by its generation). The agent sizes it from
 /// `policy.conntrack_max`; LRU, so a full table evicts the least recently
@@ -146,9 +152,9 @@ pub trait Tables {
     fn dst_v4() -> &'static LpmTrie<[u8; 4], AddrClass>;
     fn dst_v6() -> &'static LpmTrie<[u8; 16], AddrClass>;
     /// (protocol, direction, port) -> port class; ranges are spread out.
-    fn port_class() -> &'static Array<u32>;
+    fn port_class() -> &'static Array<u64>;
     /// (ICMP or ICMPv6, type) -> type class.
-    fn icmp_class() -> &'static Array<u32>;
+    fn icmp_class() -> &'static Array<u64>;
     /// Ingress ifindex -> interface class.
     fn iface_class() -> &'static HashMap<u32, u32>;
     /// (src class, dst class), dst class alone, src class alone -> pair.
@@ -188,9 +194,9 @@ macro_rules! slot_tables {
             static DST_V6: LpmTrie<[u8; 16], AddrClass> =
                 LpmTrie::with_max_entries(CAPACITY_PREFIXES, 0);
             #[map(name = $port_class)]
-            static PORT_CLASS: Array<u32> = Array::with_max_entries(PORT_CLASS_ENTRIES, 0);
+            static PORT_CLASS: Array<u64> = Array::with_max_entries(PORT_CLASS_ENTRIES, 0);
             #[map(name = $icmp_class)]
-            static ICMP_CLASS: Array<u32> = Array::with_max_entries(ICMP_CLASS_ENTRIES, 0);
+            static ICMP_CLASS: Array<u64> = Array::with_max_entries(ICMP_CLASS_ENTRIES, 0);
             #[map(name = $iface_class)]
             static IFACE_CLASS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
             #[map(name = $rule_actions)]
@@ -222,11 +228,11 @@ macro_rules! slot_tables {
                     &DST_V6
                 }
                 #[inline(always)]
-                fn port_class() -> &'static Array<u32> {
+                fn port_class() -> &'static Array<u64> {
                     &PORT_CLASS
                 }
                 #[inline(always)]
-                fn icmp_class() -> &'static Array<u32> {
+                fn icmp_class() -> &'static Array<u64> {
                     &ICMP_CLASS
                 }
                 #[inline(always)]

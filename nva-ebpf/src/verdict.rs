@@ -3,8 +3,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use nva_common::{
-    DataPathConfig, ManagementKey, PacketEvent, PacketReason, RuleCounters, ACTION_ALLOW,
-    FRAGMENTS_ALLOW, LOG_EVENTS_PER_SECOND, LOG_SLOT_DEFAULT_DROP, NO_RULE, PROTO_TCP, PROTO_UDP,
+    DataPathConfig, LogBudget, ManagementKey, PacketEvent, PacketReason, RuleCounters,
+    ACTION_ALLOW, FRAGMENTS_ALLOW, LOG_EVENTS_PER_SECOND, LOG_SLOT_DEFAULT_DROP, NO_RULE,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::maps::{
@@ -144,14 +145,32 @@ fn rule_verdict<T: Tables>(
 /// (per CPU) is spent: logging never costs more than a few events per rule.
 #[inline(always)]
 fn log_event(ctx: &XdpContext, pkt: &Packet, counter: u32, slot: u32, reason: PacketReason) {
-    let Some(budget) = LOG_BUDGET.get_ptr_mut(slot) else {
-        return;
-    };
     // SAFETY: a BPF helper without arguments that only reads a clock.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let budget = match LOG_BUDGET.get_ptr_mut(slot) {
+        Some(budget) => budget,
+        None => {
+            // First event of this slot (or its slot was evicted): a window
+            // starts now. Another CPU may have inserted it meanwhile; then
+            // this one only resets this CPU's copy.
+            let fresh = LogBudget {
+                window_start_ns: now,
+                sent: 0,
+                _pad: 0,
+            };
+            let _ = LOG_BUDGET.insert(slot, fresh, 0);
+            match LOG_BUDGET.get_ptr_mut(slot) {
+                Some(budget) => budget,
+                None => return,
+            }
+        }
+    };
     // SAFETY: the pointer comes from a successful per-CPU map lookup, so it
-    // is valid and aligned; the slot is this CPU's and XDP runs do not nest
-    // on a CPU, so nothing else writes it during this run.
+    // is valid and aligned, and points at this CPU's copy; XDP runs do not
+    // nest on a CPU, so no other run writes it meanwhile. The program runs
+    // under RCU, so the element's memory stays valid even if the LRU evicts
+    // it now; the worst is a write into a slot reused for another rule's
+    // budget, a rate limit reset early.
     let budget = unsafe { &mut *budget };
     if now.wrapping_sub(budget.window_start_ns) >= 1_000_000_000 {
         budget.window_start_ns = now;

@@ -16,12 +16,12 @@ use std::net::IpAddr;
 use nva_common::{
     l4_pattern, pair_proto_slot, prefix_table_index, AddrClass, ClassMatch, DataPathConfig, L4Key,
     ManagementKey, PairKey, PairMatch, PrefixKey, RuleAction, VerdictKey, ACTION_ALLOW,
-    ACTION_DROP, ANY_CLASS, CAPACITY_PREFIXES, FRAGMENTS_ALLOW, FRAGMENTS_DROP, ICMP_CLASS_ENTRIES,
-    ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES, NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH,
-    PAIR_TABLE_DST_ONLY, PAIR_TABLE_SRC_ONLY, PORT_CLASS_ENTRIES, PORT_SLOT_TCP_DPORT,
-    PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS,
-    PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER,
-    PROTO_TCP, PROTO_UDP, RULE_GROUPS,
+    ACTION_DROP, ANY_CLASS, CAPACITY_PREFIXES, CLASS_LANE_BITS, FRAGMENTS_ALLOW, FRAGMENTS_DROP,
+    ICMP_CLASS_ENTRIES, ICMP_SLOTS, ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES, NO_PREFIX_LEN, NO_RULE,
+    PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY, PAIR_TABLE_SRC_ONLY, PORT_CLASS_ENTRIES, PORT_SLOTS,
+    PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT,
+    PREFIX_HASH_LENS, PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, RULE_GROUPS,
 };
 
 use crate::policy::model::{Action, Cidr, PolicySettings, Proto, Rule};
@@ -961,8 +961,8 @@ fn compile_prefix_rules(
     hash_if_few_lengths(&mut out);
     // Not read on the short path; written as zeroes so that no slot keeps
     // an older rule set's classes.
-    out.port_class = vec![0; PORT_CLASS_ENTRIES as usize];
-    out.icmp_class = vec![0; ICMP_CLASS_ENTRIES as usize];
+    out.port_class = vec![0; PORT_CLASS_SLOTS_LEN];
+    out.icmp_class = vec![0; ICMP_CLASS_SLOTS_LEN];
     let sizes = TableSizes {
         rules: n_rules,
         prefix_rules: true,
@@ -1148,7 +1148,7 @@ struct L4Fields {
 /// L4 field classes: fills the port and ICMP-type arrays and the interface
 /// classes of `out`.
 fn l4_field_classes(live: &[Rule], out: &mut CompiledRuleSet) -> L4Fields {
-    out.port_class = vec![0; PORT_CLASS_ENTRIES as usize];
+    out.port_class = vec![0; PORT_CLASS_SLOTS_LEN];
     let slot = |s: u32| (s as usize * 65_536)..((s as usize + 1) * 65_536);
     let (tcp_s, n_tcp_s) = port_classes(
         live,
@@ -1174,7 +1174,7 @@ fn l4_field_classes(live: &[Rule], out: &mut CompiledRuleSet) -> L4Fields {
         |r| &r.dport,
         &mut out.port_class[slot(PORT_SLOT_UDP_DPORT)],
     );
-    out.icmp_class = vec![0; ICMP_CLASS_ENTRIES as usize];
+    out.icmp_class = vec![0; ICMP_CLASS_SLOTS_LEN];
     let (icmp4, n_icmp4) = icmp_classes(
         live,
         Proto::Icmp,
@@ -1407,9 +1407,33 @@ fn estimate_bytes(s: &TableSizes) -> u64 {
             } else {
                 (lpm4 + lpm6) / 2
             }
-        + PORT_CLASS_ENTRIES as u64 * 4
-        + ICMP_CLASS_ENTRIES as u64 * 4
+        + PORT_CLASS_ENTRIES as u64 * 8
+        + ICMP_CLASS_ENTRIES as u64 * 8
         + s.rules as u64 * 4
+}
+
+/// Length of [`CompiledRuleSet::port_class`]: one 65,536-entry slice per
+/// port slot, as the compiler sees them (the map packs them per port).
+const PORT_CLASS_SLOTS_LEN: usize = (PORT_SLOTS * 65_536) as usize;
+/// Length of [`CompiledRuleSet::icmp_class`]: 256 types per ICMP slot.
+const ICMP_CLASS_SLOTS_LEN: usize = (ICMP_SLOTS * 256) as usize;
+
+/// The class-array entries of per-slot classes (`slices` one after the
+/// other, `entries` each): entry `e` holds the class of `e` in each slice,
+/// 16 bits per slice (see [`nva_common::CLASS_LANE_BITS`]).
+fn class_lanes(slices: &[u32], entries: u32) -> Vec<u64> {
+    let entries = entries as usize;
+    (0..entries)
+        .map(|e| {
+            slices.iter().skip(e).step_by(entries).enumerate().fold(
+                0u64,
+                |packed, (slot, class)| {
+                    debug_assert!(*class <= 0xffff, "a slot has at most 65,536 classes");
+                    packed | (*class as u64) << (slot as u32 * CLASS_LANE_BITS)
+                },
+            )
+        })
+        .collect()
 }
 
 /// Userspace model of the program's lookup, with hash indexes standing in
@@ -1474,8 +1498,14 @@ impl CompiledRuleSet {
         let management: Vec<(ManagementKey, u8)> =
             self.management.iter().map(|k| (*k, 1u8)).collect();
         sink.hash(names::MANAGEMENT, &management)?;
-        sink.array(names::PORT_CLASS, &self.port_class)?;
-        sink.array(names::ICMP_CLASS, &self.icmp_class)?;
+        sink.array(
+            names::PORT_CLASS,
+            &class_lanes(&self.port_class, PORT_CLASS_ENTRIES),
+        )?;
+        sink.array(
+            names::ICMP_CLASS,
+            &class_lanes(&self.icmp_class, ICMP_CLASS_ENTRIES),
+        )?;
         let actions: Vec<(u32, RuleAction)> = self
             .rule_actions
             .iter()

@@ -40,7 +40,8 @@ pub trait TableSink {
         table: &'static str,
         entries: &[(K, V)],
     ) -> Result<(), Self::Error>;
-    /// An array of class ids indexed from 0, all of it; the sink may skip
-    /// entries it knows unchanged.
-    fn array(&mut self, table: &'static str, values: &[u32]) -> Result<(), Self::Error>;
+    /// A class array (`u64` entries, see `nva_common::CLASS_LANE_BITS`)
+    /// indexed from 0, all of it; the sink may skip entries it knows
+    /// unchanged.
+    fn array(&mut self, table: &'static str, values: &[u64]) -> Result<(), Self::Error>;
 }

@@ -335,9 +335,9 @@ impl TableSink for SlotSink<'_> {
             .map_err(|source| DataPathError::Batch { name, source })
     }
 
-    fn array(&mut self, table: &'static str, values: &[u32]) -> Result<(), DataPathError> {
+    fn array(&mut self, table: &'static str, values: &[u64]) -> Result<(), DataPathError> {
         let old = self.known.get(table);
-        let changed: Vec<(u32, u32)> = values
+        let changed: Vec<(u32, u64)> = values
             .iter()
             .enumerate()
             .filter(|(i, v)| old.is_none_or(|o| o.get(*i) != Some(*v)))

@@ -132,9 +132,9 @@ fn pinned_map_names() -> Vec<String> {
 }
 
 /// What is known of a slot's arrays (by base table name), so a reload
-/// writes only the entries that change (the port array has 262,144
+/// writes only the entries that change (the port array has 65,536
 /// entries).
-type ArrayShadow = std::collections::HashMap<&'static str, Vec<u32>>;
+type ArrayShadow = std::collections::HashMap<&'static str, Vec<u64>>;
 
 /// A loaded XDP program with its maps.
 pub struct DataPath {

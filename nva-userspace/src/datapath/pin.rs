@@ -29,6 +29,10 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     // v7: the address tries hold a class per rule group (16-byte values);
     // the configuration has the pair tables of each group, and `no_class`.
     ("v7", 0x822f5e7b916f0a64),
+    // v8: the log budgets are an LRU per-CPU hash (4,096 slots) instead of
+    // an array of every rule; the port and ICMP class arrays hold one u64
+    // per port or type with a 16-bit class per slot.
+    ("v8", 0xe902b118b2ecde5c),
 ];
 
 #[derive(Clone, Debug)]

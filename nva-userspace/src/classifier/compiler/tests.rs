@@ -440,3 +440,22 @@ fn random_100k_rules_are_refused_with_the_rule_count() {
         "{text}"
     );
 }
+
+/// The class arrays pack each slot's class of a port (or ICMP type) into
+/// one entry, and the program's `class_lane` reads each back.
+#[test]
+fn class_lanes_hold_each_slots_class() {
+    let mut rng = Rng::new(7);
+    let slices: Vec<u32> = (0..4 * 1000).map(|_| rng.below(65_536) as u32).collect();
+    let packed = super::class_lanes(&slices, 1000);
+    assert_eq!(packed.len(), 1000);
+    for (e, entry) in packed.iter().enumerate() {
+        for slot in 0..4 {
+            assert_eq!(
+                nva_common::class_lane(*entry, slot),
+                slices[slot as usize * 1000 + e],
+                "entry {e} slot {slot}"
+            );
+        }
+    }
+}

@@ -59,7 +59,10 @@ shared_type! {
         /// L4 patterns a packet found, and explores one path instead of one
         /// per combination (which, with rule groups, exceeded its limit).
         pub no_class: u32,
-        pub _pad_end: u32,
+        /// Counters per CPU in this slot's counter array (`RULE_COUNTERS`):
+        /// the array holds each CPU's counters one after the other, so a
+        /// rule's counter on CPU c is at `c * counter_stride + counter`.
+        pub counter_stride: u32,
     }
     size = 112, align = 8;
 }

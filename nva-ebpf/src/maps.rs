@@ -10,8 +10,8 @@
 //! stored.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{ArrayOfMaps, HashMap as JoinTable},
+    bindings::{BPF_F_INNER_MAP, BPF_F_NO_PREALLOC},
+    btf_maps::{Array as InnerArray, ArrayOfMaps, HashMap as JoinTable},
     macros::{btf_map, map},
     maps::{
         lpm_trie::LpmTrie, Array, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray,
@@ -22,8 +22,8 @@ use nva_common::{
     AddrClass, ClassMatch, ConntrackEntry, ConntrackKey, ConntrackScratch, DataPathConfig, L4Key,
     LogBudget, ManagementKey, NatBinding, NatCounters, NatMatch, PairKey, PairMatch, PrefixKey,
     RuleAction, RuleCounters, VerdictKey, CAPACITY_PREFIXES, CT_STATS, FORWARD_PATHS,
-    ICMP_CLASS_ENTRIES, LOG_BUDGET_SLOTS, MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES, MAX_RULES,
-    PACKET_REASONS, PORT_CLASS_ENTRIES,
+    ICMP_CLASS_ENTRIES, LOG_BUDGET_SLOTS, MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES, PACKET_REASONS,
+    PORT_CLASS_ENTRIES,
 };
 
 /// Index (0 or 1) of the slot the program uses.
@@ -32,9 +32,6 @@ pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 /// Settings of each slot's rule set.
 #[map]
 pub static CONFIG: Array<DataPathConfig> = Array::with_max_entries(2, 0);
-/// Counters by the rules' stable counter index (kept across reloads).
-#[map]
-pub static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 #[map]
 pub static PACKET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PACKET_REASONS, 0);
 /// The NVA's own addresses (IPv4 as v4-mapped IPv6): management traffic
@@ -127,6 +124,24 @@ pub static VERDICTS: ArrayOfMaps<Join<VerdictKey, u32>, 2> = ArrayOfMaps::new();
 #[btf_map]
 pub static PREFIXES: ArrayOfMaps<Join<PrefixKey, u32>, 2> = ArrayOfMaps::new();
 
+/// An array of one slot, created by the agent for each rule set at the
+/// length it needs (BPF_F_INNER_MAP: arrays of any length may stand in the
+/// slot; the 1 is only the template's).
+type SlotArray<V> = InnerArray<V, 1, { BPF_F_INNER_MAP as usize }>;
+
+/// Slot -> rule id -> action and counter index.
+#[btf_map]
+pub static RULE_ACTIONS: ArrayOfMaps<SlotArray<RuleAction>, 2> = ArrayOfMaps::new();
+/// Slot -> (CPU, counter index) -> counters, each CPU's counters one after
+/// the other (`DataPathConfig::counter_stride` apart): a per-CPU array by
+/// hand, because per-CPU arrays cannot vary in length inside a map of maps.
+/// Each CPU writes only its own part. A rule's count is the sum over CPUs
+/// and both slots: a new slot's array starts as a copy of the one it
+/// replaces (not counted into since the switch before), so no count is
+/// lost or counted twice, and each array is as long as its rule set needs.
+#[btf_map]
+pub static RULE_COUNTERS: ArrayOfMaps<SlotArray<RuleCounters>, 2> = ArrayOfMaps::new();
+
 /// Looks `key` up in `slot`'s table of `outer`.
 #[inline(always)]
 fn join_get<K, V>(
@@ -168,7 +183,9 @@ pub trait Tables {
     /// Prefix -> first rule (the hashed short path).
     fn prefix(key: &PrefixKey) -> Option<&'static u32>;
     /// Rule id -> action and counter index.
-    fn rule_actions() -> &'static Array<RuleAction>;
+    fn rule_action(rule: u32) -> Option<&'static RuleAction>;
+    /// Index (CPU and counter, see `RULE_COUNTERS`) -> counters.
+    fn rule_counters(index: u32) -> Option<*mut RuleCounters>;
     /// Management (failsafe) ports.
     fn management() -> &'static HashMap<ManagementKey, u8>;
     /// DNAT and SNAT atoms, in order (counts in the slot's config).
@@ -177,7 +194,7 @@ pub trait Tables {
 }
 
 macro_rules! slot_tables {
-    ($slot:ident, $index:literal, $src_v4:literal, $src_v6:literal, $dst_v4:literal, $dst_v6:literal, $port_class:literal, $icmp_class:literal, $iface_class:literal, $rule_actions:literal, $management:literal, $nat_dnat:literal, $nat_snat:literal) => {
+    ($slot:ident, $index:literal, $src_v4:literal, $src_v6:literal, $dst_v4:literal, $dst_v6:literal, $port_class:literal, $icmp_class:literal, $iface_class:literal, $management:literal, $nat_dnat:literal, $nat_snat:literal) => {
         pub mod $slot {
             use super::*;
 
@@ -199,8 +216,6 @@ macro_rules! slot_tables {
             static ICMP_CLASS: Array<u64> = Array::with_max_entries(ICMP_CLASS_ENTRIES, 0);
             #[map(name = $iface_class)]
             static IFACE_CLASS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
-            #[map(name = $rule_actions)]
-            static RULE_ACTIONS: Array<RuleAction> = Array::with_max_entries(MAX_RULES, 0);
             #[map(name = $management)]
             static MANAGEMENT: HashMap<ManagementKey, u8> = HashMap::with_max_entries(64, 0);
             #[map(name = $nat_dnat)]
@@ -264,8 +279,12 @@ macro_rules! slot_tables {
                     join_get(&PREFIXES, $index, key)
                 }
                 #[inline(always)]
-                fn rule_actions() -> &'static Array<RuleAction> {
-                    &RULE_ACTIONS
+                fn rule_action(rule: u32) -> Option<&'static RuleAction> {
+                    RULE_ACTIONS.get_value($index, &rule)
+                }
+                #[inline(always)]
+                fn rule_counters(index: u32) -> Option<*mut RuleCounters> {
+                    RULE_COUNTERS.get_value_ptr_mut($index, &index)
                 }
                 #[inline(always)]
                 fn management() -> &'static HashMap<ManagementKey, u8> {
@@ -294,7 +313,6 @@ slot_tables!(
     "PORT_CLASS_0",
     "ICMP_CLASS_0",
     "IFACE_CLASS_0",
-    "RULE_ACTIONS_0",
     "MANAGEMENT_0",
     "NAT_DNAT_0",
     "NAT_SNAT_0"
@@ -309,7 +327,6 @@ slot_tables!(
     "PORT_CLASS_1",
     "ICMP_CLASS_1",
     "IFACE_CLASS_1",
-    "RULE_ACTIONS_1",
     "MANAGEMENT_1",
     "NAT_DNAT_1",
     "NAT_SNAT_1"

@@ -10,7 +10,7 @@ use nva_common::{
 
 use crate::maps::{
     self, Tables, ACTIVE, CONFIG, DIAG_LAST_NS, EVENTS, LOCAL_ADDRS, LOG_BUDGET, PACKET,
-    PACKET_COUNTERS, RULE_COUNTERS,
+    PACKET_COUNTERS,
 };
 use crate::parse::{self, Packet};
 use crate::{classify, conntrack, nat};
@@ -126,10 +126,10 @@ fn rule_verdict<T: Tables>(
         }
         return (PacketReason::DropDefault, NO_RULE);
     }
-    let Some(action) = T::rule_actions().get(rule) else {
+    let Some(action) = T::rule_action(rule) else {
         return (PacketReason::DropRule, NO_RULE);
     };
-    count_rule(ctx, action.counter);
+    count_rule::<T>(ctx, config.counter_stride, action.counter);
     let reason = if action.action == ACTION_ALLOW {
         PacketReason::PassRule
     } else {
@@ -240,12 +240,19 @@ pub fn count_packet(reason: u32) {
 }
 
 #[inline(always)]
-fn count_rule(ctx: &XdpContext, counter: u32) {
-    if let Some(counters) = RULE_COUNTERS.get_ptr_mut(counter) {
-        // SAFETY: the pointer comes from a successful per-CPU map lookup, so it is valid and
-        // aligned for the value; the slot is this CPU's and XDP runs do not nest on a CPU, so
-        // nothing else writes it during this run (userspace only reads it, or zeroes slots not in
-        // use).
+fn count_rule<T: Tables>(ctx: &XdpContext, stride: u32, counter: u32) {
+    // Past the stride, the index would be the next CPU's.
+    if counter >= stride {
+        return;
+    }
+    // SAFETY: a BPF helper without arguments that only reads the CPU id.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    if let Some(counters) = T::rule_counters(cpu.wrapping_mul(stride).wrapping_add(counter)) {
+        // SAFETY: the pointer comes from a successful array lookup, so it is valid and aligned
+        // for the value (array elements live as long as the array, which this run holds); the
+        // element is this CPU's (the index starts at this CPU's part) and XDP runs do not nest
+        // on a CPU, so nothing else writes it during this run (userspace only reads it, or
+        // zeroes counters no rule uses).
         let counters: &mut RuleCounters = unsafe { &mut *counters };
         counters.packets += 1;
         counters.bytes += (ctx.data_end() - ctx.data()) as u64;

@@ -739,3 +739,101 @@ fn rule_tables_take_the_memory_their_rule_set_needs() {
         );
     });
 }
+
+/// A rule's counters carry across reloads while it stays (each slot has its
+/// own counter array; a rule's count is the sum of both), a rule that
+/// leaves gives its counter back, and a new rule that reuses the counter
+/// starts from zero, through enough reloads that each slot's array is
+/// replaced twice. The calls are those the agent makes around a reload.
+#[test]
+fn rule_counters_carry_across_reloads_and_restart_for_new_rules() {
+    require_root();
+    in_private_netns(&[], |_| {
+        let pol = policy(Action::Drop, false);
+        let rule = |name: &str, port: u16| tcp_rule(name, &["10.0.0.0/8"], port);
+        let frame = |port: u16| {
+            ethernet(
+                &[],
+                ETH_P_IP,
+                &ipv4(v4("192.0.2.1"), v4("10.1.2.3"), 6, &[], 0, &tcp(1, port, 2)),
+            )
+        };
+        let send = |dp: &DataPath, port: u16, n: usize| {
+            for _ in 0..n {
+                assert_eq!(run(dp, &frame(port), 0).1, PacketReason::PassRule);
+            }
+        };
+        let packets = |dp: &DataPath, counter: u32| dp.counters_at(&[counter]).unwrap()[0].packets;
+        // Generation 1: web (counter 0) and old (counter 1).
+        let first = compile(&[rule("web", 80), rule("old", 81)], &pol).unwrap();
+        let mut dp = DataPath::load(&first, 1, &|_| None).unwrap();
+        send(&dp, 80, 3);
+        send(&dp, 81, 2);
+        let mut expected_web = 3;
+        // Each reload: rules, their counters, counters taken by new rules,
+        // counters freed; then packets to web and to the other rule.
+        type Counters = Vec<u32>;
+        let reloads: [(Vec<Rule>, Counters, Counters, Counters); 5] = [
+            (
+                vec![rule("web", 80), rule("x", 82)],
+                vec![0, 2],
+                vec![2],
+                vec![1],
+            ),
+            (vec![rule("web", 80)], vec![0], vec![], vec![2]),
+            // "new" reuses counter 1, which "old" counted into.
+            (
+                vec![rule("web", 80), rule("new", 81)],
+                vec![0, 1],
+                vec![1],
+                vec![],
+            ),
+            (
+                vec![rule("new", 81), rule("web", 80)],
+                vec![1, 0],
+                vec![],
+                vec![],
+            ),
+            (vec![rule("web", 80)], vec![0], vec![], vec![1]),
+        ];
+        let mut expected_new = 0;
+        for (k, (rules, counters, taken, freed)) in reloads.into_iter().enumerate() {
+            let generation = k as u64 + 2;
+            let compiled = compile(&rules, &pol).unwrap();
+            dp.reset_counters(&taken).unwrap();
+            dp.install(
+                &compiled,
+                &Default::default(),
+                generation,
+                &counters,
+                &|_| None,
+            )
+            .unwrap();
+            dp.reset_counters(&freed).unwrap();
+            assert_eq!(
+                packets(&dp, 0),
+                expected_web,
+                "generation {generation}: web keeps its count"
+            );
+            for &t in &taken {
+                assert_eq!(
+                    packets(&dp, t),
+                    0,
+                    "generation {generation}: a new rule's counter {t} starts at 0"
+                );
+            }
+            send(&dp, 80, k + 1);
+            expected_web += k as u64 + 1;
+            if rules.iter().any(|r| r.name == "new") {
+                send(&dp, 81, 1);
+                expected_new += 1;
+                assert_eq!(
+                    packets(&dp, 1),
+                    expected_new,
+                    "generation {generation}: new"
+                );
+            }
+            assert_eq!(packets(&dp, 0), expected_web, "generation {generation}");
+        }
+    });
+}

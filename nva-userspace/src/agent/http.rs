@@ -121,10 +121,7 @@ pub fn metrics(snap: Arc<Snapshot>, layout: &PinLayout) -> Result<String, HttpEr
     let packets = read_packet_counters(aya::maps::PerCpuArray::try_from(
         aya::maps::Map::PerCpuArray(open_pinned(layout, names::PACKET_COUNTERS)?),
     )?)?;
-    let map = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open_pinned(
-        layout,
-        names::RULE_COUNTERS,
-    )?))?;
+    let map = aya::maps::Map::ArrayOfMaps(open_pinned(layout, names::RULE_COUNTERS)?);
     let indices: Vec<u32> = snap.state.rules.iter().map(|r| r.counter).collect();
     let rules = read_counters(&map, &indices)?;
     let nat_map = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open_pinned(

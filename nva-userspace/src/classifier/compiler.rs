@@ -1544,7 +1544,8 @@ impl CompiledRuleSet {
             prefix_rules: self.prefix_rules,
             _pad: Default::default(),
             no_class: ANY_CLASS,
-            _pad_end: 0,
+            // Set by the installer, which sizes the counter array.
+            counter_stride: 0,
             timeouts_s: self.timeouts_s,
             prefix_lens: if self.prefix_rules & PREFIX_RULES_HASHED != 0 {
                 self.prefix_lens

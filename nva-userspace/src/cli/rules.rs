@@ -11,7 +11,7 @@ pub(crate) fn rules(path: &Path, json: bool) -> anyhow::Result<()> {
     let layout = nva::datapath::pin::require_pins(bpffs)?;
     let state = read_state(bpffs)?;
     let map = nva::datapath::open_pinned(&layout, nva_common::map_names::RULE_COUNTERS)?;
-    let map = aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map))?;
+    let map = aya::maps::Map::ArrayOfMaps(map);
     let indices: Vec<u32> = state.rules.iter().map(|r| r.counter).collect();
     let counters = nva::datapath::read_counters(&map, &indices)?;
     if json {

@@ -1,47 +1,95 @@
 //! The program's counters: per rule (by stable counter index) and per
 //! packet reason, summed over CPUs.
 
-use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{
+    Array, ArrayOfMaps, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+};
 use nva_common::{map_names as names, NatCounters, RuleCounters, FORWARD_PATHS, PACKET_REASONS};
 
 use super::{map_err, DataPath, DataPathError};
 
-/// Sums per-CPU rule counters at `indices`, reading the counters up to the
-/// largest index in batches.
-pub fn read_counters<T: std::borrow::Borrow<MapData>>(
-    map: &PerCpuArray<T, RuleCounters>,
-    indices: &[u32],
-) -> Result<Vec<RuleCounters>, DataPathError> {
-    use aya::maps::IterableMap as _;
-    use std::os::fd::AsFd as _;
-    let Some(len) = indices.iter().max().map(|m| m + 1) else {
-        return Ok(Vec::new());
-    };
-    let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataPathError::Batch {
-        name: names::RULE_COUNTERS.into(),
-        source: e,
-    })?;
-    let values: Vec<RuleCounters> =
-        crate::datapath::batch::percpu_array_prefix(map.map().fd().as_fd(), len, ncpus).map_err(
-            |e| DataPathError::Batch {
-                name: names::RULE_COUNTERS.into(),
-                source: e,
-            },
-        )?;
-    Ok(indices
-        .iter()
-        .map(|&i| {
-            let start = i as usize * ncpus;
-            values
-                .get(start..start + ncpus)
-                .unwrap_or_default()
-                .iter()
-                .fold(RuleCounters::default(), |acc, c| RuleCounters {
-                    packets: acc.packets + c.packets,
-                    bytes: acc.bytes + c.bytes,
-                })
+/// One slot's counter array: each CPU's counters one after the other, the
+/// same number for each (see nva-ebpf's `RULE_COUNTERS`).
+pub(super) struct SlotCounters(Array<MapData, RuleCounters>);
+
+impl SlotCounters {
+    /// Each CPU's counters (of `ncpus`), read in batches.
+    pub(super) fn per_cpu(&self, ncpus: usize) -> Result<Vec<Vec<RuleCounters>>, DataPathError> {
+        use std::os::fd::AsFd as _;
+        let fd = IterableMap::<u32, RuleCounters>::map(&self.0).fd();
+        let all: Vec<RuleCounters> =
+            crate::datapath::batch::percpu_array_prefix(fd.as_fd(), self.0.len(), 1).map_err(
+                |source| DataPathError::Batch {
+                    name: names::RULE_COUNTERS.into(),
+                    source,
+                },
+            )?;
+        let stride = (all.len() / ncpus.max(1)).max(1);
+        Ok(all.chunks(stride).map(<[RuleCounters]>::to_vec).collect())
+    }
+
+    /// Zeroes counters `indices` on every CPU (those within the array).
+    fn zero(&self, indices: &[u32], ncpus: usize) -> Result<(), DataPathError> {
+        use std::os::fd::AsFd as _;
+        let stride = self.0.len() / ncpus.max(1) as u32;
+        let zeros: Vec<(u32, RuleCounters)> = (0..ncpus as u32)
+            .flat_map(|cpu| {
+                indices
+                    .iter()
+                    .filter(|i| **i < stride)
+                    .map(move |i| (cpu * stride + i, RuleCounters::default()))
+            })
+            .collect();
+        let fd = IterableMap::<u32, RuleCounters>::map(&self.0).fd();
+        crate::datapath::batch::update(fd.as_fd(), &zeros).map_err(|source| DataPathError::Batch {
+            name: names::RULE_COUNTERS.into(),
+            source,
         })
-        .collect())
+    }
+}
+
+/// The counter array of `slot` in the RULE_COUNTERS map of maps (None: the
+/// slot was never installed).
+pub(super) fn slot_counters(outer: &Map, slot: u32) -> Result<Option<SlotCounters>, DataPathError> {
+    let outer: ArrayOfMaps<&MapData, Array<MapData, RuleCounters>> =
+        ArrayOfMaps::try_from(outer).map_err(map_err(names::RULE_COUNTERS))?;
+    match outer.get(&slot, 0) {
+        Ok(inner) => Ok(Some(SlotCounters(inner))),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(map_err(names::RULE_COUNTERS)(e)),
+    }
+}
+
+fn ncpus() -> Result<usize, DataPathError> {
+    aya::util::nr_cpus().map_err(|(_, source)| DataPathError::Batch {
+        name: names::RULE_COUNTERS.into(),
+        source,
+    })
+}
+
+/// Sums the rule counters at `indices` over CPUs and over both slots'
+/// counter arrays (`outer`: the RULE_COUNTERS map of maps; a rule's count
+/// is the sum, see `install`).
+pub fn read_counters(outer: &Map, indices: &[u32]) -> Result<Vec<RuleCounters>, DataPathError> {
+    let mut sums = vec![RuleCounters::default(); indices.len()];
+    if indices.is_empty() {
+        return Ok(sums);
+    }
+    let ncpus = ncpus()?;
+    for slot in 0..2 {
+        let Some(inner) = slot_counters(outer, slot)? else {
+            continue;
+        };
+        for counters in inner.per_cpu(ncpus)? {
+            for (sum, &i) in sums.iter_mut().zip(indices) {
+                if let Some(c) = counters.get(i as usize) {
+                    sum.packets += c.packets;
+                    sum.bytes += c.bytes;
+                }
+            }
+        }
+    }
+    Ok(sums)
 }
 
 /// Sums the per-CPU packet counters by reason.
@@ -78,27 +126,22 @@ impl DataPath {
         self.counters_at(&indices)
     }
 
-    /// Counters at the given indices, summed over CPUs.
+    /// Counters at the given indices, summed over CPUs and slots.
     pub fn counters_at(&self, indices: &[u32]) -> Result<Vec<RuleCounters>, DataPathError> {
-        let map: PerCpuArray<_, RuleCounters> = self
-            .map(names::RULE_COUNTERS)?
-            .try_into()
-            .map_err(map_err(names::RULE_COUNTERS))?;
-        read_counters(&map, indices)
+        read_counters(self.map(names::RULE_COUNTERS)?, indices)
     }
 
-    /// Zeroes counters (of rules that left the rule set).
+    /// Zeroes counters (of rules that left the rule set, or before a new
+    /// rule takes a counter), in both slots' arrays.
     pub fn reset_counters(&mut self, indices: &[u32]) -> Result<(), DataPathError> {
-        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| DataPathError::Capacity(e.to_string()))?;
-        let mut map: PerCpuArray<_, RuleCounters> = self
-            .map_mut(names::RULE_COUNTERS)?
-            .try_into()
-            .map_err(map_err(names::RULE_COUNTERS))?;
-        for &i in indices {
-            let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); ncpu])
-                .map_err(|e| DataPathError::Capacity(e.to_string()))?;
-            map.set(i, zeros, 0)
-                .map_err(map_err(names::RULE_COUNTERS))?;
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let ncpus = ncpus()?;
+        for slot in 0..2 {
+            if let Some(inner) = slot_counters(self.map(names::RULE_COUNTERS)?, slot)? {
+                inner.zero(indices, ncpus)?;
+            }
         }
         Ok(())
     }

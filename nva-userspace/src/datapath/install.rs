@@ -8,7 +8,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::Array;
 use nva_common::{
     map_names as names, AddrClass, ClassMatch, ConntrackKey, DataPathConfig, L4Key, ManagementKey,
-    NatBinding, NatMatch, PairKey, PairMatch, PrefixKey, VerdictKey, MAX_NAT_ATOMS, MAX_RULES,
+    NatBinding, NatMatch, PairKey, PairMatch, PrefixKey, RuleAction, RuleCounters, VerdictKey,
+    MAX_NAT_ATOMS, MAX_RULES,
 };
 
 use super::{map_err, map_fd, slot_name, ArrayShadow, DataPath, DataPathError, NatTables};
@@ -17,6 +18,9 @@ use crate::classifier::{CompiledRuleSet, PrefixClass, TableSink};
 /// `BPF_F_NO_PREALLOC` (linux/bpf.h): a hash table's memory follows its
 /// entries.
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_F_INNER_MAP` (linux/bpf.h): an array that may stand in a map of
+/// maps whatever its length (the program's template has the same flag).
+const BPF_F_INNER_MAP: u32 = 1 << 12;
 
 /// Extra margin after the RCU grace period below.
 const GRACE: Duration = Duration::from_millis(5);
@@ -173,6 +177,12 @@ impl DataPath {
                 rules.rule_actions.len()
             )));
         }
+        let counter_stride = counters
+            .iter()
+            .take(rules.rule_actions.len())
+            .max()
+            .map_or(1, |m| m + 1);
+        self.set_slot_counters(slot, counter_stride)?;
         // Taken: after a failure the arrays are written whole next time.
         let known = self.shadow[slot as usize].take().unwrap_or_default();
         let mut sink = SlotSink {
@@ -206,6 +216,7 @@ impl DataPath {
         slot_config.nat_snat = nat.snat.len() as u8;
         slot_config.nat_bindings = bindings as u8;
         slot_config.forward = self.forward;
+        slot_config.counter_stride = counter_stride;
         // Last: the slot's settings, ready.
         let mut config: Array<_, DataPathConfig> =
             Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
@@ -271,7 +282,81 @@ impl DataPath {
         self.set_join_table::<u32, PairMatch>(names::SRC_ONLY, slot, &[])?;
         self.set_join_table::<L4Key, ClassMatch>(names::L4, slot, &[])?;
         self.set_join_table::<VerdictKey, u32>(names::VERDICTS, slot, &[])?;
-        self.set_join_table::<PrefixKey, u32>(names::PREFIXES, slot, &[])
+        self.set_join_table::<PrefixKey, u32>(names::PREFIXES, slot, &[])?;
+        self.set_slot_array::<u32, RuleAction>(names::RULE_ACTIONS, slot, &[])
+    }
+
+    /// Creates `slot`'s array `table` with `entries` (keys 0..n, in order;
+    /// an array of one zeroed entry when there are none) and puts it in the
+    /// slot, replacing the array there.
+    fn set_slot_array<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        table: &'static str,
+        slot: u32,
+        entries: &[(K, V)],
+    ) -> Result<(), DataPathError> {
+        use aya::maps::{ArrayOfMaps, IterableMap, MapData, MapFd};
+        use std::os::fd::AsFd;
+        let name = slot_name(table, slot);
+        let len = u32::try_from(entries.len().max(1))
+            .map_err(|_| DataPathError::Capacity(format!("{} entries in {name}", entries.len())))?;
+        let inner: aya::maps::Array<MapData, V> =
+            aya::maps::Array::create(len, BPF_F_INNER_MAP).map_err(map_err(&name))?;
+        let inner_fd: &MapFd = IterableMap::<u32, V>::map(&inner).fd();
+        crate::datapath::batch::update(inner_fd.as_fd(), entries).map_err(|source| {
+            DataPathError::Batch {
+                name: name.clone(),
+                source,
+            }
+        })?;
+        let mut outer: ArrayOfMaps<&mut MapData, MapFd> =
+            ArrayOfMaps::try_from(self.map_mut(table)?).map_err(map_err(table))?;
+        outer.set(slot, inner_fd, 0).map_err(map_err(table))
+    }
+
+    /// Gives `slot` a counter array of `stride` counters per CPU (see
+    /// `counters`) that starts as a copy of the array it replaces. A rule's
+    /// count is the sum over both slots' arrays, so the sum is the same
+    /// before and after; the array replaced is not counted into (its slot
+    /// has not been active since the switch before this one), so the copy
+    /// misses nothing.
+    fn set_slot_counters(&mut self, slot: u32, stride: u32) -> Result<(), DataPathError> {
+        use aya::maps::{ArrayOfMaps, MapData, MapFd};
+        use std::os::fd::AsFd;
+        let table = names::RULE_COUNTERS;
+        let name = slot_name(table, slot);
+        let batch_err = |source| DataPathError::Batch {
+            name: name.clone(),
+            source,
+        };
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| batch_err(e))?;
+        let len = u32::try_from(ncpus)
+            .ok()
+            .and_then(|n| n.checked_mul(stride.max(1)))
+            .ok_or_else(|| DataPathError::Capacity(format!("{stride} counters on {ncpus} CPUs")))?;
+        let inner: aya::maps::Array<MapData, RuleCounters> =
+            aya::maps::Array::create(len, BPF_F_INNER_MAP).map_err(map_err(&name))?;
+        let inner_fd: &MapFd = aya::maps::IterableMap::<u32, RuleCounters>::map(&inner).fd();
+        if let Some(old) = super::counters::slot_counters(self.map(table)?, slot)? {
+            // Only counters that moved: most of a large rule set's are 0.
+            let moved: Vec<(u32, RuleCounters)> = old
+                .per_cpu(ncpus)?
+                .into_iter()
+                .enumerate()
+                .flat_map(|(cpu, counters)| {
+                    counters
+                        .into_iter()
+                        .take(stride as usize)
+                        .enumerate()
+                        .filter(|(_, c)| c.packets != 0 || c.bytes != 0)
+                        .map(move |(i, c)| ((cpu * stride as usize + i) as u32, c))
+                })
+                .collect();
+            crate::datapath::batch::update(inner_fd.as_fd(), &moved).map_err(batch_err)?;
+        }
+        let mut outer: ArrayOfMaps<&mut MapData, MapFd> =
+            ArrayOfMaps::try_from(self.map_mut(table)?).map_err(map_err(table))?;
+        outer.set(slot, inner_fd, 0).map_err(map_err(table))
     }
 }
 
@@ -328,6 +413,9 @@ impl TableSink for SlotSink<'_> {
     ) -> Result<(), DataPathError> {
         if JOIN_TABLES.contains(&table) {
             return self.datapath.set_join_table(table, self.slot, entries);
+        }
+        if table == names::RULE_ACTIONS {
+            return self.datapath.set_slot_array(table, self.slot, entries);
         }
         let name = slot_name(table, self.slot);
         let fd = map_fd(self.datapath.map(&name)?)?;

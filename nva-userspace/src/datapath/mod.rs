@@ -28,7 +28,7 @@ pub use crate::nat::NatTables;
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nva"));
 
 /// Rule tables that exist once per slot (named `{NAME}_{slot}`).
-const SLOT_MAPS: [&str; 11] = [
+const SLOT_MAPS: [&str; 10] = [
     names::SRC_V4,
     names::SRC_V6,
     names::DST_V4,
@@ -36,14 +36,17 @@ const SLOT_MAPS: [&str; 11] = [
     names::PORT_CLASS,
     names::ICMP_CLASS,
     names::IFACE_CLASS,
-    names::RULE_ACTIONS,
     names::MANAGEMENT,
     names::NAT_DNAT,
     names::NAT_SNAT,
 ];
-const GLOBAL_MAPS: [&str; 12] = [
+/// Maps that exist once. RULE_ACTIONS and RULE_COUNTERS among them are maps
+/// of maps: one array per slot, created at each rule set's length (see
+/// `install`).
+const GLOBAL_MAPS: [&str; 13] = [
     names::ACTIVE,
     names::CONFIG,
+    names::RULE_ACTIONS,
     names::RULE_COUNTERS,
     names::PACKET_COUNTERS,
     names::LOCAL_ADDRS,
@@ -314,6 +317,8 @@ impl DataPath {
                     | Map::LpmTrie(d)
                     | Map::PerCpuArray(d)
                     | Map::LruHashMap(d)
+                    | Map::PerCpuLruHashMap(d)
+                    | Map::DevMapHash(d)
                     | Map::RingBuf(d)
                     | Map::ArrayOfMaps(d) => d,
                     _ => return None,
@@ -321,8 +326,9 @@ impl DataPath {
                 Some((name.to_string(), memlock(data)?))
             })
             .collect();
-        // Each slot's join table, named like a slot map.
-        for table in install::JOIN_TABLES {
+        // Each slot's join table and per-rule arrays, named like slot maps.
+        let slot_arrays = [names::RULE_ACTIONS, names::RULE_COUNTERS];
+        for table in install::JOIN_TABLES.into_iter().chain(slot_arrays) {
             let Ok(map) = self.map(table) else { continue };
             let Ok(outer) = ArrayOfMaps::<&MapData, MapData>::try_from(map) else {
                 continue;

@@ -33,6 +33,9 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     // an array of every rule; the port and ICMP class arrays hold one u64
     // per port or type with a 16-bit class per slot.
     ("v8", 0xe902b118b2ecde5c),
+    // v9: rule actions and rule counters are maps of maps, one array per
+    // slot at its rule set's length (a rule's count: the sum over slots).
+    ("v9", 0xcb3e2340347fdca2),
 ];
 
 #[derive(Clone, Debug)]

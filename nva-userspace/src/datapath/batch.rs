@@ -74,36 +74,6 @@ pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, entries: &[(K, V)]) -> io::Re
     Ok(())
 }
 
-/// Writes per-CPU values at `keys`: `values` holds `ncpus` values per key,
-/// key after key (the kernel's layout for per-CPU maps).
-pub fn percpu_update<V: Pod>(
-    map: BorrowedFd<'_>,
-    keys: &[u32],
-    values: &[V],
-    ncpus: usize,
-) -> io::Result<()> {
-    assert_eq!(std::mem::size_of::<V>() % 8, 0, "per-CPU value size");
-    assert_eq!(values.len(), keys.len() * ncpus, "ncpus values per key");
-    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK * ncpus)) {
-        let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
-        if attr.count as usize != keys.len() {
-            return Err(io::Error::other(format!(
-                "batch update wrote {} of {} entries",
-                attr.count,
-                keys.len()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Deletes every entry of a hash map; returns how many were deleted.
 pub fn drain<K: Pod + Default, V: Pod + Default>(map: BorrowedFd<'_>) -> io::Result<usize> {
     let mut total = 0;

@@ -60,7 +60,8 @@ pub(super) fn slot_counters(outer: &Map, slot: u32) -> Result<Option<SlotCounter
     }
 }
 
-fn ncpus() -> Result<usize, DataPathError> {
+/// The number of possible CPUs: the parts of a counter array.
+pub(super) fn ncpus() -> Result<usize, DataPathError> {
     aya::util::nr_cpus().map_err(|(_, source)| DataPathError::Batch {
         name: names::RULE_COUNTERS.into(),
         source,

@@ -235,6 +235,12 @@ impl DataPath {
     }
 }
 
+/// A slot table's length for `n` entries: at least 1 (a map cannot be
+/// empty).
+fn table_len(name: &str, n: usize) -> Result<u32, DataPathError> {
+    u32::try_from(n.max(1)).map_err(|_| DataPathError::Capacity(format!("{n} entries in {name}")))
+}
+
 /// Tables created for each rule set at the size it needs, and swapped in
 /// with the slot (maps of maps; see nva-ebpf's `maps`).
 pub(super) const JOIN_TABLES: [&str; 6] = [
@@ -256,23 +262,35 @@ impl DataPath {
         slot: u32,
         entries: &[(K, V)],
     ) -> Result<(), DataPathError> {
-        use aya::maps::{ArrayOfMaps, IterableMap, MapData, MapFd};
-        use std::os::fd::AsFd;
+        use aya::maps::{IterableMap, MapData};
         let name = slot_name(table, slot);
-        let capacity = u32::try_from(entries.len().max(1))
-            .map_err(|_| DataPathError::Capacity(format!("{} entries in {name}", entries.len())))?;
         let inner: aya::maps::HashMap<MapData, K, V> =
-            aya::maps::HashMap::create(capacity, BPF_F_NO_PREALLOC).map_err(map_err(&name))?;
-        let inner_fd: &MapFd = IterableMap::<K, V>::map(&inner).fd();
-        crate::datapath::batch::update(inner_fd.as_fd(), entries).map_err(|source| {
+            aya::maps::HashMap::create(table_len(&name, entries.len())?, BPF_F_NO_PREALLOC)
+                .map_err(map_err(&name))?;
+        self.put_in_slot(table, slot, IterableMap::<K, V>::map(&inner).fd(), entries)
+    }
+
+    /// Writes `entries` into the new table `inner` and puts it in `slot` of
+    /// the map of maps `table`, replacing the table there, which the kernel
+    /// frees once no program run holds it.
+    fn put_in_slot<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        table: &'static str,
+        slot: u32,
+        inner: &aya::maps::MapFd,
+        entries: &[(K, V)],
+    ) -> Result<(), DataPathError> {
+        use aya::maps::{ArrayOfMaps, MapData, MapFd};
+        use std::os::fd::AsFd;
+        crate::datapath::batch::update(inner.as_fd(), entries).map_err(|source| {
             DataPathError::Batch {
-                name: name.clone(),
+                name: slot_name(table, slot),
                 source,
             }
         })?;
         let mut outer: ArrayOfMaps<&mut MapData, MapFd> =
             ArrayOfMaps::try_from(self.map_mut(table)?).map_err(map_err(table))?;
-        outer.set(slot, inner_fd, 0).map_err(map_err(table))
+        outer.set(slot, inner, 0).map_err(map_err(table))
     }
 
     /// Empties `slot`'s join tables (fresh tables of one free entry).
@@ -295,23 +313,17 @@ impl DataPath {
         slot: u32,
         entries: &[(K, V)],
     ) -> Result<(), DataPathError> {
-        use aya::maps::{ArrayOfMaps, IterableMap, MapData, MapFd};
-        use std::os::fd::AsFd;
+        use aya::maps::{IterableMap, MapData};
         let name = slot_name(table, slot);
-        let len = u32::try_from(entries.len().max(1))
-            .map_err(|_| DataPathError::Capacity(format!("{} entries in {name}", entries.len())))?;
         let inner: aya::maps::Array<MapData, V> =
-            aya::maps::Array::create(len, BPF_F_INNER_MAP).map_err(map_err(&name))?;
-        let inner_fd: &MapFd = IterableMap::<u32, V>::map(&inner).fd();
-        crate::datapath::batch::update(inner_fd.as_fd(), entries).map_err(|source| {
-            DataPathError::Batch {
-                name: name.clone(),
-                source,
-            }
-        })?;
-        let mut outer: ArrayOfMaps<&mut MapData, MapFd> =
-            ArrayOfMaps::try_from(self.map_mut(table)?).map_err(map_err(table))?;
-        outer.set(slot, inner_fd, 0).map_err(map_err(table))
+            aya::maps::Array::create(table_len(&name, entries.len())?, BPF_F_INNER_MAP)
+                .map_err(map_err(&name))?;
+        self.put_in_slot(
+            table,
+            slot,
+            IterableMap::<u32, V>::map(&inner).fd(),
+            entries,
+        )
     }
 
     /// Gives `slot` a counter array of `stride` counters per CPU (see
@@ -321,25 +333,20 @@ impl DataPath {
     /// has not been active since the switch before this one), so the copy
     /// misses nothing.
     fn set_slot_counters(&mut self, slot: u32, stride: u32) -> Result<(), DataPathError> {
-        use aya::maps::{ArrayOfMaps, MapData, MapFd};
-        use std::os::fd::AsFd;
+        use aya::maps::MapData;
         let table = names::RULE_COUNTERS;
         let name = slot_name(table, slot);
-        let batch_err = |source| DataPathError::Batch {
-            name: name.clone(),
-            source,
-        };
-        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| batch_err(e))?;
+        let ncpus = super::counters::ncpus()?;
         let len = u32::try_from(ncpus)
             .ok()
             .and_then(|n| n.checked_mul(stride.max(1)))
             .ok_or_else(|| DataPathError::Capacity(format!("{stride} counters on {ncpus} CPUs")))?;
         let inner: aya::maps::Array<MapData, RuleCounters> =
             aya::maps::Array::create(len, BPF_F_INNER_MAP).map_err(map_err(&name))?;
-        let inner_fd: &MapFd = aya::maps::IterableMap::<u32, RuleCounters>::map(&inner).fd();
+        let mut moved: Vec<(u32, RuleCounters)> = Vec::new();
         if let Some(old) = super::counters::slot_counters(self.map(table)?, slot)? {
             // Only counters that moved: most of a large rule set's are 0.
-            let moved: Vec<(u32, RuleCounters)> = old
+            moved = old
                 .per_cpu(ncpus)?
                 .into_iter()
                 .enumerate()
@@ -352,11 +359,9 @@ impl DataPath {
                         .map(move |(i, c)| ((cpu * stride as usize + i) as u32, c))
                 })
                 .collect();
-            crate::datapath::batch::update(inner_fd.as_fd(), &moved).map_err(batch_err)?;
         }
-        let mut outer: ArrayOfMaps<&mut MapData, MapFd> =
-            ArrayOfMaps::try_from(self.map_mut(table)?).map_err(map_err(table))?;
-        outer.set(slot, inner_fd, 0).map_err(map_err(table))
+        let inner_fd = aya::maps::IterableMap::<u32, RuleCounters>::map(&inner).fd();
+        self.put_in_slot(table, slot, inner_fd, &moved)
     }
 }
 

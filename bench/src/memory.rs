@@ -229,7 +229,7 @@ pub fn run(
             format!("{n} rules"),
             format!("{mib:.1} MiB in the rule tables of both slots"),
             format!(
-                "the slot not in use takes {:.1} MiB (arrays sized for the largest rule set, and each join table's single free entry); compiler estimate of the entries: {:.1} MiB",
+                "the slot not in use takes {:.1} MiB (its port and ICMP class arrays, and a one-entry table or array in each map of maps); compiler estimate of the entries: {:.1} MiB",
                 empty as f64 / (1 << 20) as f64,
                 compiled.sizes.bytes as f64 / (1 << 20) as f64
             ),
@@ -284,7 +284,7 @@ pub fn run(
     }
     let section = Section {
         title: "Memory".into(),
-        intro: "Kernel memory of the maps as the kernel accounts it (`memlock` in each map's fdinfo). The join tables are created for each rule set at the size it needs (maps of maps, swapped with the slot); the other rule tables are arrays (ports, ICMP types, rule actions) or hash maps and tries without preallocation; the conntrack tables (answered flows, and a quarter of that for flows not answered yet) are LRU hashes, preallocated at their full size.".into(),
+        intro: "Kernel memory of the maps as the kernel accounts it (`memlock` in each map's fdinfo). The join tables, the rule actions and the rule counters are created for each rule set at the size it needs (maps of maps, swapped with the slot); the other rule tables are arrays of fixed size (port and ICMP-type classes, packed 16 bits per slot) or hash maps and tries without preallocation; the log budgets are a small LRU hash; the conntrack tables (answered flows, and a quarter of that for flows not answered yet) are LRU hashes, preallocated at their full size.".into(),
         columns: ["what", "kernel memory", "note"].map(String::from).to_vec(),
         rows,
         notes: vec![],

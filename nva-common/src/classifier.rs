@@ -191,10 +191,22 @@ shared_type! {
 /// program then joins each group's classes as a rule set of its own.
 pub const RULE_GROUPS: usize = 4;
 
+/// Flag of a class in the address tries (general path): the class is in
+/// some key of the pair table. Without it on both sides, the program skips
+/// the pair lookup, which could find nothing.
+pub const CLASS_IN_PAIRS: u32 = 1 << 31;
+/// Flag of a class in the address tries: the class has an entry in its
+/// side's single-address table (`DST_ONLY` or `SRC_ONLY`).
+pub const CLASS_IN_SINGLE: u32 = 1 << 30;
+/// The class id under the flags (ids stay below 2^30).
+pub const CLASS_ID_MASK: u32 = CLASS_IN_SINGLE - 1;
+
 shared_type! {
     /// Value of the address tries. General path: the address's class in
-    /// each rule group ([`NO_RULE`] in groups not in use). Short path: the
-    /// first rule of the prefix in `class[0]`.
+    /// each rule group ([`NO_RULE`] in groups not in use), with the flags
+    /// [`CLASS_IN_PAIRS`] and [`CLASS_IN_SINGLE`] (`NO_RULE` has every bit
+    /// set: test for it first). Short path: the first rule of the prefix in
+    /// `class[0]`.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
     pub struct AddrClass {
         pub class: [u32; RULE_GROUPS],

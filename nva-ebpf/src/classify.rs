@@ -11,11 +11,11 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use nva_common::{
     class_lane, prefix_table_index, AddrClass, DataPathConfig, L4Key, PairKey, PairMatch,
-    PrefixKey, VerdictKey, ANY_CLASS, ICMP_SLOT_V4, ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE,
-    PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY, PAIR_TABLE_SRC_ONLY, PORT_SLOT_TCP_DPORT,
-    PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS,
-    PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP, RULE_GROUPS,
+    PrefixKey, VerdictKey, ANY_CLASS, CLASS_ID_MASK, CLASS_IN_PAIRS, CLASS_IN_SINGLE, ICMP_SLOT_V4,
+    ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY,
+    PAIR_TABLE_SRC_ONLY, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT,
+    PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS, PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_GROUPS,
 };
 
 use crate::maps::Tables;
@@ -315,18 +315,23 @@ fn fold_group<T: Tables>(
     l4s: &L4Matches,
     proto: u8,
 ) -> u32 {
-    if src != NO_RULE && dst != NO_RULE && tables & PAIR_TABLE_BOTH != 0 {
+    // The classes' flags say which lookups could find something.
+    if src != NO_RULE
+        && dst != NO_RULE
+        && tables & PAIR_TABLE_BOTH != 0
+        && src & dst & CLASS_IN_PAIRS != 0
+    {
         let key = PairKey {
-            src_class: src,
-            dst_class: dst,
+            src_class: src & CLASS_ID_MASK,
+            dst_class: dst & CLASS_ID_MASK,
         };
         best = fold_pair::<T>(best, T::pair(&key), l4s, proto);
     }
-    if dst != NO_RULE && tables & PAIR_TABLE_DST_ONLY != 0 {
-        best = fold_pair::<T>(best, T::dst_only(dst), l4s, proto);
+    if dst != NO_RULE && tables & PAIR_TABLE_DST_ONLY != 0 && dst & CLASS_IN_SINGLE != 0 {
+        best = fold_pair::<T>(best, T::dst_only(dst & CLASS_ID_MASK), l4s, proto);
     }
-    if src != NO_RULE && tables & PAIR_TABLE_SRC_ONLY != 0 {
-        best = fold_pair::<T>(best, T::src_only(src), l4s, proto);
+    if src != NO_RULE && tables & PAIR_TABLE_SRC_ONLY != 0 && src & CLASS_IN_SINGLE != 0 {
+        best = fold_pair::<T>(best, T::src_only(src & CLASS_ID_MASK), l4s, proto);
     }
     best
 }

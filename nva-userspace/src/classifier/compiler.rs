@@ -10,18 +10,19 @@
 //! the cross product: they are stored once per class of the other half as
 //! `wildcard_rule`, and the program takes the smallest rule id it finds.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use nva_common::{
     l4_pattern, pair_proto_slot, prefix_table_index, AddrClass, ClassMatch, DataPathConfig, L4Key,
     ManagementKey, PairKey, PairMatch, PrefixKey, RuleAction, VerdictKey, ACTION_ALLOW,
-    ACTION_DROP, ANY_CLASS, CAPACITY_PREFIXES, CLASS_LANE_BITS, FRAGMENTS_ALLOW, FRAGMENTS_DROP,
-    ICMP_CLASS_ENTRIES, ICMP_SLOTS, ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES, NO_PREFIX_LEN, NO_RULE,
-    PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY, PAIR_TABLE_SRC_ONLY, PORT_CLASS_ENTRIES, PORT_SLOTS,
-    PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT,
-    PREFIX_HASH_LENS, PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, RULE_GROUPS,
+    ACTION_DROP, ANY_CLASS, CAPACITY_PREFIXES, CLASS_ID_MASK, CLASS_IN_PAIRS, CLASS_IN_SINGLE,
+    CLASS_LANE_BITS, FRAGMENTS_ALLOW, FRAGMENTS_DROP, ICMP_CLASS_ENTRIES, ICMP_SLOTS, ICMP_SLOT_V4,
+    ICMP_SLOT_V6, MAX_RULES, NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY,
+    PAIR_TABLE_SRC_ONLY, PORT_CLASS_ENTRIES, PORT_SLOTS, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT,
+    PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS, PREFIX_RULES_DST,
+    PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP,
+    PROTO_UDP, RULE_GROUPS,
 };
 
 use crate::policy::model::{Action, Cidr, PolicySettings, Proto, Rule};
@@ -557,10 +558,11 @@ fn compile_grouping_past(
     let lc_of_rule = l4_classes.containing(n);
     out.verdicts = verdict_phase(&pc_of_rule, &lc_of_rule, &mut budget)?;
 
-    out.src_v4 = prefix_table(&merge_groups(&groups, |g| &g.src4));
-    out.src_v6 = prefix_table(&merge_groups(&groups, |g| &g.src6));
-    out.dst_v4 = prefix_table(&merge_groups(&groups, |g| &g.dst4));
-    out.dst_v6 = prefix_table(&merge_groups(&groups, |g| &g.dst6));
+    let flags = ClassFlags::of(&out);
+    out.src_v4 = prefix_table(&flags.src(merge_groups(&groups, |g| &g.src4)));
+    out.src_v6 = prefix_table(&flags.src(merge_groups(&groups, |g| &g.src6)));
+    out.dst_v4 = prefix_table(&flags.dst(merge_groups(&groups, |g| &g.dst4)));
+    out.dst_v6 = prefix_table(&flags.dst(merge_groups(&groups, |g| &g.dst6)));
 
     let sizes = TableSizes {
         rules: rules.len(),
@@ -708,6 +710,57 @@ fn rule_group(rule: &Rule) -> u8 {
         })
     };
     wide(&rule.src) as u8 | (wide(&rule.dst) as u8) << 1
+}
+
+/// Which classes of each side are in a key of the pair table, and which
+/// have an entry in their side's single-address table: the trie values say
+/// so ([`CLASS_IN_PAIRS`], [`CLASS_IN_SINGLE`]), and the program skips the
+/// lookups that could find nothing (most of them, in large rule sets).
+struct ClassFlags {
+    src_pairs: HashSet<u32>,
+    dst_pairs: HashSet<u32>,
+    src_single: HashSet<u32>,
+    dst_single: HashSet<u32>,
+}
+
+impl ClassFlags {
+    fn of(out: &CompiledRuleSet) -> ClassFlags {
+        ClassFlags {
+            src_pairs: out.pairs.keys().map(|k| k.src_class).collect(),
+            dst_pairs: out.pairs.keys().map(|k| k.dst_class).collect(),
+            src_single: out.src_only.keys().copied().collect(),
+            dst_single: out.dst_only.keys().copied().collect(),
+        }
+    }
+
+    fn src(&self, entries: Vec<(Cidr, AddrClass)>) -> Vec<(Cidr, AddrClass)> {
+        flagged(entries, &self.src_pairs, &self.src_single)
+    }
+
+    fn dst(&self, entries: Vec<(Cidr, AddrClass)>) -> Vec<(Cidr, AddrClass)> {
+        flagged(entries, &self.dst_pairs, &self.dst_single)
+    }
+}
+
+fn flagged(
+    mut entries: Vec<(Cidr, AddrClass)>,
+    pairs: &HashSet<u32>,
+    single: &HashSet<u32>,
+) -> Vec<(Cidr, AddrClass)> {
+    for class in entries.iter_mut().flat_map(|(_, c)| c.class.iter_mut()) {
+        if *class == NO_RULE {
+            continue;
+        }
+        let id = *class;
+        debug_assert!(id <= CLASS_ID_MASK, "class ids stay below 2^30");
+        if pairs.contains(&id) {
+            *class |= CLASS_IN_PAIRS;
+        }
+        if single.contains(&id) {
+            *class |= CLASS_IN_SINGLE;
+        }
+    }
+    entries
 }
 
 /// One address side's trie entries over all groups: every prefix any group
@@ -1694,8 +1747,13 @@ impl LookupModel<'_> {
             if tables == 0 {
                 continue;
             }
-            let (s, d) = (s.map(|c| c.class[g]), d.map(|c| c.class[g]));
-            if let (Some(s), Some(d)) = (s, d) {
+            // As the program: only the lookups the classes' flags allow.
+            let class =
+                |found: Option<AddrClass>| found.map(|c| c.class[g]).filter(|c| *c != NO_RULE);
+            let (s, d) = (class(s), class(d));
+            let with =
+                |c: Option<u32>, flag: u32| c.filter(|c| c & flag != 0).map(|c| c & CLASS_ID_MASK);
+            if let (Some(s), Some(d)) = (with(s, CLASS_IN_PAIRS), with(d, CLASS_IN_PAIRS)) {
                 let key = PairKey {
                     src_class: s,
                     dst_class: d,
@@ -1706,9 +1764,9 @@ impl LookupModel<'_> {
                         .filter(|_| tables & PAIR_TABLE_BOTH != 0),
                 );
             }
-            let dst_only = d.and_then(|d| set.dst_only.get(&d));
+            let dst_only = with(d, CLASS_IN_SINGLE).and_then(|d| set.dst_only.get(&d));
             matches.extend(dst_only.filter(|_| tables & PAIR_TABLE_DST_ONLY != 0));
-            let src_only = s.and_then(|s| set.src_only.get(&s));
+            let src_only = with(s, CLASS_IN_SINGLE).and_then(|s| set.src_only.get(&s));
             matches.extend(src_only.filter(|_| tables & PAIR_TABLE_SRC_ONLY != 0));
         }
         for m in matches {

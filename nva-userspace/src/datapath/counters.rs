@@ -1,5 +1,6 @@
-//! The program's counters: per rule (by stable counter index) and per
-//! packet reason, summed over CPUs.
+//! The program's counters: per rule (by stable counter index; summed over
+//! CPUs and both slots' counter arrays) and per packet reason (summed over
+//! CPUs).
 
 use aya::maps::{
     Array, ArrayOfMaps, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
@@ -17,6 +18,7 @@ impl SlotCounters {
     pub(super) fn per_cpu(&self, ncpus: usize) -> Result<Vec<Vec<RuleCounters>>, DataPathError> {
         use std::os::fd::AsFd as _;
         let fd = IterableMap::<u32, RuleCounters>::map(&self.0).fd();
+        // A plain array has the batch layout of a per-CPU array on one CPU.
         let all: Vec<RuleCounters> =
             crate::datapath::batch::percpu_array_prefix(fd.as_fd(), self.0.len(), 1).map_err(
                 |source| DataPathError::Batch {

@@ -34,7 +34,8 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     // per port or type with a 16-bit class per slot.
     ("v8", 0xe902b118b2ecde5c),
     // v9: rule actions and rule counters are maps of maps, one array per
-    // slot at its rule set's length (a rule's count: the sum over slots).
+    // slot at its rule set's length (a rule's count: the sum over slots);
+    // the tries' class ids carry CLASS_IN_PAIRS and CLASS_IN_SINGLE flags.
     ("v9", 0xcb3e2340347fdca2),
 ];
 

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 // whose every byte is a defined field (no padding) may be used.
 use aya::Pod;
 
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -41,6 +42,44 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
             cmd,
             attr as *mut BatchAttr,
             std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The element members of `union bpf_attr`.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Writes one entry (insert or replace). Unlike aya's, it takes a borrowed
+/// fd, so threads can each write one (see `DataPath::put_pending_in_slots`).
+pub fn update_one<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
+    let attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        flags: 0,
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_MAP_UPDATE_ELEM whose
+    // key and value pointers reference live values of the map's sizes for
+    // the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &attr as *const ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
         )
     };
     if rc < 0 {

@@ -15,9 +15,9 @@ use nva_common::{
 use super::{map_err, map_fd, slot_name, ArrayShadow, DataPath, DataPathError, NatTables};
 use crate::classifier::{CompiledRuleSet, PrefixClass, TableSink};
 
-/// `BPF_F_NO_PREALLOC` (linux/bpf.h): a hash table's memory follows its
-/// entries.
-const BPF_F_NO_PREALLOC: u32 = 1;
+/// No flags: a hash table preallocated at its size (the program's
+/// template has the same flags; see nva-ebpf's `maps`).
+const PREALLOCATED: u32 = 0;
 /// `BPF_F_INNER_MAP` (linux/bpf.h): an array that may stand in a map of
 /// maps whatever its length (the program's template has the same flag).
 const BPF_F_INNER_MAP: u32 = 1 << 12;
@@ -56,7 +56,10 @@ impl DataPath {
     ) -> Result<Duration, DataPathError> {
         let (active, _) = self.active()?;
         let target = 1 - active;
-        self.clear_slot(target)?;
+        // The slot's tables in maps of maps are replaced by new ones below:
+        // only the others need emptying.
+        self.clear_slot_fixed_tables(target)?;
+        self.pending_slot_tables.clear();
         self.write_slot(target, rules, nat, generation, counters, ifindex_of)?;
         // The switch: one write; each packet reads ACTIVE once.
         let mut flag: Array<_, u32> =
@@ -120,6 +123,13 @@ impl DataPath {
     /// Empties a slot's hash tables (freeing their memory) and marks it not
     /// ready. Only ever called on the inactive slot.
     fn clear_slot(&mut self, slot: u32) -> Result<(), DataPathError> {
+        self.clear_slot_fixed_tables(slot)?;
+        self.clear_join_tables(slot)
+    }
+
+    /// Marks a slot not ready and empties its tables that are not in maps
+    /// of maps (the tries, interface classes, management ports).
+    fn clear_slot_fixed_tables(&mut self, slot: u32) -> Result<(), DataPathError> {
         let mut config: Array<_, DataPathConfig> =
             Array::try_from(self.map_mut(names::CONFIG)?).map_err(map_err(names::CONFIG))?;
         config
@@ -159,7 +169,7 @@ impl DataPath {
         clear_lpm!(names::DST_V6, 16);
         clear_hash!(names::IFACE_CLASS, u32, u32);
         clear_hash!(names::MANAGEMENT, ManagementKey, u8);
-        self.clear_join_tables(slot)
+        Ok(())
     }
 
     fn write_slot(
@@ -196,6 +206,7 @@ impl DataPath {
         rules.write_tables(&mut sink, counters, ifindex_of)?;
         let written = sink.written;
         self.shadow[slot as usize] = Some(written);
+        self.put_pending_in_slots()?;
         for (table, atoms) in [(names::NAT_DNAT, &nat.dnat), (names::NAT_SNAT, &nat.snat)] {
             if atoms.len() > MAX_NAT_ATOMS as usize {
                 return Err(DataPathError::Capacity(format!(
@@ -267,14 +278,13 @@ impl DataPath {
         use aya::maps::{IterableMap, MapData};
         let name = slot_name(table, slot);
         let inner: aya::maps::HashMap<MapData, K, V> =
-            aya::maps::HashMap::create(table_len(&name, entries.len())?, BPF_F_NO_PREALLOC)
+            aya::maps::HashMap::create(table_len(&name, entries.len())?, PREALLOCATED)
                 .map_err(map_err(&name))?;
         self.put_in_slot(table, slot, IterableMap::<K, V>::map(&inner).fd(), entries)
     }
 
-    /// Writes `entries` into the new table `inner` and puts it in `slot` of
-    /// the map of maps `table`, replacing the table there, which the kernel
-    /// frees once no program run holds it.
+    /// Writes `entries` into the new table `inner`, to be put in `slot` of
+    /// the map of maps `table` by [`put_pending_in_slots`](Self::put_pending_in_slots).
     fn put_in_slot<K: aya::Pod, V: aya::Pod>(
         &mut self,
         table: &'static str,
@@ -282,17 +292,48 @@ impl DataPath {
         inner: &aya::maps::MapFd,
         entries: &[(K, V)],
     ) -> Result<(), DataPathError> {
-        use aya::maps::{ArrayOfMaps, MapData, MapFd};
         use std::os::fd::AsFd;
-        crate::datapath::batch::update(inner.as_fd(), entries).map_err(|source| {
-            DataPathError::Batch {
-                name: slot_name(table, slot),
-                source,
-            }
-        })?;
-        let mut outer: ArrayOfMaps<&mut MapData, MapFd> =
-            ArrayOfMaps::try_from(self.map_mut(table)?).map_err(map_err(table))?;
-        outer.set(slot, inner, 0).map_err(map_err(table))
+        let batch_err = |source| DataPathError::Batch {
+            name: slot_name(table, slot),
+            source,
+        };
+        crate::datapath::batch::update(inner.as_fd(), entries).map_err(batch_err)?;
+        let kept = inner.as_fd().try_clone_to_owned().map_err(batch_err)?;
+        self.pending_slot_tables.push((table, slot, kept));
+        Ok(())
+    }
+
+    /// Puts the pending tables in their slots, each replacing the table
+    /// there (which the kernel frees once no program run holds it). Each
+    /// write to a map of maps waits for an RCU grace period (about 10 ms
+    /// here), so one after another, the eight tables of a slot took 80 ms;
+    /// written from one thread each, they wait for the same grace period.
+    fn put_pending_in_slots(&mut self) -> Result<(), DataPathError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let pending = std::mem::take(&mut self.pending_slot_tables);
+        let mut writes = Vec::with_capacity(pending.len());
+        for (table, slot, inner) in &pending {
+            writes.push((*table, *slot, map_fd(self.map(table)?)?, inner.as_fd()));
+        }
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = writes
+                .iter()
+                .map(|&(table, slot, outer, inner)| {
+                    scope.spawn(move || {
+                        let fd = inner.as_raw_fd() as u32;
+                        crate::datapath::batch::update_one(outer, &slot, &fd).map_err(|source| {
+                            DataPathError::Batch {
+                                name: slot_name(table, slot),
+                                source,
+                            }
+                        })
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .try_for_each(|t| t.join().expect("slot table write"))
+        })
     }
 
     /// Empties `slot`'s join tables (fresh tables of one free entry).
@@ -303,7 +344,8 @@ impl DataPath {
         self.set_join_table::<L4Key, ClassMatch>(names::L4, slot, &[])?;
         self.set_join_table::<VerdictKey, u32>(names::VERDICTS, slot, &[])?;
         self.set_join_table::<PrefixKey, u32>(names::PREFIXES, slot, &[])?;
-        self.set_slot_array::<u32, RuleAction>(names::RULE_ACTIONS, slot, &[])
+        self.set_slot_array::<u32, RuleAction>(names::RULE_ACTIONS, slot, &[])?;
+        self.put_pending_in_slots()
     }
 
     /// Creates `slot`'s array `table` with `entries` (keys 0..n, in order;

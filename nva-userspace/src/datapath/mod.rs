@@ -109,7 +109,9 @@ fn map_fd(map: &aya::maps::Map) -> Result<std::os::fd::BorrowedFd<'_>, DataPathE
     use aya::maps::Map;
     use std::os::fd::AsFd;
     match map {
-        Map::HashMap(d) | Map::Array(d) | Map::LpmTrie(d) => Ok(d.fd().as_fd()),
+        Map::HashMap(d) | Map::Array(d) | Map::LpmTrie(d) | Map::ArrayOfMaps(d) => {
+            Ok(d.fd().as_fd())
+        }
         _ => Err(DataPathError::Missing("a hash or array map".into())),
     }
 }
@@ -148,6 +150,9 @@ pub struct DataPath {
     /// `agent.forward` for the next install (`FORWARD_KERNEL` or
     /// `FORWARD_XDP`).
     forward: u8,
+    /// Slot tables filled and waiting to be put in their maps of maps
+    /// (table, slot, the new table), all at once (see `install`).
+    pending_slot_tables: Vec<(&'static str, u32, std::os::fd::OwnedFd)>,
 }
 
 impl DataPath {
@@ -210,6 +215,7 @@ impl DataPath {
             shadow: [zeroed.clone(), zeroed],
             links: Vec::new(),
             forward: nva_common::FORWARD_KERNEL,
+            pending_slot_tables: Vec::new(),
         })
     }
 
@@ -548,6 +554,17 @@ mod tests {
                 offset_of!(C, prefix_rules),
                 offset_of!(C, timeouts_s)
             );
+        }
+        // And the flags of the maps of maps' inner templates (from v10 on,
+        // when the join tables became preallocated): the kernel refuses an
+        // inner table whose flags differ from the template pinned.
+        {
+            let object = aya_obj::Object::parse(XDP_OBJECT).expect("parse the XDP object");
+            for name in pinned_map_names() {
+                if let Some(inner) = object.maps.get(&name).and_then(|m| m.inner()) {
+                    text += &format!("{name} inner flags {}\n", inner.map_flags());
+                }
+            }
         }
         let found = fingerprint(&text);
         let recorded = crate::datapath::pin::LAYOUT_FINGERPRINTS

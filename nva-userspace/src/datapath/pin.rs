@@ -37,6 +37,10 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     // slot at its rule set's length (a rule's count: the sum over slots);
     // the tries' class ids carry CLASS_IN_PAIRS and CLASS_IN_SINGLE flags.
     ("v9", 0xcb3e2340347fdca2),
+    // v10: the join tables are preallocated (inner templates without
+    // BPF_F_NO_PREALLOC); from v10 on, the fingerprint covers the inner
+    // templates' flags.
+    ("v10", 0x21dbba33fefaec28),
 ];
 
 #[derive(Clone, Debug)]

@@ -3,6 +3,10 @@
 //! BPF_MAP_LOOKUP_AND_DELETE_BATCH), which aya 0.14 does not wrap: a rule
 //! set of 10,000 random rules has hundreds of thousands of table entries, and
 //! one syscall per entry would make reloads take many seconds.
+//!
+//! Also one single-entry write on a borrowed fd ([`update_one`]): aya's
+//! writes go through its map object, which cannot be shared by the threads
+//! that put a slot's tables in their maps of maps at once.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -61,8 +65,8 @@ struct ElemAttr {
     flags: u64,
 }
 
-/// Writes one entry (insert or replace). Unlike aya's, it takes a borrowed
-/// fd, so threads can each write one (see `DataPath::put_pending_in_slots`).
+/// Writes one entry (insert or replace) through a borrowed fd, so threads
+/// can each write one (see `DataPath::put_pending_in_slots`).
 pub fn update_one<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
     let attr = ElemAttr {
         map_fd: map.as_raw_fd() as u32,

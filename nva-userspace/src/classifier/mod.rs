@@ -35,7 +35,7 @@ pub trait TableSink {
         entries: &[PrefixClass<16>],
     ) -> Result<(), Self::Error>;
     /// A hash table (the slot's tables are empty when the sink is given).
-    fn hash<K: aya::Pod, V: aya::Pod>(
+    fn hash<K: aya::Pod + Send, V: aya::Pod + Send>(
         &mut self,
         table: &'static str,
         entries: &[(K, V)],

@@ -9,6 +9,8 @@ use super::bpffs_of;
 
 pub(crate) fn reload(path: &Path) -> anyhow::Result<()> {
     let bpffs = &bpffs_of(path)?;
+    // Looked at before reading: a state written meanwhile is read again.
+    let mut seen = state_version(bpffs);
     let before = read_state(bpffs)?;
     // The agent re-reads the file it was started with: reloading "another
     // file" would report success and keep the old rules.
@@ -33,6 +35,14 @@ pub(crate) fn reload(path: &Path) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
+        // The agent replaces its state file (a rename) when it has reloaded:
+        // parsing it only then keeps this loop off the CPUs the agent is
+        // compiling on (100,000 rules make a state file of megabytes).
+        let version = state_version(bpffs);
+        if version == seen {
+            continue;
+        }
+        seen = version;
         let Ok(now) = read_state(bpffs) else { continue };
         if now.reload_seq > before.reload_seq {
             for r in &now.repaired {
@@ -58,4 +68,12 @@ pub(crate) fn reload(path: &Path) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("the agent did not report the reload within 120 s")
+}
+
+/// What tells one version of the agent's state file from the next (it is
+/// replaced whole, by a rename): its inode, length and modification time.
+fn state_version(bpffs: &Path) -> Option<(u64, u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(nva::agent::state_file(bpffs)).ok()?;
+    Some((meta.ino(), meta.len(), meta.modified().ok()?))
 }

@@ -153,6 +153,9 @@ pub struct DataPath {
     /// Slot tables filled and waiting to be put in their maps of maps
     /// (table, slot, the new table), all at once (see `install`).
     pending_slot_tables: Vec<(&'static str, u32, std::os::fd::OwnedFd)>,
+    /// Table writes of the slot being filled, run at once before the
+    /// pending tables are put in their slots.
+    pending_writes: batch::WriteQueue,
 }
 
 impl DataPath {
@@ -216,6 +219,7 @@ impl DataPath {
             links: Vec::new(),
             forward: nva_common::FORWARD_KERNEL,
             pending_slot_tables: Vec::new(),
+            pending_writes: Default::default(),
         })
     }
 

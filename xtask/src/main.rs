@@ -17,6 +17,8 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the build, the tests and the lab rely on:
 /// (what shows it is installed, package name).
 const DEBIAN_PACKAGES: &[(Probe, &str)] = &[
+    // C code built by crates: ring (TLS) and mimalloc (the agent's allocator).
+    (Probe::Cmd("cc"), "gcc"),
     (Probe::Cmd("ip"), "iproute2"),
     (Probe::Cmd("nft"), "nftables"),
     (Probe::Cmd("iptables"), "iptables"),

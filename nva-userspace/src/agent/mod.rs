@@ -123,6 +123,30 @@ pub fn state_file(bpffs: &Path) -> PathBuf {
 }
 
 pub fn read_state(bpffs: &Path) -> anyhow::Result<AgentState> {
+    read_state_as(bpffs)
+}
+
+/// What `nva reload` waits on: the state without its per-rule lists, which
+/// at 100k rules are megabytes to parse.
+#[derive(Deserialize, Default)]
+pub struct ReloadProgress {
+    pub generation: u64,
+    pub pid: u32,
+    pub reload_seq: u64,
+    pub last_reload_error: Option<String>,
+    #[serde(default)]
+    pub config_path: Option<PathBuf>,
+    #[serde(default)]
+    pub repaired: Vec<String>,
+    #[serde(default)]
+    pub repair_errors: Vec<String>,
+}
+
+pub fn read_reload_progress(bpffs: &Path) -> anyhow::Result<ReloadProgress> {
+    read_state_as(bpffs)
+}
+
+fn read_state_as<T: serde::de::DeserializeOwned>(bpffs: &Path) -> anyhow::Result<T> {
     let path = state_file(bpffs);
     let bytes = std::fs::read(&path).with_context(|| {
         format!(
@@ -138,7 +162,9 @@ fn write_state(bpffs: &Path, state: &AgentState) -> anyhow::Result<()> {
     let path = state_file(bpffs);
     std::fs::create_dir_all(path.parent().expect("has parent"))?;
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    // Compact: at 100k rules the pretty form is twice the bytes to write
+    // and for `nva reload` and `nva rules` to read.
+    std::fs::write(&tmp, serde_json::to_vec(state)?)?;
     std::fs::rename(&tmp, &path)?;
     Ok(())
 }
@@ -352,6 +378,7 @@ impl Agent {
     }
 
     fn try_reload(&mut self) -> anyhow::Result<u64> {
+        let reading = Instant::now();
         let config = load_config(&self.config_path).map_err(|errors| {
             anyhow::anyhow!(errors
                 .iter()
@@ -365,6 +392,7 @@ impl Agent {
         if config.sync != self.config.sync {
             bail!("[sync] settings changed: they take effect on restart, not on reload");
         }
+        let config_read = reading.elapsed();
         let started = Instant::now();
         let compiled = compile(&config.rules, &config.policy)?;
         let compile_time = started.elapsed();
@@ -391,7 +419,7 @@ impl Agent {
         if let Err(e) = self.datapath.reset_counters(&freed) {
             tracing::warn!(error = %e, "zeroing counters of removed rules");
         }
-        tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?live_after, compile = ?compile_time, old_slot_freed = ?cleanup, "compiled and swapped rule set");
+        tracing::info!(rules = config.rules.len(), sizes = %compiled.sizes, elapsed = ?live_after, compile = ?compile_time, old_slot_freed = ?cleanup, config_read = ?config_read, "compiled and swapped rule set");
         self.health_probe = HealthProbe::for_rules(&compiled);
         self.compiled = compiled;
         self.config = config;

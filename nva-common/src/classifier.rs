@@ -115,13 +115,19 @@ shared_type! {
     /// this pair that names only a protocol (no ports, ICMP types or interface),
     /// per protocol slot ([`pair_proto_slot`]). Such rules are common ("tcp from
     /// A to B") and would otherwise cross with every port class.
+    ///
+    /// `verdict_patterns`: bit p is set when some verdict entry joins this pair
+    /// class with an L4 class found through L4 pattern p (see
+    /// [`l4_pattern`]); the program skips the verdict lookups of the other
+    /// patterns, which could find nothing (layout v11).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
     pub struct PairMatch {
         pub class: u32,
         pub wildcard_rule: u32,
         pub proto_rule: [u32; 4],
+        pub verdict_patterns: u32,
     }
-    size = 24, align = 4;
+    size = 28, align = 4;
 }
 
 /// Slot of [`PairMatch::proto_rule`] for a classifier protocol.

@@ -148,10 +148,11 @@ fn fold_pair<T: Tables>(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto:
     // Slots not found hold `none`, which no verdict key uses. Unrolled by
     // hand (constant i): as a loop, the verifier walks it once per path into
     // it, which with several rule groups exceeds its limit.
+    // Only the patterns through which this pair class has verdicts.
     macro_rules! verdict {
         ($i:expr) => {{
             let class = l4.classes[$i];
-            if class != l4.none {
+            if class != l4.none && m.verdict_patterns & (1 << $i) != 0 {
                 let key = VerdictKey {
                     pair_class: m.class,
                     l4_class: class,

@@ -620,6 +620,27 @@ pub fn compile_in_groups(
     compile_grouping_past(rules, policy, 0)
 }
 
+/// Marks in each pair entry the L4 patterns through which some verdict
+/// entry of its pair class can be reached (`PairMatch::verdict_patterns`):
+/// the program looks up a verdict only for those.
+fn mark_verdict_patterns(out: &mut CompiledRuleSet) {
+    let mut patterns_of_l4: HashMap<u32, u32> = HashMap::default();
+    for (key, m) in &out.l4 {
+        *patterns_of_l4.entry(m.class).or_default() |= 1 << l4_pattern(key);
+    }
+    let mut patterns_of_pair: HashMap<u32, u32> = HashMap::default();
+    for key in out.verdicts.keys() {
+        *patterns_of_pair.entry(key.pair_class).or_default() |=
+            patterns_of_l4.get(&key.l4_class).copied().unwrap_or(0);
+    }
+    let mark = |m: &mut PairMatch| {
+        m.verdict_patterns = patterns_of_pair.get(&m.class).copied().unwrap_or(0)
+    };
+    out.pairs.values_mut().for_each(mark);
+    out.dst_only.values_mut().for_each(mark);
+    out.src_only.values_mut().for_each(mark);
+}
+
 fn compile_grouping_past(
     rules: &[Rule],
     policy: &PolicySettings,
@@ -659,6 +680,7 @@ fn compile_grouping_past(
     let l4_classes = l4_phase(live, &fields, &mut out, &mut budget)?;
     let lc_of_rule = &l4_classes.containing;
     out.verdicts = verdict_phase(pc_of_rule, lc_of_rule, &mut budget)?;
+    mark_verdict_patterns(&mut out);
 
     let flags = ClassFlags::of(&out);
     // The two sides' tries on two threads.
@@ -1313,6 +1335,8 @@ fn pair_phase(
             class: pair_classes.intern(&acc.rules, [acc.wildcard, a, b, c, d]),
             wildcard_rule: acc.wildcard,
             proto_rule: acc.proto_rule,
+            // Set once the verdicts are known (`mark_verdict_patterns`).
+            verdict_patterns: 0,
         }
     };
     out.pairs = pair_acc
@@ -1912,7 +1936,12 @@ impl LookupModel<'_> {
             if let Some(slot) = pair_proto_slot(proto) {
                 best = best.min(m.proto_rule[slot]);
             }
-            for l in l4s.iter().flatten() {
+            // As the program: only the patterns with a verdict for this pair.
+            let reachable = l4s
+                .iter()
+                .enumerate()
+                .filter(|(p, _)| m.verdict_patterns & (1 << p) != 0);
+            for l in reachable.filter_map(|(_, l)| l.as_ref()) {
                 if let Some(r) = set.verdicts.get(&VerdictKey {
                     pair_class: m.class,
                     l4_class: l.class,

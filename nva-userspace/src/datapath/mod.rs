@@ -578,6 +578,13 @@ mod tests {
             for name in pinned_map_names() {
                 if let Some(inner) = object.maps.get(&name).and_then(|m| m.inner()) {
                     text += &format!("{name} inner flags {}\n", inner.map_flags());
+                    // And their key and value sizes (from v11 on, when the
+                    // pair entries grew).
+                    text += &format!(
+                        "{name} inner key {} value {}\n",
+                        inner.key_size(),
+                        inner.value_size()
+                    );
                 }
             }
         }

@@ -41,6 +41,10 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     // BPF_F_NO_PREALLOC); from v10 on, the fingerprint covers the inner
     // templates' flags.
     ("v10", 0x21dbba33fefaec28),
+    // v11: a pair entry names the L4 patterns its pair class has verdicts
+    // through (`PairMatch::verdict_patterns`, 28 bytes); from v11 on, the
+    // fingerprint covers the inner templates' key and value sizes.
+    ("v11", 0xc380dddb69229fda),
 ];
 
 #[derive(Clone, Debug)]

@@ -775,6 +775,24 @@ fn the_old_slots_tries_are_emptied_after_each_switch_and_after_a_restart() {
                     .unwrap();
                 check(&dp, &format!("generation {generation}, after the restart"));
             }
+            // Deleting keys that are mostly missing (what a clear after a
+            // failed write meets) deletes those that exist, in one pass.
+            {
+                use std::os::fd::AsFd;
+                let (active, _) = dp.active().unwrap();
+                let name = format!("{}_{}", names::DST_V4, 1 - active);
+                let map = nva::datapath::open_pinned(&pins, &name).unwrap();
+                let fd = map.fd().as_fd();
+                let key = |i: u32| Key::new(32, i.to_be_bytes());
+                let present: Vec<(Key<[u8; 4]>, AddrClass)> = (0..3u32)
+                    .map(|i| (key(0x0a00_0000 + i * 25_000), AddrClass::single(1)))
+                    .collect();
+                nva::datapath::batch::update(fd, &present).unwrap();
+                let keys: Vec<Key<[u8; 4]>> =
+                    (0..60_000u32).map(|i| key(0x0a00_0000 + i)).collect();
+                assert_eq!(nva::datapath::batch::delete(fd, &keys).unwrap(), 3);
+                assert_eq!(prefixes(1 - active), 0, "the three prefixes are gone");
+            }
             // Packets of no interface (the interface classes are not
             // installed here), none to a management port.
             let mut rng = Rng::new(7_100);

@@ -141,7 +141,11 @@ pub fn for_each<K: Pod + Default, V: Pod + Default>(
 /// Deletes `keys`; returns how many existed.
 pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
     let mut deleted = 0;
-    for chunk in keys.chunks(CHUNK) {
+    let mut rest = keys;
+    // A loop, not recursion past each missing key: after a failed write,
+    // most of the keys remembered for a trie may be missing.
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(CHUNK)];
         let mut attr = BatchAttr {
             keys: chunk.as_ptr() as u64,
             count: chunk.len() as u32,
@@ -149,13 +153,16 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
             ..Default::default()
         };
         match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
-            Ok(()) => deleted += attr.count as usize,
-            // A key that is gone already (expired, evicted) stops the batch:
-            // count what was done and go on one by one past it.
+            Ok(()) => {
+                deleted += chunk.len();
+                rest = &rest[chunk.len()..];
+            }
+            // A key that is gone already (expired, evicted) stops the batch
+            // there: count what was done and go on past it.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                deleted += attr.count as usize;
-                let rest = &chunk[(attr.count as usize + 1).min(chunk.len())..];
-                deleted += delete(map, rest)?;
+                let done = (attr.count as usize).min(chunk.len() - 1);
+                deleted += done;
+                rest = &rest[done + 1..];
             }
             Err(e) => return Err(e),
         }

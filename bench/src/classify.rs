@@ -185,6 +185,72 @@ fn measure(
     Ok((Spread::of(&ours), Spread::of(&theirs), Spread::of(&ratio)))
 }
 
+/// `nva-bench --hold SHAPE:RULES:SECONDS`: the classify part's rule set of
+/// that shape and size, and its deepest-matching probe, run again and again
+/// for SECONDS; prints the best and median ns per packet (repeat 100,000).
+pub fn hold(spec: &str) -> Result<()> {
+    let usage = || {
+        anyhow::anyhow!(
+            "--hold takes SHAPE:RULES:SECONDS (for example ipc:100000:20), not {spec:?}"
+        )
+    };
+    let mut parts = spec.split(':');
+    let (Some(shape), Some(n), Some(secs), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(usage());
+    };
+    let n: usize = n.parse().map_err(|_| usage())?;
+    let secs: u64 = secs.parse().map_err(|_| usage())?;
+    // The same seeds as `run` and `classbench_section`.
+    let (rules, packets, mut rng) = if shape == "random" {
+        let mut rng = Rng::new(0x5eed ^ n as u64);
+        let gen = RuleGen::new(&mut rng, n);
+        (gen.rules(&mut rng, n), gen, rng)
+    } else {
+        let shape = Shape::ALL
+            .into_iter()
+            .find(|s| s.name() == shape)
+            .ok_or_else(|| anyhow::anyhow!("unknown shape {shape:?}: acl, fw, ipc or random"))?;
+        let mut rng = Rng::new(0xc1a55 ^ n as u64);
+        let rules = ClassBench::new(shape, &mut rng, n).rules(&mut rng, n);
+        let packets = RuleGen::new(&mut rng, 1000);
+        (rules, packets, rng)
+    };
+    let compiled = compile(&rules, &policy())?;
+    let probes = probe_packets(&packets, &mut rng, &rules);
+    let expect = if rules[probes.hit_index].action == Action::Allow {
+        XDP_PASS
+    } else {
+        XDP_DROP
+    };
+    eprintln!(
+        "{shape} {n}: {}; the packet {:?} matches rule #{}",
+        compiled.sizes,
+        probes.hit,
+        probes.hit_index + 1
+    );
+    let dp = DataPath::load(&compiled, 1, &|_| None)?;
+    let frame = frame_for(&probes.hit);
+    let started = Instant::now();
+    let mut times = Vec::new();
+    while started.elapsed().as_secs() < secs {
+        let (action, t) = dp.time_run(&frame, 100_000)?;
+        if action != expect {
+            bail!("the packet got action {action}, expected {expect}");
+        }
+        times.push(t.as_nanos() as f64);
+    }
+    let spread = Spread::of(&times);
+    println!(
+        "{shape} {n}: {:.0} ns per packet at best, {:.0} median, over {} runs",
+        spread.min,
+        spread.median,
+        times.len()
+    );
+    Ok(())
+}
+
 pub struct Outcome {
     pub section: Section,
     pub classbench: Section,

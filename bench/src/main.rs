@@ -34,6 +34,13 @@ struct Cli {
     /// Run only these parts (repeatable); all of them by default.
     #[arg(long, value_enum)]
     only: Vec<Part>,
+    /// Instead of the suite: run one rule set's deepest-matching packet
+    /// through BPF_PROG_TEST_RUN for SECONDS, print its cost, and exit (to
+    /// profile the program, with `perf record -a` beside it). SHAPE is acl,
+    /// fw, ipc (ClassBench) or random; the rule set and packet are those of
+    /// the classify part.
+    #[arg(long, value_name = "SHAPE:RULES:SECONDS")]
+    hold: Option<String>,
 }
 
 /// The parts of the suite, in the order they run.
@@ -72,6 +79,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("benchmarks load XDP programs and need root");
+    }
+    if let Some(spec) = &cli.hold {
+        return classify::hold(spec);
     }
     std::fs::create_dir_all(&cli.out)?;
     let started = std::time::Instant::now();

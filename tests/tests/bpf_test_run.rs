@@ -766,6 +766,13 @@ fn the_old_slots_tries_are_emptied_after_each_switch_and_after_a_restart() {
                         .unwrap();
                     check(&dp, &format!("generation {generation}"));
                 }
+                // Within one process, every prefix is deleted by the key
+                // it was written under: the walk finds nothing.
+                assert_eq!(
+                    dp.prefixes_walked(),
+                    0,
+                    "the prefixes this process wrote are deleted by key"
+                );
             }
             // A new process: the live slot's prefixes were written by the
             // one before, and are cleared after the next switch.
@@ -775,6 +782,18 @@ fn the_old_slots_tries_are_emptied_after_each_switch_and_after_a_restart() {
                     .unwrap();
                 check(&dp, &format!("generation {generation}, after the restart"));
             }
+            // The live slot of the process before was found by walking, once:
+            // the second switch clears what this process wrote.
+            let walked = dp.prefixes_walked();
+            assert!(walked > 0, "the previous process's prefixes were walked");
+            dp.install(&compiled[1], &Default::default(), 5, &counters, &|_| None)
+                .unwrap();
+            check(&dp, "generation 5, after the restart");
+            assert_eq!(
+                dp.prefixes_walked(),
+                walked,
+                "after the restart, the prefixes this process wrote are deleted by key"
+            );
             // Deleting keys that are mostly missing (what a clear after a
             // failed write meets) deletes those that exist, in one pass.
             {
@@ -797,7 +816,7 @@ fn the_old_slots_tries_are_emptied_after_each_switch_and_after_a_restart() {
             // installed here), none to a management port.
             let mut rng = Rng::new(7_100);
             let gen = RuleGen::new(&mut rng, 300);
-            let rules = &sets[0];
+            let rules = &sets[1];
             for _ in 0..300 {
                 let mut pkt = gen.packet(&mut rng, rules);
                 pkt.iface = None;

@@ -210,11 +210,17 @@ impl DataPath {
                     .collect::<Result<Vec<Key<[u8; $n]>>, _>>()
                     .map_err(map_err(name))?;
                 if !keys.is_empty() {
+                    tracing::debug!(
+                        map = %name,
+                        prefixes = keys.len(),
+                        "clearing prefixes of the old slot written before this process began"
+                    );
                     let fd = map_fd(self.map(name)?)?;
                     super::batch::delete(fd, &keys).map_err(|e| DataPathError::Batch {
                         name: name.clone(),
                         source: e,
                     })?;
+                    self.prefixes_walked += keys.len() as u64;
                 }
             }};
         }

@@ -160,6 +160,9 @@ pub struct DataPath {
     /// so that clearing a slot deletes them without walking the trie, one
     /// syscall per key. Unknown (after a restart): the trie is walked.
     written_prefixes: std::collections::HashMap<String, WrittenPrefixes>,
+    /// Prefixes found by walking a trie after its remembered keys were
+    /// deleted (those a previous process wrote), since this process began.
+    prefixes_walked: u64,
 }
 
 /// Keys written to one trie.
@@ -231,6 +234,7 @@ impl DataPath {
             pending_slot_tables: Vec::new(),
             pending_writes: Default::default(),
             written_prefixes: Default::default(),
+            prefixes_walked: 0,
         })
     }
 
@@ -284,6 +288,13 @@ impl DataPath {
         self.ebpf
             .map(name)
             .ok_or_else(|| DataPathError::Missing(name.to_string()))
+    }
+
+    /// Prefixes the clearing of old slots had to find by walking their
+    /// tries, since this process began: those a previous process wrote.
+    /// Prefixes this process wrote are deleted by key and never counted.
+    pub fn prefixes_walked(&self) -> u64 {
+        self.prefixes_walked
     }
 
     /// The active slot and its settings.

@@ -231,6 +231,9 @@ pub fn hold(spec: &str) -> Result<()> {
         probes.hit_index + 1
     );
     let dp = DataPath::load(&compiled, 1, &|_| None)?;
+    if let Some(insns) = dp.verified_insns()? {
+        eprintln!("the verifier processed {insns} instructions (limit 1,000,000)");
+    }
     let frame = frame_for(&probes.hit);
     let started = Instant::now();
     let mut times = Vec::new();

@@ -229,6 +229,90 @@ impl AddrClass {
     }
 }
 
+/// IPv4 address ranges, the general path's address lookup for large rule
+/// sets (layout v12; see `DataPathConfig::v4_ranges`): the prefixes of a
+/// side cut the address space into ranges, each with the class of the
+/// longest prefix holding it (the trie's answer for every address in it).
+/// One array of `u64` per side and slot (`SRC_V4_RANGES`, `DST_V4_RANGES`),
+/// each entry two `u32`s ([`v4_range_pair`]):
+/// - entries `0..V4_RANGE_BLOCKS`, a directory of /16 blocks: entry `b`
+///   holds the first and last index of the ranges holding addresses of
+///   block `b`; or, for a block with many ranges, the index of its
+///   sub-directory and [`V4_RANGE_SUBDIR`]` + bits`, where the sub-directory
+///   has `2^bits` entries like the directory's, one per slice of the block
+///   (the next `bits` bits of the address);
+/// - after them, the sub-directories; then the ranges in address order,
+///   each its first address and the index of its class in the side's class
+///   array (`SRC_V4_RANGE_CLASSES`, `DST_V4_RANGE_CLASSES`).
+///
+/// A lookup reads the block's entry (and its slice's), binary-searches the
+/// few ranges left (at most [`V4_RANGE_STEPS`] probes), and reads the
+/// class: array reads, where a trie of 100,000 prefixes walks about 20
+/// nodes.
+pub const V4_RANGE_BLOCKS: u32 = 1 << 16;
+/// A directory entry whose second half is this plus `bits` (1 to 16) points
+/// at a sub-directory of `2^bits` entries (range indexes never come near).
+pub const V4_RANGE_SUBDIR: u32 = 0xffff_ff00;
+/// Probes of the binary search: a block holds at most 65,536 addresses, so
+/// at most 65,536 ranges start in it, plus the one holding its first
+/// address.
+pub const V4_RANGE_STEPS: u32 = 17;
+/// [`DataPathConfig::v4_ranges`](crate::DataPathConfig) bits: the source
+/// (destination) IPv4 addresses are looked up in the range arrays instead
+/// of the trie.
+pub const V4_RANGES_SRC: u8 = 1;
+pub const V4_RANGES_DST: u8 = 2;
+
+/// An entry of the range arrays: `low` in the low 32 bits, `high` above
+/// (directory: first and last range index; range: first address and class
+/// index).
+#[inline(always)]
+pub const fn v4_range_pair(low: u32, high: u32) -> u64 {
+    low as u64 | (high as u64) << 32
+}
+
+/// The range holding `addr` in a side's IPv4 range array, read entry by
+/// entry through `entry` (see [`V4_RANGE_BLOCKS`]): its entry (first
+/// address, class index), or `None` if an entry is missing. The program
+/// and the userspace model both search with this function, so that the
+/// differential tests check the search the program runs.
+#[inline(always)]
+pub fn v4_range_find(addr: u32, entry: impl Fn(u32) -> Option<u64>) -> Option<u64> {
+    let mut block = entry(addr >> 16)?;
+    let high = (block >> 32) as u32;
+    if high >= V4_RANGE_SUBDIR {
+        // A block of many ranges: its slice's entry, in its sub-directory.
+        let bits = high - V4_RANGE_SUBDIR;
+        let slice = (addr & 0xffff) >> ((16 - bits) & 15);
+        block = entry((block as u32).wrapping_add(slice))?;
+    }
+    // Candidates: the range holding the block's (or slice's) first address,
+    // which starts at or before `addr`, up to the last one starting in it.
+    let mut first = block as u32;
+    let mut count = ((block >> 32) as u32).wrapping_sub(first).wrapping_add(1);
+    for _ in 0..V4_RANGE_STEPS {
+        if count <= 1 {
+            break;
+        }
+        let half = count >> 1;
+        // A missing entry (never, once the agent wrote the array) ends the
+        // search: in the program, a path that ends adds nothing to the
+        // verifier's walk.
+        let range = entry(first.wrapping_add(half))?;
+        // All ones when the probed range starts at or before `addr` (no
+        // borrow out of the subtraction), without a branch: in the program,
+        // a branch that joins again would double the verifier's paths at
+        // every probe. Through `black_box`, so that LLVM sees neither that
+        // the operands fit in 32 bits nor that the borrow is 0 or 1: it
+        // would turn this back into a compare and a branch.
+        let difference = core::hint::black_box(addr as u64).wrapping_sub(range as u32 as u64);
+        let borrow = core::hint::black_box(difference >> 63);
+        first = first.wrapping_add(half & (borrow as u32).wrapping_sub(1));
+        count -= half;
+    }
+    entry(first)
+}
+
 /// Pattern of an L4 key: bit 2 interface named, bit 1 source port class,
 /// bit 0 destination port / ICMP type class (else ANY).
 #[inline(always)]

@@ -63,6 +63,11 @@ shared_type! {
         /// the array holds each CPU's counters one after the other, so a
         /// rule's counter on CPU c is at `c * counter_stride + counter`.
         pub counter_stride: u32,
+        /// `V4_RANGES_*` bits (general path): which sides' IPv4 addresses
+        /// are looked up in the range arrays ([`V4_RANGE_BLOCKS`](crate::V4_RANGE_BLOCKS)) instead
+        /// of the tries (large rule sets).
+        pub v4_ranges: u8,
+        pub _pad_end: [u8; 7],
     }
-    size = 112, align = 8;
+    size = 120, align = 8;
 }

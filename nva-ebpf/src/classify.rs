@@ -10,12 +10,12 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use nva_common::{
-    class_lane, prefix_table_index, AddrClass, DataPathConfig, L4Key, PairKey, PairMatch,
-    PrefixKey, VerdictKey, ANY_CLASS, CLASS_ID_MASK, CLASS_IN_PAIRS, CLASS_IN_SINGLE, ICMP_SLOT_V4,
-    ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY,
+    class_lane, prefix_table_index, v4_range_find, AddrClass, DataPathConfig, L4Key, PairKey,
+    PairMatch, PrefixKey, VerdictKey, ANY_CLASS, CLASS_ID_MASK, CLASS_IN_PAIRS, CLASS_IN_SINGLE,
+    ICMP_SLOT_V4, ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY,
     PAIR_TABLE_SRC_ONLY, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT,
     PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS, PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_GROUPS,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_GROUPS, V4_RANGES_DST, V4_RANGES_SRC,
 };
 
 use crate::maps::Tables;
@@ -40,10 +40,7 @@ fn icmp_class<T: Tables>(slot: u32, icmp_type: u8) -> u32 {
 /// `Option`s: LLVM packs a pair of them into shifted registers, which the
 /// verifier refuses or explores path by path.
 #[inline(always)]
-fn addr_classes<T: Tables>(pkt: &Packet) -> (AddrClass, AddrClass) {
-    const NONE: AddrClass = AddrClass {
-        class: [NO_RULE; RULE_GROUPS],
-    };
+fn addr_classes<T: Tables>(pkt: &Packet, v4_ranges: u8) -> (AddrClass, AddrClass) {
     if pkt.is_v6 {
         (
             T::src_v6()
@@ -56,13 +53,69 @@ fn addr_classes<T: Tables>(pkt: &Packet) -> (AddrClass, AddrClass) {
                 .unwrap_or(NONE),
         )
     } else {
-        let src4 = [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]];
-        let dst4 = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
-        (
-            T::src_v4().get(Key::new(32, src4)).copied().unwrap_or(NONE),
-            T::dst_v4().get(Key::new(32, dst4)).copied().unwrap_or(NONE),
-        )
+        let src4 = u32::from_be_bytes([pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]]);
+        let dst4 = u32::from_be_bytes([pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]]);
+        let src = if v4_ranges & V4_RANGES_SRC != 0 {
+            T::v4_range_class::<false>(v4_range_index::<T, false>(src4))
+        } else {
+            T::src_v4().get(Key::new(32, src4.to_be_bytes()))
+        };
+        let dst = if v4_ranges & V4_RANGES_DST != 0 {
+            T::v4_range_class::<true>(v4_range_index::<T, true>(dst4))
+        } else {
+            T::dst_v4().get(Key::new(32, dst4.to_be_bytes()))
+        };
+        (src.copied().unwrap_or(NONE), dst.copied().unwrap_or(NONE))
     }
+}
+
+/// No prefix holds the address.
+const NONE: AddrClass = AddrClass {
+    class: [NO_RULE; RULE_GROUPS],
+};
+
+/// The class index of the IPv4 address `addr` in a side's range arrays
+/// (see `nva_common::V4_RANGE_BLOCKS`): that of the last range of its
+/// block (or slice) starting at or before it, by binary search;
+/// [`NO_RULE`] if an entry is missing.
+#[inline(always)]
+fn v4_range_index<T: Tables, const DST: bool>(addr: u32) -> u32 {
+    match (T::SLOT, DST) {
+        (0, false) => nva_v4_range_index_src_0(addr),
+        (0, true) => nva_v4_range_index_dst_0(addr),
+        (_, false) => nva_v4_range_index_src_1(addr),
+        (_, true) => nva_v4_range_index_dst_1(addr),
+    }
+}
+
+// The search of each slot and side as a global function (external
+// linkage): the verifier checks a global function once, on its own, and
+// takes its result as any number at every call, where it would walk the
+// search again for each of the (hundreds of) paths reaching a call.
+#[no_mangle]
+pub extern "C" fn nva_v4_range_index_src_0(addr: u32) -> u32 {
+    v4_range_search::<crate::maps::slot0::Slot, false>(addr)
+}
+#[no_mangle]
+pub extern "C" fn nva_v4_range_index_dst_0(addr: u32) -> u32 {
+    v4_range_search::<crate::maps::slot0::Slot, true>(addr)
+}
+#[no_mangle]
+pub extern "C" fn nva_v4_range_index_src_1(addr: u32) -> u32 {
+    v4_range_search::<crate::maps::slot1::Slot, false>(addr)
+}
+#[no_mangle]
+pub extern "C" fn nva_v4_range_index_dst_1(addr: u32) -> u32 {
+    v4_range_search::<crate::maps::slot1::Slot, true>(addr)
+}
+
+#[inline(always)]
+fn v4_range_search<T: Tables, const DST: bool>(addr: u32) -> u32 {
+    let Some(ranges) = T::v4_ranges::<DST>() else {
+        return NO_RULE;
+    };
+    v4_range_find(addr, |index| ranges.get(index).copied())
+        .map_or(NO_RULE, |range| (range >> 32) as u32)
 }
 
 /// L4 classes found, one per key pattern (interface, source port class,
@@ -286,7 +339,7 @@ pub fn first_match<T: Tables>(pkt: &Packet, ifindex: u32, config: &DataPathConfi
         best,
         l4_matches::<T>(pkt, ifindex, config.l4_patterns, &mut l4s),
     );
-    let (src, dst) = addr_classes::<T>(pkt);
+    let (src, dst) = addr_classes::<T>(pkt, config.v4_ranges);
     // Each rule group in use joins its own classes, as a rule set of its
     // own; the smallest rule id over all groups is the first match.
     // Unrolled by hand (constant g): straight-line code verifies cheaply.

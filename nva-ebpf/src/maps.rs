@@ -129,7 +129,7 @@ pub static PREFIXES: ArrayOfMaps<Join<PrefixKey, u32>, 2> = ArrayOfMaps::new();
 /// An array of one slot, created by the agent for each rule set at the
 /// length it needs (BPF_F_INNER_MAP: arrays of any length may stand in the
 /// slot; the 1 is only the template's).
-type SlotArray<V> = InnerArray<V, 1, { BPF_F_INNER_MAP as usize }>;
+pub type SlotArray<V> = InnerArray<V, 1, { BPF_F_INNER_MAP as usize }>;
 
 /// Slot -> rule id -> action and counter index.
 #[btf_map]
@@ -143,6 +143,18 @@ pub static RULE_ACTIONS: ArrayOfMaps<SlotArray<RuleAction>, 2> = ArrayOfMaps::ne
 /// lost or counted twice, and each array is as long as its rule set needs.
 #[btf_map]
 pub static RULE_COUNTERS: ArrayOfMaps<SlotArray<RuleCounters>, 2> = ArrayOfMaps::new();
+
+/// Slot -> IPv4 range arrays of each side (directory of /16 blocks, then
+/// the ranges; see `nva_common::V4_RANGE_BLOCKS`), for large rule sets.
+#[btf_map]
+pub static SRC_V4_RANGES: ArrayOfMaps<SlotArray<u64>, 2> = ArrayOfMaps::new();
+#[btf_map]
+pub static DST_V4_RANGES: ArrayOfMaps<SlotArray<u64>, 2> = ArrayOfMaps::new();
+/// Slot -> class index of a range -> the address class in each rule group.
+#[btf_map]
+pub static SRC_V4_RANGE_CLASSES: ArrayOfMaps<SlotArray<AddrClass>, 2> = ArrayOfMaps::new();
+#[btf_map]
+pub static DST_V4_RANGE_CLASSES: ArrayOfMaps<SlotArray<AddrClass>, 2> = ArrayOfMaps::new();
 
 /// Looks `key` up in `slot`'s table of `outer`.
 #[inline(always)]
@@ -162,12 +174,19 @@ fn join_get<K, V>(
 
 /// The rule tables of one slot.
 pub trait Tables {
+    /// The slot (0 or 1).
+    const SLOT: u32;
     /// Source and destination prefix -> address class in each rule group
     /// (or, on the short path, the prefix's first rule).
     fn src_v4() -> &'static LpmTrie<[u8; 4], AddrClass>;
     fn src_v6() -> &'static LpmTrie<[u8; 16], AddrClass>;
     fn dst_v4() -> &'static LpmTrie<[u8; 4], AddrClass>;
     fn dst_v6() -> &'static LpmTrie<[u8; 16], AddrClass>;
+    /// The IPv4 range array of the source (`DST` false) or destination
+    /// side (looked up once, then read entry by entry), and class index ->
+    /// class.
+    fn v4_ranges<const DST: bool>() -> Option<&'static SlotArray<u64>>;
+    fn v4_range_class<const DST: bool>(index: u32) -> Option<&'static AddrClass>;
     /// (protocol, direction, port) -> port class; ranges are spread out.
     fn port_class() -> &'static Array<u64>;
     /// (ICMP or ICMPv6, type) -> type class.
@@ -228,6 +247,7 @@ macro_rules! slot_tables {
             pub struct Slot;
 
             impl Tables for Slot {
+                const SLOT: u32 = $index;
                 #[inline(always)]
                 fn src_v4() -> &'static LpmTrie<[u8; 4], AddrClass> {
                     &SRC_V4
@@ -243,6 +263,22 @@ macro_rules! slot_tables {
                 #[inline(always)]
                 fn dst_v6() -> &'static LpmTrie<[u8; 16], AddrClass> {
                     &DST_V6
+                }
+                #[inline(always)]
+                fn v4_ranges<const DST: bool>() -> Option<&'static SlotArray<u64>> {
+                    if DST {
+                        DST_V4_RANGES.get($index)
+                    } else {
+                        SRC_V4_RANGES.get($index)
+                    }
+                }
+                #[inline(always)]
+                fn v4_range_class<const DST: bool>(index: u32) -> Option<&'static AddrClass> {
+                    if DST {
+                        DST_V4_RANGE_CLASSES.get_value($index, &index)
+                    } else {
+                        SRC_V4_RANGE_CLASSES.get_value($index, &index)
+                    }
                 }
                 #[inline(always)]
                 fn port_class() -> &'static Array<u64> {

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use nva::classifier::compiler::{compile, compile_in_groups, linear_first_match};
+use nva::classifier::compiler::{
+    compile, compile_in_groups, compile_with_v4_ranges, linear_first_match,
+};
 use nva::classifier::rulegen::classbench::{ClassBench, Shape};
 use nva::classifier::rulegen::{Rng, RuleGen};
 use nva::datapath::DataPath;
@@ -507,15 +509,17 @@ fn real_program_agrees_with_linear_first_match() {
     require_root();
     in_private_netns(&["eth0", "eth1"], |ifindex| {
         let local = nva::datapath::local_addrs();
-        for seed in 1..=15u64 {
+        for seed in 1..=16u64 {
             let mut rng = Rng::new(seed * 7919);
             let classbench = match seed {
                 11 => Some(Shape::Acl),
                 12 => Some(Shape::Fw),
-                13 => Some(Shape::Ipc),
+                13 | 16 => Some(Shape::Ipc),
                 _ => None,
             };
-            let n = if classbench.is_some() {
+            let n = if seed == 16 {
+                10_000
+            } else if classbench.is_some() {
                 1_000
             } else {
                 100 + rng.below(300) as usize
@@ -541,11 +545,18 @@ fn real_program_agrees_with_linear_first_match() {
                 false,
             );
             let in_groups = seed >= 14;
+            // IPv4 range arrays instead of tries: forced on small random
+            // sets (prefixes from /8 to /32, nested, the search's edges),
+            // and on their own for 10,000 ipc rules (sub-directories).
+            let ranges = (4..=6).contains(&seed) || seed == 16;
             let compiled = if in_groups {
                 compile_in_groups(&rules, &pol).unwrap()
+            } else if (4..=6).contains(&seed) {
+                compile_with_v4_ranges(&rules, &pol).unwrap()
             } else {
                 compile(&rules, &pol).unwrap()
             };
+            assert_eq!(compiled.v4_ranges != 0, ranges, "seed {seed}");
             assert_eq!(compiled.sizes.rule_groups > 1, in_groups, "seed {seed}");
             assert_eq!(compiled.prefix_rules != 0, prefixes_only, "seed {seed}");
             assert_eq!(compiled.sizes.prefixes_hashed, hashed, "seed {seed}");

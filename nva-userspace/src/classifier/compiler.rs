@@ -26,9 +26,10 @@ use nva_common::{
     PAIR_TABLE_SRC_ONLY, PORT_CLASS_ENTRIES, PORT_SLOTS, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT,
     PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS, PREFIX_RULES_DST,
     PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP,
-    PROTO_UDP, RULE_GROUPS,
+    PROTO_UDP, RULE_GROUPS, V4_RANGES_DST, V4_RANGES_SRC,
 };
 
+use crate::classifier::v4_ranges::{V4Ranges, RANGES_FROM_PREFIXES};
 use crate::policy::model::{Action, Cidr, PolicySettings, Proto, Rule};
 
 /// Memory budget for the rule tables of one rule set.
@@ -94,6 +95,11 @@ pub struct TableSizes {
     pub verdicts: usize,
     /// Rule groups of the general path (1 unless the rule set is large).
     pub rule_groups: usize,
+    /// IPv4 prefixes looked up through range arrays instead of tries
+    /// (counted in `src_prefixes` and `dst_prefixes` too), and the arrays'
+    /// bytes.
+    pub ranged_prefixes: usize,
+    pub v4_range_bytes: u64,
     /// Estimate of kernel memory for these tables.
     pub bytes: u64,
 }
@@ -116,10 +122,15 @@ impl std::fmt::Display for TableSizes {
         }
         write!(
             f,
-            "rule groups {}, prefixes src {} dst {}, pairs {} (+{} dst-only, {} src-only), l4 {}, verdicts {}, classes src {} dst {} port {} icmp {} pair {} l4 {}, ~{:.1} MiB",
+            "rule groups {}, prefixes src {} dst {}{}, pairs {} (+{} dst-only, {} src-only), l4 {}, verdicts {}, classes src {} dst {} port {} icmp {} pair {} l4 {}, ~{:.1} MiB",
             self.rule_groups,
             self.src_prefixes,
             self.dst_prefixes,
+            if self.ranged_prefixes > 0 {
+                format!(" ({} IPv4 as ranges)", self.ranged_prefixes)
+            } else {
+                String::new()
+            },
             self.pairs,
             self.dst_only,
             self.src_only,
@@ -143,6 +154,12 @@ pub struct CompiledRuleSet {
     pub src_v6: Vec<PrefixClass<16>>,
     pub dst_v4: Vec<PrefixClass<4>>,
     pub dst_v6: Vec<PrefixClass<16>>,
+    /// The IPv4 range arrays of each side (general path, large rule sets:
+    /// `v4_ranges` says which sides; their IPv4 tries are then empty).
+    pub src_v4_ranges: V4Ranges,
+    pub dst_v4_ranges: V4Ranges,
+    /// `V4_RANGES_*` bits.
+    pub v4_ranges: u8,
     /// Indexed as in nva-common (`slot * 65536 + port`).
     pub port_class: Vec<u32>,
     /// Indexed as in nva-common (`slot * 256 + type`).
@@ -608,7 +625,7 @@ impl Budget {
 
 /// Compiles `rules` (in file order) under `policy`.
 pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSet, CompileError> {
-    compile_grouping_past(rules, policy, GROUP_WHEN_PAIRS_OVER)
+    compile_grouping_past(rules, policy, GROUP_WHEN_PAIRS_OVER, RANGES_FROM_PREFIXES)
 }
 
 /// Like [`compile`], with rule groups whatever the rule set's size (tests
@@ -617,7 +634,17 @@ pub fn compile_in_groups(
     rules: &[Rule],
     policy: &PolicySettings,
 ) -> Result<CompiledRuleSet, CompileError> {
-    compile_grouping_past(rules, policy, 0)
+    compile_grouping_past(rules, policy, 0, RANGES_FROM_PREFIXES)
+}
+
+/// Like [`compile`], with IPv4 range arrays instead of tries on both sides
+/// of the general path whatever the number of prefixes (tests: the range
+/// search of small rule sets, whose edges are easy to reach).
+pub fn compile_with_v4_ranges(
+    rules: &[Rule],
+    policy: &PolicySettings,
+) -> Result<CompiledRuleSet, CompileError> {
+    compile_grouping_past(rules, policy, GROUP_WHEN_PAIRS_OVER, 0)
 }
 
 /// Marks in each pair entry the L4 patterns through which some verdict
@@ -645,6 +672,7 @@ fn compile_grouping_past(
     rules: &[Rule],
     policy: &PolicySettings,
     group_when_pairs_over: u64,
+    ranges_from_prefixes: usize,
 ) -> Result<CompiledRuleSet, CompileError> {
     if rules.len() > MAX_RULES as usize {
         return Err(CompileError::TooManyRules(rules.len()));
@@ -698,13 +726,16 @@ fn compile_grouping_past(
         (src.join().expect("source prefix tables"), dst)
     });
     (out.src_v4, out.src_v6, out.dst_v4, out.dst_v6) = (src_v4, src_v6, dst_v4, dst_v6);
+    let src_prefixes = out.src_v4.len() + out.src_v6.len();
+    let dst_prefixes = out.dst_v4.len() + out.dst_v6.len();
+    let ranged_prefixes = ranges_for_large_sides(&mut out, ranges_from_prefixes);
 
     let sizes = TableSizes {
         rules: rules.len(),
         prefix_rules: false,
         prefixes_hashed: false,
-        src_prefixes: out.src_v4.len() + out.src_v6.len(),
-        dst_prefixes: out.dst_v4.len() + out.dst_v6.len(),
+        src_prefixes,
+        dst_prefixes,
         src_classes: next_src as usize,
         dst_classes: next_dst as usize,
         port_classes: fields.port_classes as usize,
@@ -717,6 +748,8 @@ fn compile_grouping_past(
         l4_classes: l4_classes.len(),
         verdicts: out.verdicts.len(),
         rule_groups: out.pair_tables.iter().filter(|t| **t != 0).count().max(1),
+        ranged_prefixes,
+        v4_range_bytes: out.src_v4_ranges.bytes() + out.dst_v4_ranges.bytes(),
         bytes: 0,
     };
     // Freeing the working sets (hundreds of thousands of small vectors for
@@ -724,6 +757,31 @@ fn compile_grouping_past(
     // caller's path.
     std::thread::spawn(move || drop((groups, pair_classes, l4_classes, fields, flags)));
     within_budget(out, sizes, started)
+}
+
+/// Moves each side's IPv4 prefixes from its trie to range arrays when
+/// there are at least `from_prefixes` (see `v4_ranges`), the two sides on
+/// two threads; returns the prefixes moved.
+fn ranges_for_large_sides(out: &mut CompiledRuleSet, from_prefixes: usize) -> usize {
+    let build =
+        |table: &[PrefixClass<4>]| (table.len() >= from_prefixes).then(|| V4Ranges::build(table));
+    let (src, dst) = std::thread::scope(|scope| {
+        let src = scope.spawn(|| build(&out.src_v4));
+        let dst = build(&out.dst_v4);
+        (src.join().expect("source ranges"), dst)
+    });
+    let mut moved = 0;
+    if let Some(ranges) = src {
+        moved += std::mem::take(&mut out.src_v4).len();
+        out.src_v4_ranges = ranges;
+        out.v4_ranges |= V4_RANGES_SRC;
+    }
+    if let Some(ranges) = dst {
+        moved += std::mem::take(&mut out.dst_v4).len();
+        out.dst_v4_ranges = ranges;
+        out.v4_ranges |= V4_RANGES_DST;
+    }
+    moved
 }
 
 /// The address classes of one rule group.
@@ -1629,7 +1687,8 @@ fn estimate_bytes(s: &TableSizes) -> u64 {
     (s.pairs + s.dst_only + s.src_only) as u64 * PAIR_ENTRY_BYTES
         + hash(s.l4_entries, 24)
         + hash(s.verdicts, 16)
-        + (s.src_prefixes + s.dst_prefixes) as u64
+        + s.v4_range_bytes
+        + (s.src_prefixes + s.dst_prefixes - s.ranged_prefixes) as u64
             * if s.prefixes_hashed {
                 // A hash element: overhead, 24-byte key, value.
                 48 + 24 + 8
@@ -1709,6 +1768,22 @@ impl CompiledRuleSet {
         sink.prefixes_v6(names::SRC_V6, &self.src_v6)?;
         sink.prefixes_v4(names::DST_V4, &self.dst_v4)?;
         sink.prefixes_v6(names::DST_V6, &self.dst_v6)?;
+        // Arrays, written as (index, value).
+        fn indexed<V: Copy>(values: &[V]) -> Vec<(u32, V)> {
+            (0..).zip(values.iter().copied()).collect()
+        }
+        for (table, ranges) in [
+            (names::SRC_V4_RANGES, &self.src_v4_ranges),
+            (names::DST_V4_RANGES, &self.dst_v4_ranges),
+        ] {
+            sink.hash(table, &indexed(&ranges.entries))?;
+        }
+        for (table, ranges) in [
+            (names::SRC_V4_RANGE_CLASSES, &self.src_v4_ranges),
+            (names::DST_V4_RANGE_CLASSES, &self.dst_v4_ranges),
+        ] {
+            sink.hash(table, &indexed(&ranges.classes))?;
+        }
         fn entries<K: Copy, V: Copy>(m: &HashMap<K, V>) -> Vec<(K, V)> {
             m.iter().map(|(k, v)| (*k, *v)).collect()
         }
@@ -1775,6 +1850,8 @@ impl CompiledRuleSet {
             no_class: ANY_CLASS,
             // Set by the installer, which sizes the counter array.
             counter_stride: 0,
+            v4_ranges: self.v4_ranges,
+            _pad_end: Default::default(),
             timeouts_s: self.timeouts_s,
             prefix_lens: if self.prefix_rules & PREFIX_RULES_HASHED != 0 {
                 self.prefix_lens
@@ -1802,8 +1879,16 @@ impl LookupModel<'_> {
         let set = self.set;
         let (s, d) = match (pkt.src, pkt.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => (
-                lpm_lookup(&self.src4, s.octets()),
-                lpm_lookup(&self.dst4, d.octets()),
+                if set.v4_ranges & V4_RANGES_SRC != 0 {
+                    Some(set.src_v4_ranges.lookup(s.into()))
+                } else {
+                    lpm_lookup(&self.src4, s.octets())
+                },
+                if set.v4_ranges & V4_RANGES_DST != 0 {
+                    Some(set.dst_v4_ranges.lookup(d.into()))
+                } else {
+                    lpm_lookup(&self.dst4, d.octets())
+                },
             ),
             (IpAddr::V6(s), IpAddr::V6(d)) => (
                 lpm_lookup(&self.src6, s.octets()),

@@ -14,6 +14,7 @@
 
 pub mod compiler;
 pub mod rulegen;
+pub mod v4_ranges;
 
 pub use compiler::{compile, CompiledRuleSet, PacketView, PrefixClass};
 

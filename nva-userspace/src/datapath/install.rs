@@ -324,6 +324,17 @@ pub(super) const JOIN_TABLES: [&str; 6] = [
     names::PREFIXES,
 ];
 
+/// Arrays created for each rule set at the length it needs, and swapped in
+/// with the slot (maps of maps, like the join tables). The rule counters
+/// are apart: a new array starts as a copy of the one it replaces.
+pub(super) const SLOT_ARRAYS: [&str; 5] = [
+    names::RULE_ACTIONS,
+    names::SRC_V4_RANGES,
+    names::DST_V4_RANGES,
+    names::SRC_V4_RANGE_CLASSES,
+    names::DST_V4_RANGE_CLASSES,
+];
+
 impl DataPath {
     /// Creates `slot`'s `table` with exactly `entries` (a table of one
     /// free entry when there are none) and puts it in the slot, replacing
@@ -413,6 +424,10 @@ impl DataPath {
         self.set_join_table::<VerdictKey, u32>(names::VERDICTS, slot, &[])?;
         self.set_join_table::<PrefixKey, u32>(names::PREFIXES, slot, &[])?;
         self.set_slot_array::<u32, RuleAction>(names::RULE_ACTIONS, slot, &[])?;
+        self.set_slot_array::<u32, u64>(names::SRC_V4_RANGES, slot, &[])?;
+        self.set_slot_array::<u32, u64>(names::DST_V4_RANGES, slot, &[])?;
+        self.set_slot_array::<u32, AddrClass>(names::SRC_V4_RANGE_CLASSES, slot, &[])?;
+        self.set_slot_array::<u32, AddrClass>(names::DST_V4_RANGE_CLASSES, slot, &[])?;
         self.put_pending_in_slots()
     }
 
@@ -565,7 +580,7 @@ impl TableSink for SlotSink<'_> {
         if JOIN_TABLES.contains(&table) {
             return self.datapath.set_join_table(table, self.slot, entries);
         }
-        if table == names::RULE_ACTIONS {
+        if SLOT_ARRAYS.contains(&table) {
             return self.datapath.set_slot_array(table, self.slot, entries);
         }
         self.queue(table, entries.to_vec(), true)

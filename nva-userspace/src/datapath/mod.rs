@@ -43,11 +43,15 @@ const SLOT_MAPS: [&str; 10] = [
 /// Maps that exist once. RULE_ACTIONS and RULE_COUNTERS among them are maps
 /// of maps: one array per slot, created at each rule set's length (see
 /// `install`).
-const GLOBAL_MAPS: [&str; 13] = [
+const GLOBAL_MAPS: [&str; 17] = [
     names::ACTIVE,
     names::CONFIG,
     names::RULE_ACTIONS,
     names::RULE_COUNTERS,
+    names::SRC_V4_RANGES,
+    names::DST_V4_RANGES,
+    names::SRC_V4_RANGE_CLASSES,
+    names::DST_V4_RANGE_CLASSES,
     names::PACKET_COUNTERS,
     names::LOCAL_ADDRS,
     names::CONNTRACK,
@@ -359,7 +363,9 @@ impl DataPath {
             })
             .collect();
         // Each slot's join table and per-rule arrays, named like slot maps.
-        let slot_arrays = [names::RULE_ACTIONS, names::RULE_COUNTERS];
+        let slot_arrays = install::SLOT_ARRAYS
+            .into_iter()
+            .chain([names::RULE_COUNTERS]);
         for table in install::JOIN_TABLES.into_iter().chain(slot_arrays) {
             let Ok(map) = self.map(table) else { continue };
             let Ok(outer) = ArrayOfMaps::<&MapData, MapData>::try_from(map) else {

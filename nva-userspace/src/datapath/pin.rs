@@ -45,6 +45,10 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     // through (`PairMatch::verdict_patterns`, 28 bytes); from v11 on, the
     // fingerprint covers the inner templates' key and value sizes.
     ("v11", 0xc380dddb69229fda),
+    // v12: IPv4 range arrays (directory of /16 blocks, ranges, classes) in
+    // maps of maps, looked up instead of the IPv4 tries for large rule
+    // sets; the configuration says which sides (`v4_ranges`, 120 bytes).
+    ("v12", 0xc97ce8cf3bb89471),
 ];
 
 #[derive(Clone, Debug)]

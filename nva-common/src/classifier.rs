@@ -250,12 +250,13 @@ impl AddrClass {
 /// class: array reads, where a trie of 100,000 prefixes walks about 20
 /// nodes.
 pub const V4_RANGE_BLOCKS: u32 = 1 << 16;
-/// A directory entry whose second half is this plus `bits` (1 to 16) points
-/// at a sub-directory of `2^bits` entries (range indexes never come near).
+/// A directory entry whose second half is this plus `bits` points at a
+/// sub-directory of `2^bits` entries (range indexes never come near; the
+/// compiler uses 2 to 8 bits).
 pub const V4_RANGE_SUBDIR: u32 = 0xffff_ff00;
-/// Probes of the binary search: a block holds at most 65,536 addresses, so
-/// at most 65,536 ranges start in it, plus the one holding its first
-/// address.
+/// Probes of the binary search, at most: enough for the most candidates a
+/// block can have without a sub-directory (65,536: every address of the
+/// block starts a range), whatever sub-directories the compiler makes.
 pub const V4_RANGE_STEPS: u32 = 17;
 /// [`DataPathConfig::v4_ranges`](crate::DataPathConfig) bits: the source
 /// (destination) IPv4 addresses are looked up in the range arrays instead

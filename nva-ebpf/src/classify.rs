@@ -93,18 +93,22 @@ fn v4_range_index<T: Tables, const DST: bool>(addr: u32) -> u32 {
 // takes its result as any number at every call, where it would walk the
 // search again for each of the (hundreds of) paths reaching a call.
 #[no_mangle]
+#[inline(never)]
 pub extern "C" fn nva_v4_range_index_src_0(addr: u32) -> u32 {
     v4_range_search::<crate::maps::slot0::Slot, false>(addr)
 }
 #[no_mangle]
+#[inline(never)]
 pub extern "C" fn nva_v4_range_index_dst_0(addr: u32) -> u32 {
     v4_range_search::<crate::maps::slot0::Slot, true>(addr)
 }
 #[no_mangle]
+#[inline(never)]
 pub extern "C" fn nva_v4_range_index_src_1(addr: u32) -> u32 {
     v4_range_search::<crate::maps::slot1::Slot, false>(addr)
 }
 #[no_mangle]
+#[inline(never)]
 pub extern "C" fn nva_v4_range_index_dst_1(addr: u32) -> u32 {
     v4_range_search::<crate::maps::slot1::Slot, true>(addr)
 }

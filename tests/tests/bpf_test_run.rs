@@ -11,7 +11,7 @@ use nva::classifier::rulegen::classbench::{ClassBench, Shape};
 use nva::classifier::rulegen::{Rng, RuleGen};
 use nva::datapath::DataPath;
 use nva::policy::model::{Action, ManagementPort, PolicySettings, PortRange, Proto, Rule};
-use nva_common::{PacketReason, NO_RULE, PROTO_TCP};
+use nva_common::{PacketReason, NO_RULE, PROTO_TCP, V4_RANGE_BLOCKS, V4_RANGE_SUBDIR};
 use nva_tests::frames::*;
 use nva_tests::test_run::{run, XDP_DROP, XDP_PASS};
 use nva_tests::{in_private_netns, require_root};
@@ -557,6 +557,13 @@ fn real_program_agrees_with_linear_first_match() {
                 compile(&rules, &pol).unwrap()
             };
             assert_eq!(compiled.v4_ranges != 0, ranges, "seed {seed}");
+            if seed == 16 {
+                let subdirs = compiled.src_v4_ranges.entries[..V4_RANGE_BLOCKS as usize]
+                    .iter()
+                    .filter(|e| (**e >> 32) as u32 >= V4_RANGE_SUBDIR)
+                    .count();
+                assert!(subdirs > 0, "seed {seed}: blocks with sub-directories");
+            }
             assert_eq!(compiled.sizes.rule_groups > 1, in_groups, "seed {seed}");
             assert_eq!(compiled.prefix_rules != 0, prefixes_only, "seed {seed}");
             assert_eq!(compiled.sizes.prefixes_hashed, hashed, "seed {seed}");
@@ -730,7 +737,20 @@ fn the_old_slots_tries_are_emptied_after_each_switch_and_after_a_restart() {
                 gen.rules(&mut rng, 300)
             })
             .collect();
-        let compiled: Vec<_> = sets.iter().map(|r| compile(r, &pol).unwrap()).collect();
+        // The second set on IPv4 ranges: the slots switch between tries
+        // and ranges, and the restarted process's last set is on ranges.
+        let compiled: Vec<_> = sets
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if i == 1 {
+                    compile_with_v4_ranges(r, &pol).unwrap()
+                } else {
+                    compile(r, &pol).unwrap()
+                }
+            })
+            .collect();
+        assert_ne!(compiled[1].v4_ranges, 0);
         let counters: Vec<u32> = (0..300).collect();
         // Prefixes in a slot's four tries.
         let prefixes = |slot: u32| -> usize {

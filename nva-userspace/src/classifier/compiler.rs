@@ -1033,6 +1033,9 @@ fn within_budget(
         bytes: estimate_bytes(&sizes),
         ..sizes
     };
+    // The tries' capacity; a side on IPv4 ranges has an empty IPv4 trie,
+    // and its arrays are created at the length they need (bounded by the
+    // memory budget below).
     let prefix_tables = [
         ("the IPv4 source prefix table", out.src_v4.len()),
         ("the IPv6 source prefix table", out.src_v6.len()),

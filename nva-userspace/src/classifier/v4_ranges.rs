@@ -49,6 +49,12 @@ impl V4Ranges {
             .collect();
         // By start, a containing prefix before those it contains.
         sorted.sort_unstable_by_key(|&(start, end, _)| (start, std::cmp::Reverse(end)));
+        debug_assert!(
+            sorted
+                .windows(2)
+                .all(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1)),
+            "a prefix appears once"
+        );
         // (first address, class) in address order, from address 0.
         let mut ranges: Vec<(u64, AddrClass)> = vec![(0, NONE)];
         let mut emit = |start: u64, class: AddrClass| {
@@ -96,11 +102,10 @@ impl V4Ranges {
                 let first = holding(block << 16);
                 let last = holding(block << 16 | 0xffff);
                 let candidates = last - first + 1;
-                // About four candidates per slice: two probes.
+                // About four candidates per slice: two probes. Past 8
+                // candidates, at least 2 bits (ceil(log2) is at least 4).
                 let bits = if candidates > SUBDIR_FROM_CANDIDATES {
-                    (32 - (candidates - 1).leading_zeros())
-                        .saturating_sub(2)
-                        .clamp(1, 8)
+                    (u32::BITS - (candidates - 1).leading_zeros() - 2).min(8)
                 } else {
                     0
                 };
@@ -236,16 +241,44 @@ mod tests {
     }
 
     #[test]
-    fn a_block_full_of_ranges_is_searched_within_the_bound() {
-        // Every other address of one /16 a /32: 32,768 prefixes, 65,537
-        // candidate ranges in the block (the most there can be).
-        let prefixes: Vec<PrefixClass<4>> = (0..32_768u32)
-            .map(|i| prefix(0x0a00_0000 | (i * 2 + 1), 32, i))
+    fn the_densest_slices_are_searched_within_the_bound() {
+        // Under a /16, a /32 at every address of 10.0.2.1-10.0.2.255 and
+        // 300 more spread over the block: more than 512 candidates, so the
+        // block gets the most slices (8 bits, 256 addresses each), and the
+        // slice 10.0.2.0/24 has 256 candidates (8 probes), the most a slice
+        // can have.
+        let prefixes: Vec<PrefixClass<4>> = (1..256u32)
+            .map(|i| prefix(0x0a00_0200 | i, 32, i))
+            .chain((0..300u32).map(|i| prefix(0x0a00_8000 | (i * 4), 32, 1_000 + i)))
             .chain([prefix(0x0a00_0000, 16, 99_999)])
             .collect();
         let ranges = V4Ranges::build(&prefixes);
-        for addr in (0x09ff_fff0u32..0x0a01_0010).step_by(7) {
+        let block = ranges.entries[0x0a00];
+        assert_eq!(
+            (block >> 32) as u32,
+            V4_RANGE_SUBDIR + 8,
+            "the block has a sub-directory of 256 slices"
+        );
+        for addr in (0x09ff_fff0u32..0x0a01_0010).step_by(3) {
             assert_eq!(ranges.lookup(addr), lpm(&prefixes, addr));
+        }
+    }
+
+    #[test]
+    fn a_block_of_65536_candidates_is_searched_within_the_bound() {
+        // Built by hand (the compiler would give it a sub-directory): one
+        // block whose every address starts a range, class = address.
+        let base = V4_RANGE_BLOCKS;
+        let mut entries = vec![v4_range_pair(base, base); V4_RANGE_BLOCKS as usize];
+        entries[1] = v4_range_pair(base, base + 65_535);
+        entries[2] = v4_range_pair(base + 65_535, base + 65_535);
+        entries.extend((0..65_536u32).map(|i| v4_range_pair(0x0001_0000 | i, i)));
+        for addr in (0x0001_0000u32..0x0002_0000)
+            .step_by(97)
+            .chain([0x0001_0000, 0x0001_ffff])
+        {
+            let range = v4_range_find(addr, |i| entries.get(i as usize).copied());
+            assert_eq!(range.map(|r| (r >> 32) as u32), Some(addr & 0xffff));
         }
     }
 }

@@ -127,7 +127,7 @@ impl DataPath {
     /// ready. Only ever called on the inactive slot.
     fn clear_slot(&mut self, slot: u32) -> Result<(), DataPathError> {
         self.clear_slot_fixed_tables(slot)?;
-        self.clear_join_tables(slot)
+        self.clear_slot_maps_of_maps(slot)
     }
 
     /// Marks a slot not ready and empties its tables that are not in maps
@@ -415,8 +415,9 @@ impl DataPath {
         })
     }
 
-    /// Empties `slot`'s join tables (fresh tables of one free entry).
-    pub(super) fn clear_join_tables(&mut self, slot: u32) -> Result<(), DataPathError> {
+    /// Empties `slot`'s join tables and arrays in maps of maps (fresh
+    /// tables of one free entry, arrays of one zeroed entry).
+    pub(super) fn clear_slot_maps_of_maps(&mut self, slot: u32) -> Result<(), DataPathError> {
         self.set_join_table::<PairKey, PairMatch>(names::PAIRS, slot, &[])?;
         self.set_join_table::<u32, PairMatch>(names::DST_ONLY, slot, &[])?;
         self.set_join_table::<u32, PairMatch>(names::SRC_ONLY, slot, &[])?;

@@ -40,9 +40,9 @@ const SLOT_MAPS: [&str; 10] = [
     names::NAT_DNAT,
     names::NAT_SNAT,
 ];
-/// Maps that exist once. RULE_ACTIONS and RULE_COUNTERS among them are maps
-/// of maps: one array per slot, created at each rule set's length (see
-/// `install`).
+/// Maps that exist once. The rule actions and counters and the IPv4 range
+/// arrays among them are maps of maps: one array per slot, created at each
+/// rule set's length (see `install`).
 const GLOBAL_MAPS: [&str; 17] = [
     names::ACTIVE,
     names::CONFIG,
@@ -362,7 +362,8 @@ impl DataPath {
                 Some((name.to_string(), memlock(data)?))
             })
             .collect();
-        // Each slot's join table and per-rule arrays, named like slot maps.
+        // Each slot's join tables and arrays (maps of maps), named like slot
+        // maps.
         let slot_arrays = install::SLOT_ARRAYS
             .into_iter()
             .chain([names::RULE_COUNTERS]);

@@ -424,6 +424,56 @@ fn rule_groups_agree_with_linear_first_match() {
     }
 }
 
+/// IPv4 range arrays in place of the tries keep first-match order: random
+/// rule sets forced onto ranges on both sides agree with linear first
+/// match (prefixes from /8 to /32, nested and overlapping).
+#[test]
+fn v4_ranges_agree_with_linear_first_match() {
+    for seed in 1..=12u64 {
+        let mut rng = Rng::new(seed * 37);
+        let n = 100 + rng.below(700) as usize;
+        let gen = RuleGen::new(&mut rng, n);
+        let rules = gen.rules(&mut rng, n);
+        let compiled = compile_with_v4_ranges(&rules, &policy()).expect("compiles");
+        assert_eq!(compiled.v4_ranges, V4_RANGES_SRC | V4_RANGES_DST);
+        assert!(compiled.src_v4.is_empty() && compiled.dst_v4.is_empty());
+        let matched = agree_on_probes(&rules, &compiled, seed, 1_500);
+        assert!(matched * 4 > 1_500, "seed {seed}: {matched} matched");
+    }
+}
+
+/// A side takes the range arrays from `RANGES_FROM_PREFIXES` IPv4 prefixes
+/// on, and keeps its trie below. Its table holds the rules' prefixes and
+/// 0.0.0.0/0 (the class of addresses no rule names).
+#[test]
+fn ipv4_sides_take_ranges_from_their_threshold() {
+    for (prefixes, expected) in [
+        (RANGES_FROM_PREFIXES - 1, 0),
+        (RANGES_FROM_PREFIXES, V4_RANGES_SRC),
+    ] {
+        let rules: Vec<Rule> = (0..prefixes as u32 - 1)
+            .map(|i| Rule {
+                proto: Proto::Tcp,
+                src: vec![Cidr::new(
+                    IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i * 4)),
+                    30,
+                )],
+                dport: vec![PortRange { lo: 80, hi: 80 }],
+                ..Rule::any(&format!("r{i}"), Action::Allow)
+            })
+            .collect();
+        let compiled = compile(&rules, &policy()).expect("compiles");
+        assert_eq!(
+            compiled.v4_ranges, expected,
+            "{prefixes} prefixes: {}",
+            compiled.sizes
+        );
+        let on_ranges = if expected == 0 { 0 } else { prefixes };
+        assert_eq!(compiled.sizes.ranged_prefixes, on_ranges);
+        assert_eq!(compiled.src_v4.len(), prefixes - on_ranges);
+    }
+}
+
 /// 100,000 random rules (ranges of ports crossing thousands of port
 /// classes) need more L4 combinations than the budget: refused, counted
 /// before the table is built, with the rule count.

@@ -96,18 +96,22 @@ shared_type! {
 }
 
 shared_type! {
-    /// Value of the pair and L4 maps.
+    /// Value of the L4 map.
     ///
     /// `class` joins with the other half in the verdict map. `wildcard_rule` is
     /// the first rule that matches on this half alone because it is a wildcard in
     /// the other half (e.g. `proto = any` with no ports, as seen from the pair
     /// map); storing it here keeps such rules out of the cross product.
+    /// `wildcard_checks` (L4 map, layout v13): the wildcard rules before
+    /// `wildcard_rule` that left their source ports to checks, as
+    /// [`VerdictMatch::checks`].
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
     pub struct ClassMatch {
         pub class: u32,
         pub wildcard_rule: u32,
+        pub wildcard_checks: u32,
     }
-    size = 8, align = 4;
+    size = 12, align = 4;
 }
 
 shared_type! {
@@ -143,14 +147,155 @@ pub const fn pair_proto_slot(proto: u8) -> Option<usize> {
 }
 
 shared_type! {
-    /// Key of the verdict map: (pair class, L4 class). The value is the id of the
-    /// first rule, in file order, that matches both (a `u32`).
+    /// Key of the verdict map: (pair class, L4 class); the value is a
+    /// [`VerdictMatch`].
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
     pub struct VerdictKey {
         pub pair_class: u32,
         pub l4_class: u32,
     }
     size = 8, align = 4;
+}
+
+shared_type! {
+    /// Value of the verdict map (layout v13). `rule`: the first rule, in file
+    /// order, that matches both classes outright ([`NO_RULE`] if none).
+    /// `checks`: the rules before it that match both classes but left some
+    /// fields out of the join, each with the check of those fields (see
+    /// [`RuleCheck`]): `first << RULE_CHECK_COUNT_BITS | count` in the slot's
+    /// check array, in file order; 0 when there are none.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct VerdictMatch {
+        pub rule: u32,
+        pub checks: u32,
+    }
+    size = 8, align = 4;
+}
+
+/// Bits of [`VerdictMatch::checks`] holding the count.
+pub const RULE_CHECK_COUNT_BITS: u32 = 6;
+/// Checks one verdict entry may hold, at most (the program's loop bound).
+pub const RULE_CHECKS_MAX: u32 = (1 << RULE_CHECK_COUNT_BITS) - 1;
+
+/// [`RuleCheck::flags`]: the address checked is the destination (else the
+/// source).
+pub const RULE_CHECK_DST: u8 = 1;
+/// [`RuleCheck::flags`]: an address is checked, and with it the family.
+pub const RULE_CHECK_ADDR: u8 = 2;
+/// [`RuleCheck::flags`]: the address checked is IPv6.
+pub const RULE_CHECK_V6: u8 = 4;
+
+shared_type! {
+    /// A rule that the join matches only in part (layout v13). A rule whose
+    /// prefixes would cross many classes of the other side (a wide source
+    /// with a wide destination), or whose source ports would cross many
+    /// destination-port classes, leaves that field out of the join (it is
+    /// joined as if it matched any source, say) and is checked on it where
+    /// the join finds it: one check per prefix or port range of the field
+    /// left out (their product when several are). The program tests the checks
+    /// of a verdict entry in order; the first that passes is the rule.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct RuleCheck {
+        /// The address prefix checked: network and mask as two big-endian
+        /// words each (IPv4 in the top half of the first); zero when no
+        /// address is checked.
+        pub addr: [u64; 2],
+        pub mask: [u64; 2],
+        pub rule: u32,
+        /// Source and destination port ranges (`0..=65535` when the port
+        /// is not checked).
+        pub sport_lo: u16,
+        pub sport_hi: u16,
+        pub dport_lo: u16,
+        pub dport_hi: u16,
+        /// `RULE_CHECK_*` bits.
+        pub flags: u8,
+        pub _pad: [u8; 3],
+    }
+    size = 48, align = 8;
+}
+
+/// A packet's fields as the rule checks test them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckedFields {
+    /// Addresses as two big-endian words (IPv4 in the top half of the
+    /// first word).
+    pub src: [u64; 2],
+    pub dst: [u64; 2],
+    pub is_v6: bool,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl CheckedFields {
+    /// From 16-byte addresses (IPv4 in the first 4 bytes).
+    #[inline(always)]
+    pub fn new(
+        src: &[u8; 16],
+        dst: &[u8; 16],
+        is_v6: bool,
+        sport: u16,
+        dport: u16,
+    ) -> CheckedFields {
+        let words = |a: &[u8; 16]| {
+            [
+                u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+                u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+            ]
+        };
+        CheckedFields {
+            src: words(src),
+            dst: words(dst),
+            is_v6,
+            sport,
+            dport,
+        }
+    }
+}
+
+/// The rule of the first check of `checks` (a [`VerdictMatch::checks`])
+/// that `pkt` passes, reading the check array through `entry`; [`NO_RULE`]
+/// if none passes or an entry is missing. The program and the userspace
+/// model both use this function, so the differential tests check the
+/// program's checks.
+#[inline(always)]
+pub fn first_passing_check(
+    checks: u32,
+    pkt: &CheckedFields,
+    entry: impl Fn(u32) -> Option<RuleCheck>,
+) -> u32 {
+    let first = checks >> RULE_CHECK_COUNT_BITS;
+    let count = checks & RULE_CHECKS_MAX;
+    for i in 0..RULE_CHECKS_MAX {
+        if i >= count {
+            break;
+        }
+        let Some(check) = entry(first.wrapping_add(i)) else {
+            return NO_RULE;
+        };
+        // Without a branch but the last (through `black_box`, so that LLVM
+        // does not make branches of it): a branch that joins again doubles
+        // the verifier's paths at every check.
+        let flags = core::hint::black_box(check.flags as u64);
+        let dst = (flags & RULE_CHECK_DST as u64).wrapping_neg();
+        let word = |i: usize| (pkt.dst[i] & dst) | (pkt.src[i] & !dst);
+        let addr_miss = ((word(0) & check.mask[0]) ^ check.addr[0])
+            | ((word(1) & check.mask[1]) ^ check.addr[1]);
+        let family_miss = (flags >> 1) & ((flags >> 2) ^ pkt.is_v6 as u64) & 1;
+        // A borrow (bit 63) when a port is outside its range.
+        let sport = core::hint::black_box(pkt.sport as u64);
+        let dport = core::hint::black_box(pkt.dport as u64);
+        let ports_miss = (sport.wrapping_sub(check.sport_lo as u64)
+            | (check.sport_hi as u64).wrapping_sub(sport)
+            | dport.wrapping_sub(check.dport_lo as u64)
+            | (check.dport_hi as u64).wrapping_sub(dport))
+            >> 63;
+        let miss = core::hint::black_box(addr_miss | family_miss | ports_miss);
+        if miss == 0 {
+            return check.rule;
+        }
+    }
+    NO_RULE
 }
 
 shared_type! {

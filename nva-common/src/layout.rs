@@ -10,7 +10,7 @@
 /// `PacketReason`). Any change to them needs a new version, so that an agent
 /// never adopts pins it would misread; the layout test in nva-userspace
 /// fails until the version and its recorded layout are updated together.
-pub const LAYOUT_VERSION: &str = "v12";
+pub const LAYOUT_VERSION: &str = "v13";
 
 /// Declares a `#[repr(C)]` map key or value shared by the program and
 /// userspace, asserts its size and alignment at compile time, asserts that

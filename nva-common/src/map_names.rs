@@ -20,6 +20,7 @@ pub const DST_ONLY: &str = "DST_ONLY";
 pub const SRC_ONLY: &str = "SRC_ONLY";
 pub const L4: &str = "L4";
 pub const VERDICTS: &str = "VERDICTS";
+pub const RULE_CHECKS: &str = "RULE_CHECKS";
 pub const PREFIXES: &str = "PREFIXES";
 pub const RULE_ACTIONS: &str = "RULE_ACTIONS";
 pub const RULE_COUNTERS: &str = "RULE_COUNTERS";

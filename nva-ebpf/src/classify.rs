@@ -10,15 +10,16 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use nva_common::{
-    class_lane, prefix_table_index, v4_range_find, AddrClass, DataPathConfig, L4Key, PairKey,
-    PairMatch, PrefixKey, VerdictKey, ANY_CLASS, CLASS_ID_MASK, CLASS_IN_PAIRS, CLASS_IN_SINGLE,
-    ICMP_SLOT_V4, ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY,
-    PAIR_TABLE_SRC_ONLY, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT,
-    PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS, PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_GROUPS, V4_RANGES_DST, V4_RANGES_SRC,
+    class_lane, first_passing_check, prefix_table_index, v4_range_find, AddrClass, CheckedFields,
+    DataPathConfig, L4Key, PairKey, PairMatch, PrefixKey, VerdictKey, ANY_CLASS, CLASS_ID_MASK,
+    CLASS_IN_PAIRS, CLASS_IN_SINGLE, ICMP_SLOT_V4, ICMP_SLOT_V6, NO_PREFIX_LEN, NO_RULE,
+    PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY, PAIR_TABLE_SRC_ONLY, PORT_SLOT_TCP_DPORT,
+    PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS,
+    PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP, RULE_GROUPS, V4_RANGES_DST, V4_RANGES_SRC,
 };
 
-use crate::maps::Tables;
+use crate::maps::{Tables, PACKET};
 use crate::parse::Packet;
 
 #[inline(always)]
@@ -122,6 +123,76 @@ fn v4_range_search<T: Tables, const DST: bool>(addr: u32) -> u32 {
         .map_or(NO_RULE, |range| (range >> 32) as u32)
 }
 
+/// The verdict of (pair class, L4 class): its first rule, or that of its
+/// first passing check; [`NO_RULE`] if there is none.
+#[inline(always)]
+fn verdict<T: Tables>(pair_class: u32, l4_class: u32) -> u32 {
+    match T::SLOT {
+        0 => nva_verdict_0(pair_class, l4_class),
+        _ => nva_verdict_1(pair_class, l4_class),
+    }
+}
+
+// A global function per slot, like the range search: the verifier checks
+// the lookup and the loop over its checks once, not at each of the
+// (dozens of) verdict lookups on each of hundreds of paths.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn nva_verdict_0(pair_class: u32, l4_class: u32) -> u32 {
+    verdict_with_checks::<crate::maps::slot0::Slot>(pair_class, l4_class)
+}
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn nva_verdict_1(pair_class: u32, l4_class: u32) -> u32 {
+    verdict_with_checks::<crate::maps::slot1::Slot>(pair_class, l4_class)
+}
+
+#[inline(always)]
+fn verdict_with_checks<T: Tables>(pair_class: u32, l4_class: u32) -> u32 {
+    let key = VerdictKey {
+        pair_class,
+        l4_class,
+    };
+    let Some(found) = T::verdict(&key) else {
+        return NO_RULE;
+    };
+    let (rule, checks) = (found.rule, found.checks);
+    if checks == 0 {
+        return rule;
+    }
+    min(rule, first_passing_check_of::<T>(checks))
+}
+
+/// The rule of the first check of `checks` the packet passes (see
+/// `nva_common::first_passing_check`), or [`NO_RULE`].
+#[inline(always)]
+fn rule_checks<T: Tables>(checks: u32) -> u32 {
+    match T::SLOT {
+        0 => nva_rule_checks_0(checks),
+        _ => nva_rule_checks_1(checks),
+    }
+}
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn nva_rule_checks_0(checks: u32) -> u32 {
+    first_passing_check_of::<crate::maps::slot0::Slot>(checks)
+}
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn nva_rule_checks_1(checks: u32) -> u32 {
+    first_passing_check_of::<crate::maps::slot1::Slot>(checks)
+}
+
+#[inline(always)]
+fn first_passing_check_of<T: Tables>(checks: u32) -> u32 {
+    let (Some(pkt), Some(table)) = (PACKET.get(0), T::rule_checks()) else {
+        return NO_RULE;
+    };
+    let fields = CheckedFields::new(&pkt.src, &pkt.dst, pkt.is_v6, pkt.sport, pkt.dport);
+    first_passing_check(checks, &fields, |i| table.get(i).copied())
+}
+
 /// L4 classes found, one per key pattern (interface, source port class,
 /// destination port or ICMP type class; each either a class or ANY).
 struct L4Matches {
@@ -176,6 +247,9 @@ fn l4_matches<T: Tables>(pkt: &Packet, ifindex: u32, patterns: u8, out: &mut L4M
                 if let Some(m) = T::l4(&key) {
                     out.classes[$p] = m.class;
                     best = min(best, m.wildcard_rule);
+                    if m.wildcard_checks != 0 {
+                        best = min(best, rule_checks::<T>(m.wildcard_checks));
+                    }
                 }
             }
         }};
@@ -210,13 +284,7 @@ fn fold_pair<T: Tables>(best: u32, m: Option<&PairMatch>, l4: &L4Matches, proto:
         ($i:expr) => {{
             let class = l4.classes[$i];
             if class != l4.none && m.verdict_patterns & (1 << $i) != 0 {
-                let key = VerdictKey {
-                    pair_class: m.class,
-                    l4_class: class,
-                };
-                if let Some(rule) = T::verdict(&key) {
-                    best = min(best, *rule);
-                }
+                best = min(best, verdict::<T>(m.class, class));
             }
         }};
     }

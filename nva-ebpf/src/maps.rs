@@ -21,9 +21,9 @@ use aya_ebpf::{
 use nva_common::{
     AddrClass, ClassMatch, ConntrackEntry, ConntrackKey, ConntrackScratch, DataPathConfig, L4Key,
     LogBudget, ManagementKey, NatBinding, NatCounters, NatMatch, PairKey, PairMatch, PrefixKey,
-    RuleAction, RuleCounters, VerdictKey, CAPACITY_PREFIXES, CT_STATS, FORWARD_PATHS,
-    ICMP_CLASS_ENTRIES, LOG_BUDGET_SLOTS, MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES, PACKET_REASONS,
-    PORT_CLASS_ENTRIES,
+    RuleAction, RuleCheck, RuleCounters, VerdictKey, VerdictMatch, CAPACITY_PREFIXES, CT_STATS,
+    FORWARD_PATHS, ICMP_CLASS_ENTRIES, LOG_BUDGET_SLOTS, MAX_EGRESS, MAX_NAT_ATOMS, MAX_NAT_RULES,
+    PACKET_REASONS, PORT_CLASS_ENTRIES,
 };
 
 /// Index (0 or 1) of the slot the program uses.
@@ -118,9 +118,10 @@ pub static SRC_ONLY: ArrayOfMaps<Join<u32, PairMatch>, 2> = ArrayOfMaps::new();
 /// Slot -> L4 key (per pattern) -> L4 class.
 #[btf_map]
 pub static L4: ArrayOfMaps<Join<L4Key, ClassMatch>, 2> = ArrayOfMaps::new();
-/// Slot -> (pair class, L4 class) -> first matching rule id.
+/// Slot -> (pair class, L4 class) -> first matching rule id, and the
+/// checks of the rules before it that left fields out of the join.
 #[btf_map]
-pub static VERDICTS: ArrayOfMaps<Join<VerdictKey, u32>, 2> = ArrayOfMaps::new();
+pub static VERDICTS: ArrayOfMaps<Join<VerdictKey, VerdictMatch>, 2> = ArrayOfMaps::new();
 
 /// Slot -> prefix (hashed short path) -> first rule.
 #[btf_map]
@@ -143,6 +144,11 @@ pub static RULE_ACTIONS: ArrayOfMaps<SlotArray<RuleAction>, 2> = ArrayOfMaps::ne
 /// lost or counted twice, and each array is as long as its rule set needs.
 #[btf_map]
 pub static RULE_COUNTERS: ArrayOfMaps<SlotArray<RuleCounters>, 2> = ArrayOfMaps::new();
+
+/// Slot -> the rule checks the verdicts point into (see
+/// `nva_common::RuleCheck`).
+#[btf_map]
+pub static RULE_CHECKS: ArrayOfMaps<SlotArray<RuleCheck>, 2> = ArrayOfMaps::new();
 
 /// Slot -> IPv4 range arrays of each side (directory of /16 blocks, then
 /// the ranges; see `nva_common::V4_RANGE_BLOCKS`), for large rule sets.
@@ -199,8 +205,10 @@ pub trait Tables {
     fn src_only(src_class: u32) -> Option<&'static PairMatch>;
     /// L4 key (per pattern) -> L4 class.
     fn l4(key: &L4Key) -> Option<&'static ClassMatch>;
-    /// (pair class, L4 class) -> first matching rule id.
-    fn verdict(key: &VerdictKey) -> Option<&'static u32>;
+    /// (pair class, L4 class) -> first matching rule id and checks.
+    fn verdict(key: &VerdictKey) -> Option<&'static VerdictMatch>;
+    /// The rule checks (looked up once, then read entry by entry).
+    fn rule_checks() -> Option<&'static SlotArray<RuleCheck>>;
     /// Prefix -> first rule (the hashed short path).
     fn prefix(key: &PrefixKey) -> Option<&'static u32>;
     /// Rule id -> action and counter index.
@@ -309,8 +317,12 @@ macro_rules! slot_tables {
                     join_get(&L4, $index, key)
                 }
                 #[inline(always)]
-                fn verdict(key: &VerdictKey) -> Option<&'static u32> {
+                fn verdict(key: &VerdictKey) -> Option<&'static VerdictMatch> {
                     join_get(&VERDICTS, $index, key)
+                }
+                #[inline(always)]
+                fn rule_checks() -> Option<&'static SlotArray<RuleCheck>> {
+                    RULE_CHECKS.get($index)
                 }
                 #[inline(always)]
                 fn prefix(key: &PrefixKey) -> Option<&'static u32> {

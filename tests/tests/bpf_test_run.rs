@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nva::classifier::compiler::{
-    compile, compile_in_groups, compile_with_v4_ranges, linear_first_match,
+    compile, compile_in_groups, compile_with_checks, compile_with_v4_ranges, linear_first_match,
 };
 use nva::classifier::rulegen::classbench::{ClassBench, Shape};
 use nva::classifier::rulegen::{Rng, RuleGen};
@@ -504,12 +504,14 @@ fn truncated_frames_are_dropped_at_every_offset() {
 /// ClassBench-shaped sets of 1,000 rules (acl, fw, ipc). Seeds 14 and 15
 /// are random rule sets compiled into rule groups (which large rule sets
 /// take), so that the program's walk over the groups is checked too.
+/// Seeds 17 to 19 leave every field they can to rule checks (verdict
+/// entries' and L4 wildcards' checks, which the program tests in order).
 #[test]
 fn real_program_agrees_with_linear_first_match() {
     require_root();
     in_private_netns(&["eth0", "eth1"], |ifindex| {
         let local = nva::datapath::local_addrs();
-        for seed in 1..=16u64 {
+        for seed in 1..=19u64 {
             let mut rng = Rng::new(seed * 7919);
             let classbench = match seed {
                 11 => Some(Shape::Acl),
@@ -544,12 +546,16 @@ fn real_program_agrees_with_linear_first_match() {
                 },
                 false,
             );
-            let in_groups = seed >= 14;
+            let in_groups = (14..=16).contains(&seed);
+            // Rule checks: forced on every rule they could serve.
+            let checks = seed >= 17;
             // IPv4 range arrays instead of tries: forced on small random
             // sets (prefixes from /8 to /32, nested, the search's edges),
             // and on their own for 10,000 ipc rules (sub-directories).
             let ranges = (4..=6).contains(&seed) || seed == 16;
-            let compiled = if in_groups {
+            let compiled = if checks {
+                compile_with_checks(&rules, &pol).unwrap()
+            } else if in_groups {
                 compile_in_groups(&rules, &pol).unwrap()
             } else if (4..=6).contains(&seed) {
                 compile_with_v4_ranges(&rules, &pol).unwrap()
@@ -565,6 +571,14 @@ fn real_program_agrees_with_linear_first_match() {
                 assert!(subdirs > 0, "seed {seed}: blocks with sub-directories");
             }
             assert_eq!(compiled.sizes.rule_groups > 1, in_groups, "seed {seed}");
+            if checks {
+                assert!(
+                    compiled.verdicts.values().any(|v| v.checks != 0)
+                        && compiled.l4.values().any(|m| m.wildcard_checks != 0),
+                    "seed {seed}: checks in verdicts and L4 wildcards: {}",
+                    compiled.sizes
+                );
+            }
             assert_eq!(compiled.prefix_rules != 0, prefixes_only, "seed {seed}");
             assert_eq!(compiled.sizes.prefixes_hashed, hashed, "seed {seed}");
             let table: HashMap<String, u32> = ifindex.clone();

@@ -18,19 +18,21 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::IpAddr;
 
 use nva_common::{
-    l4_pattern, pair_proto_slot, prefix_table_index, AddrClass, ClassMatch, DataPathConfig, L4Key,
-    ManagementKey, PairKey, PairMatch, PrefixKey, RuleAction, VerdictKey, ACTION_ALLOW,
-    ACTION_DROP, ANY_CLASS, CAPACITY_PREFIXES, CLASS_ID_MASK, CLASS_IN_PAIRS, CLASS_IN_SINGLE,
-    CLASS_LANE_BITS, FRAGMENTS_ALLOW, FRAGMENTS_DROP, ICMP_CLASS_ENTRIES, ICMP_SLOTS, ICMP_SLOT_V4,
-    ICMP_SLOT_V6, MAX_RULES, NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY,
-    PAIR_TABLE_SRC_ONLY, PORT_CLASS_ENTRIES, PORT_SLOTS, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT,
-    PORT_SLOT_UDP_DPORT, PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS, PREFIX_RULES_DST,
-    PREFIX_RULES_HASHED, PREFIX_RULES_SRC, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP,
-    PROTO_UDP, RULE_GROUPS, V4_RANGES_DST, V4_RANGES_SRC,
+    first_passing_check, l4_pattern, pair_proto_slot, prefix_table_index, AddrClass, CheckedFields,
+    ClassMatch, DataPathConfig, L4Key, ManagementKey, PairKey, PairMatch, PrefixKey, RuleAction,
+    RuleCheck, VerdictKey, VerdictMatch, ACTION_ALLOW, ACTION_DROP, ANY_CLASS, CAPACITY_PREFIXES,
+    CLASS_ID_MASK, CLASS_IN_PAIRS, CLASS_IN_SINGLE, CLASS_LANE_BITS, FRAGMENTS_ALLOW,
+    FRAGMENTS_DROP, ICMP_CLASS_ENTRIES, ICMP_SLOTS, ICMP_SLOT_V4, ICMP_SLOT_V6, MAX_RULES,
+    NO_PREFIX_LEN, NO_RULE, PAIR_TABLE_BOTH, PAIR_TABLE_DST_ONLY, PAIR_TABLE_SRC_ONLY,
+    PORT_CLASS_ENTRIES, PORT_SLOTS, PORT_SLOT_TCP_DPORT, PORT_SLOT_TCP_SPORT, PORT_SLOT_UDP_DPORT,
+    PORT_SLOT_UDP_SPORT, PREFIX_HASH_LENS, PREFIX_RULES_DST, PREFIX_RULES_HASHED, PREFIX_RULES_SRC,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, RULE_CHECKS_MAX, RULE_CHECK_ADDR,
+    RULE_CHECK_COUNT_BITS, RULE_CHECK_DST, RULE_CHECK_V6, RULE_GROUPS, V4_RANGES_DST,
+    V4_RANGES_SRC,
 };
 
 use crate::classifier::v4_ranges::{V4Ranges, RANGES_FROM_PREFIXES};
-use crate::policy::model::{Action, Cidr, PolicySettings, Proto, Rule};
+use crate::policy::model::{Action, Cidr, PolicySettings, PortRange, Proto, Rule};
 
 /// Memory budget for the rule tables of one rule set.
 pub const TABLE_BUDGET_BYTES: u64 = 64 << 20;
@@ -100,6 +102,9 @@ pub struct TableSizes {
     /// bytes.
     pub ranged_prefixes: usize,
     pub v4_range_bytes: u64,
+    /// Rules that left fields out of the join, and their checks.
+    pub checked_rules: usize,
+    pub rule_checks: usize,
     /// Estimate of kernel memory for these tables.
     pub bytes: u64,
 }
@@ -122,7 +127,7 @@ impl std::fmt::Display for TableSizes {
         }
         write!(
             f,
-            "rule groups {}, prefixes src {} dst {}{}, pairs {} (+{} dst-only, {} src-only), l4 {}, verdicts {}, classes src {} dst {} port {} icmp {} pair {} l4 {}, ~{:.1} MiB",
+            "rule groups {}, prefixes src {} dst {}{}, pairs {} (+{} dst-only, {} src-only), l4 {}, verdicts {}{}, classes src {} dst {} port {} icmp {} pair {} l4 {}, ~{:.1} MiB",
             self.rule_groups,
             self.src_prefixes,
             self.dst_prefixes,
@@ -136,6 +141,14 @@ impl std::fmt::Display for TableSizes {
             self.src_only,
             self.l4_entries,
             self.verdicts,
+            if self.checked_rules > 0 {
+                format!(
+                    " ({} rules checked in part: {} checks)",
+                    self.checked_rules, self.rule_checks
+                )
+            } else {
+                String::new()
+            },
             self.src_classes,
             self.dst_classes,
             self.port_classes,
@@ -172,7 +185,10 @@ pub struct CompiledRuleSet {
     /// Rules with `dst` any, by source class.
     pub src_only: HashMap<u32, PairMatch>,
     pub l4: HashMap<L4Key, ClassMatch>,
-    pub verdicts: HashMap<VerdictKey, u32>,
+    pub verdicts: HashMap<VerdictKey, VerdictMatch>,
+    /// The checks of rules that left fields out of the join, as the
+    /// verdicts' `checks` point into them.
+    pub rule_checks: Vec<RuleCheck>,
     /// Per rule group, `PAIR_TABLE_*` bits of the address tables holding
     /// its entries (0: group not in use).
     pub pair_tables: [u8; RULE_GROUPS],
@@ -316,19 +332,20 @@ impl PairAcc {
         }
     }
 
-    /// Adds rule `i` (rules arrive in file order).
-    fn add(&mut self, i: usize, r: &Rule) {
+    /// Adds rule `i` (rules arrive in file order). A rule with fields
+    /// left to a check (`checked`) is never a shortcut: it may not match.
+    fn add(&mut self, i: usize, r: &Rule, checked: bool) {
         // Everything after a wildcard-L4 rule is shadowed here.
         if self.wildcard != NO_RULE {
             return;
         }
         let shadowed = pair_proto_slot(proto_number(r.proto))
             .is_some_and(|slot| self.proto_rule[slot] != NO_RULE);
-        if is_l4_wild(r) {
+        if is_l4_wild(r) && !checked {
             self.wildcard = i as u32;
         } else if shadowed {
             // An earlier protocol-only rule wins for this entry.
-        } else if let Some(slot) = proto_only_slot(r) {
+        } else if let Some(slot) = proto_only_slot(r).filter(|_| !checked) {
             self.proto_rule[slot] = i as u32;
         } else {
             self.rules.push(i as u32);
@@ -625,7 +642,13 @@ impl Budget {
 
 /// Compiles `rules` (in file order) under `policy`.
 pub fn compile(rules: &[Rule], policy: &PolicySettings) -> Result<CompiledRuleSet, CompileError> {
-    compile_grouping_past(rules, policy, GROUP_WHEN_PAIRS_OVER, RANGES_FROM_PREFIXES)
+    compile_grouping_past(
+        rules,
+        policy,
+        GROUP_WHEN_PAIRS_OVER,
+        RANGES_FROM_PREFIXES,
+        CHECKS,
+    )
 }
 
 /// Like [`compile`], with rule groups whatever the rule set's size (tests
@@ -634,7 +657,7 @@ pub fn compile_in_groups(
     rules: &[Rule],
     policy: &PolicySettings,
 ) -> Result<CompiledRuleSet, CompileError> {
-    compile_grouping_past(rules, policy, 0, RANGES_FROM_PREFIXES)
+    compile_grouping_past(rules, policy, 0, RANGES_FROM_PREFIXES, CHECKS)
 }
 
 /// Like [`compile`], with IPv4 range arrays instead of tries on both sides
@@ -644,7 +667,46 @@ pub fn compile_with_v4_ranges(
     rules: &[Rule],
     policy: &PolicySettings,
 ) -> Result<CompiledRuleSet, CompileError> {
-    compile_grouping_past(rules, policy, GROUP_WHEN_PAIRS_OVER, 0)
+    compile_grouping_past(rules, policy, GROUP_WHEN_PAIRS_OVER, 0, CHECKS)
+}
+
+/// Like [`compile`], with no field left to checks (tests: what a rule set
+/// costs joined whole, and the refusals of the budget).
+pub fn compile_without_checks(
+    rules: &[Rule],
+    policy: &PolicySettings,
+) -> Result<CompiledRuleSet, CompileError> {
+    compile_checking_past(rules, policy, u64::MAX)
+}
+
+/// Like [`compile`], with every rule specific in both addresses leaving
+/// its wider side to checks, and every rule naming port ranges that cross
+/// anything leaving them to checks (tests: the checks of small rule sets).
+pub fn compile_with_checks(
+    rules: &[Rule],
+    policy: &PolicySettings,
+) -> Result<CompiledRuleSet, CompileError> {
+    compile_checking_past(rules, policy, 0)
+}
+
+/// [`compile`] with all three check thresholds at `past`.
+fn compile_checking_past(
+    rules: &[Rule],
+    policy: &PolicySettings,
+    past: u64,
+) -> Result<CompiledRuleSet, CompileError> {
+    let checks = ChecksPast {
+        pairs_over: past,
+        ports_over: past,
+        dports_over: past,
+    };
+    compile_grouping_past(
+        rules,
+        policy,
+        GROUP_WHEN_PAIRS_OVER,
+        RANGES_FROM_PREFIXES,
+        checks,
+    )
 }
 
 /// Marks in each pair entry the L4 patterns through which some verdict
@@ -668,32 +730,137 @@ fn mark_verdict_patterns(out: &mut CompiledRuleSet) {
     out.src_only.values_mut().for_each(mark);
 }
 
+/// When rules leave fields to checks (see [`checked_fields`]).
+#[derive(Clone, Copy)]
+struct ChecksPast {
+    pairs_over: u64,
+    ports_over: u64,
+    dports_over: u64,
+}
+
+const CHECKS: ChecksPast = ChecksPast {
+    pairs_over: CHECK_PAIRS_OVER,
+    ports_over: CHECK_PORTS_OVER,
+    dports_over: CHECK_DPORTS_OVER,
+};
+
 fn compile_grouping_past(
     rules: &[Rule],
     policy: &PolicySettings,
     group_when_pairs_over: u64,
     ranges_from_prefixes: usize,
+    checks: ChecksPast,
 ) -> Result<CompiledRuleSet, CompileError> {
     if rules.len() > MAX_RULES as usize {
         return Err(CompileError::TooManyRules(rules.len()));
     }
     let started = std::time::Instant::now();
-    let mut out = rule_set_settings(rules, policy);
+    let out = rule_set_settings(rules, policy);
     // Rules after the first catch-all can never match: leave them out.
     let live = &rules[..rules.len().min(out.catch_all_rule as usize)];
     if let Some(sides) = prefix_rule_sides(live) {
         return compile_prefix_rules(live, sides, out, rules.len(), started);
     }
+    // Fields that would cross too many classes are left to checks. A
+    // verdict entry that would hold too many checks (many rules left to
+    // checks over the same classes) gives its rules back to the join
+    // whole, and the rule set is compiled again.
+    let (mut checked, pairs_of) = checked_fields(live, checks);
+    for _ in 0..CHECK_ROUNDS {
+        let pairs_estimate = live
+            .iter()
+            .zip(&checked)
+            .zip(&pairs_of)
+            .filter(|((_, c), _)| **c & (CHECK_SRC | CHECK_DST) == 0)
+            .map(|(_, pairs)| pairs)
+            .sum();
+        let settings = out.clone();
+        let setup = Setup {
+            rules: rules.len(),
+            group_when_pairs_over,
+            ranges_from_prefixes,
+            started,
+        };
+        match compile_joined(live, &checked, pairs_estimate, settings, setup)? {
+            Ok(compiled) => return Ok(compiled),
+            Err(crowded) => {
+                tracing::debug!(rules = crowded.len(), "rules given back to the join");
+                // One field per round, addresses first, source ports last:
+                // joining a rule's source and destination ports together
+                // is what explodes the L4 table.
+                for r in crowded {
+                    let c = &mut checked[r as usize];
+                    for field in [CHECK_SRC | CHECK_DST, CHECK_DPORT, CHECK_SPORT] {
+                        if *c & field != 0 {
+                            *c &= !field;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Err(CompileError::OverBudget {
+        rules: rules.len(),
+        phase: "the rule checks of one verdict entry",
+        limit: format!("{CHECKS_PER_VERDICT} checks after {CHECK_ROUNDS} rounds"),
+    })
+}
+
+/// Rounds of giving rules back to the join, at most (see
+/// [`CHECKS_PER_VERDICT`]).
+const CHECK_ROUNDS: usize = 4;
+
+/// Checks one verdict entry may hold: the program tests them one by one.
+/// Past it, the entry's rules are joined whole.
+const CHECKS_PER_VERDICT: u32 = 16;
+const _: () = assert!(CHECKS_PER_VERDICT <= RULE_CHECKS_MAX);
+
+/// What the general path's compile needs besides the rules.
+struct Setup {
+    rules: usize,
+    group_when_pairs_over: u64,
+    ranges_from_prefixes: usize,
+    started: std::time::Instant,
+}
+
+/// The general path, with the fields `checked` left to checks: the
+/// compiled rule set, or the rules of verdict entries that would hold more
+/// than [`CHECKS_PER_VERDICT`] checks.
+fn compile_joined(
+    live: &[Rule],
+    checked: &[u8],
+    pairs_estimate: u64,
+    mut out: CompiledRuleSet,
+    setup: Setup,
+) -> Result<Result<CompiledRuleSet, Vec<u32>>, CompileError> {
+    let Setup {
+        rules: rule_count,
+        group_when_pairs_over,
+        ranges_from_prefixes,
+        started,
+    } = setup;
     let n = live.len();
     let mut budget = Budget {
         visits: 0,
-        rules: rules.len(),
+        rules: rule_count,
     };
+    let checked_rules = checked.iter().filter(|c| **c != 0).count();
+    let joined: std::borrow::Cow<[Rule]> = if checked_rules == 0 {
+        std::borrow::Cow::Borrowed(live)
+    } else {
+        live.iter()
+            .zip(checked)
+            .map(|(r, &c)| if c == 0 { r.clone() } else { joined_rule(r, c) })
+            .collect()
+    };
+    let original = live;
+    let live: &[Rule] = &joined;
 
     // Address classes, per rule group: one group unless its pairs would be
     // many (see `rule_group`).
     let mut group_of = vec![0u8; n];
-    if nested_pairs_estimate(live) > group_when_pairs_over {
+    if pairs_estimate > group_when_pairs_over {
         for (i, r) in live.iter().enumerate() {
             group_of[i] = rule_group(r);
         }
@@ -702,12 +869,25 @@ fn compile_grouping_past(
     let groups = group_classes(live, &group_of, count);
     let (next_src, next_dst) = groups.last().map_or((0, 0), |g| g.next_ids);
 
-    let pair_classes = pair_phase(live, &groups, &group_of, &mut out, &mut budget)?;
+    let pair_classes = pair_phase(live, checked, &groups, &group_of, &mut out, &mut budget)?;
     let pc_of_rule = &pair_classes.containing;
     let fields = l4_field_classes(live, &mut out);
-    let l4_classes = l4_phase(live, &fields, &mut out, &mut budget)?;
+    let (l4_classes, mut crowded) =
+        l4_phase(live, original, checked, &fields, &mut out, &mut budget)?;
     let lc_of_rule = &l4_classes.containing;
-    out.verdicts = verdict_phase(pc_of_rule, lc_of_rule, &mut budget)?;
+    crowded.extend(verdict_phase(
+        original,
+        checked,
+        pc_of_rule,
+        lc_of_rule,
+        &mut out,
+        &mut budget,
+    )?);
+    crowded.sort_unstable();
+    crowded.dedup();
+    if !crowded.is_empty() {
+        return Ok(Err(crowded));
+    }
     mark_verdict_patterns(&mut out);
 
     let flags = ClassFlags::of(&out);
@@ -731,7 +911,7 @@ fn compile_grouping_past(
     let ranged_prefixes = ranges_for_large_sides(&mut out, ranges_from_prefixes);
 
     let sizes = TableSizes {
-        rules: rules.len(),
+        rules: rule_count,
         prefix_rules: false,
         prefixes_hashed: false,
         src_prefixes,
@@ -750,13 +930,16 @@ fn compile_grouping_past(
         rule_groups: out.pair_tables.iter().filter(|t| **t != 0).count().max(1),
         ranged_prefixes,
         v4_range_bytes: out.src_v4_ranges.bytes() + out.dst_v4_ranges.bytes(),
+        checked_rules,
+        rule_checks: out.rule_checks.len(),
         bytes: 0,
     };
     // Freeing the working sets (hundreds of thousands of small vectors for
     // a large rule set) took a seventh of the compile time: done off the
     // caller's path.
     std::thread::spawn(move || drop((groups, pair_classes, l4_classes, fields, flags)));
-    within_budget(out, sizes, started)
+    drop(joined);
+    within_budget(out, sizes, started).map(Ok)
 }
 
 /// Moves each side's IPv4 prefixes from its trie to range arrays when
@@ -845,12 +1028,13 @@ fn pair_combinations(live: &[Rule], groups: &[GroupClasses], group_of: &[u8]) ->
         .sum()
 }
 
-/// The pair-table entries one group would need, estimated without
-/// building its classes (which, for the sets that need groups, takes
-/// seconds): for each rule specific in both addresses, the prefixes named
-/// under its source prefixes times those under its destination prefixes,
-/// counted by binary search in the sorted prefixes of each side.
-fn nested_pairs_estimate(live: &[Rule]) -> u64 {
+/// Per rule specific in both addresses, the prefixes named under its
+/// source prefixes and those under its destination prefixes, counted by
+/// binary search in the sorted prefixes of each side ((0, 0) for the other
+/// rules): their product estimates the pair-table entries the rule needs
+/// in one group, without building the classes (which, for the sets that
+/// need groups, takes seconds).
+fn nested_prefix_counts(live: &[Rule]) -> Vec<(u64, u64)> {
     // Per family: the sorted network addresses of the prefixes named.
     let sorted = |field: fn(&Rule) -> &[Cidr], v4: bool| {
         let mut starts: Vec<u128> = live
@@ -864,10 +1048,14 @@ fn nested_pairs_estimate(live: &[Rule]) -> u64 {
         starts.dedup();
         starts
     };
-    // Rules specific in both addresses: (source prefixes, destination prefixes).
+    // Per rule: (source prefixes, destination prefixes), both empty unless
+    // the rule is specific in both addresses.
     let both: Vec<[&[Cidr]; 2]> = live
         .iter()
-        .filter_map(|r| Some([addr_field(&r.src)?, addr_field(&r.dst)?]))
+        .map(|r| match (addr_field(&r.src), addr_field(&r.dst)) {
+            (Some(src), Some(dst)) => [src, dst],
+            _ => [&[][..], &[][..]],
+        })
         .collect();
     // Per such rule, the prefixes named under its prefixes of one side.
     let under = |field: fn(&Rule) -> &[Cidr], side: usize| {
@@ -894,7 +1082,130 @@ fn nested_pairs_estimate(live: &[Rule]) -> u64 {
         let dst = under(|r| &r.dst, 1);
         (src.join().expect("source prefix counts"), dst)
     });
-    src.iter().zip(&dst).map(|(s, d)| s * d).sum()
+    src.into_iter().zip(dst).collect()
+}
+
+/// Fields a rule leaves out of the join, to be checked where the join finds
+/// it ([`RuleCheck`]): its source or its destination prefixes, its source
+/// ports.
+const CHECK_SRC: u8 = 1;
+const CHECK_DST: u8 = 2;
+const CHECK_SPORT: u8 = 4;
+const CHECK_DPORT: u8 = 8;
+
+/// A rule whose prefixes would need more pair entries than this on their
+/// own (the prefixes named under its source times those under its
+/// destination) leaves its wider side to checks: a random 100,000-rule set
+/// has thousands of rules with a /8 or /16 on both sides, each crossing
+/// hundreds of classes of one side with hundreds of the other.
+const CHECK_PAIRS_OVER: u64 = 16;
+/// A rule whose source-port ranges times destination-port ranges hold more
+/// class boundaries than this leaves its source ports to checks (a random
+/// 100,000-rule set's 1,200 rules naming both port ranges needed 139
+/// million L4 entries).
+const CHECK_PORTS_OVER: u64 = 64;
+
+/// A rule whose destination-port ranges hold more class boundaries than
+/// this leaves them to checks: its verdict entries grow with its L4
+/// classes (1,500 rules of a random 100,000-rule set with wide port ranges
+/// in the busy low ports needed 250,000 verdict entries).
+const CHECK_DPORTS_OVER: u64 = 32;
+
+/// Which fields each rule leaves to checks (`CHECK_*` bits), and the
+/// pair-table entries each rule would need in one group with its addresses
+/// joined (estimated as in [`nested_prefix_counts`]).
+fn checked_fields(live: &[Rule], past: ChecksPast) -> (Vec<u8>, Vec<u64>) {
+    let ChecksPast {
+        pairs_over,
+        ports_over,
+        dports_over,
+    } = past;
+    let counts = nested_prefix_counts(live);
+    // Per protocol and port side, the sorted boundaries of the ranges named.
+    let boundaries = |proto: Proto, field: fn(&Rule) -> &[PortRange]| {
+        let mut points: Vec<u32> = live
+            .iter()
+            .filter(|r| r.proto == proto)
+            .flat_map(|r| field(r).iter())
+            .flat_map(|p| [p.lo as u32, p.hi as u32 + 1])
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        points
+    };
+    let tcp = [
+        boundaries(Proto::Tcp, |r| &r.sport),
+        boundaries(Proto::Tcp, |r| &r.dport),
+    ];
+    let udp = [
+        boundaries(Proto::Udp, |r| &r.sport),
+        boundaries(Proto::Udp, |r| &r.dport),
+    ];
+    // Port classes a list of ranges crosses: the boundaries inside each range,
+    // plus one.
+    let crossed = |points: &[u32], ranges: &[PortRange]| -> u64 {
+        ranges
+            .iter()
+            .map(|p| {
+                let from = points.partition_point(|x| *x <= p.lo as u32);
+                let to = points.partition_point(|x| *x <= p.hi as u32);
+                (to - from) as u64 + 1
+            })
+            .sum()
+    };
+    let checked = live
+        .iter()
+        .zip(&counts)
+        .map(|(r, &(s, d))| {
+            let mut checked = 0;
+            if s * d > pairs_over {
+                // The wider side (more prefixes under it) is checked; the
+                // rule is joined on the other side alone.
+                checked |= if s >= d { CHECK_SRC } else { CHECK_DST };
+            }
+            let points = match r.proto {
+                Proto::Tcp => Some(&tcp),
+                Proto::Udp => Some(&udp),
+                _ => None,
+            };
+            // A rule of any address is an L4 entry's wildcard, never in a
+            // verdict: its destination ports cross nothing.
+            let wild = is_pair_wild(r);
+            if let Some([sport, dport]) = points {
+                let dports = crossed(dport, &r.dport);
+                if !r.sport.is_empty()
+                    && !r.dport.is_empty()
+                    && crossed(sport, &r.sport) * dports > ports_over
+                {
+                    checked |= CHECK_SPORT;
+                }
+                if dports > dports_over && !wild {
+                    checked |= CHECK_DPORT;
+                }
+            }
+            checked
+        })
+        .collect();
+    (checked, counts.iter().map(|(s, d)| s * d).collect())
+}
+
+/// `r` without the fields it leaves to checks (`checked`): the rule the
+/// join sees.
+fn joined_rule(r: &Rule, checked: u8) -> Rule {
+    let mut joined = r.clone();
+    if checked & CHECK_SRC != 0 {
+        joined.src.clear();
+    }
+    if checked & CHECK_DST != 0 {
+        joined.dst.clear();
+    }
+    if checked & CHECK_SPORT != 0 {
+        joined.sport.clear();
+    }
+    if checked & CHECK_DPORT != 0 {
+        joined.dport.clear();
+    }
+    joined
 }
 
 /// Past this many pair-table entries, rules are split into rule groups.
@@ -1316,6 +1627,7 @@ fn rule_set_settings(rules: &[Rule], policy: &PolicySettings) -> CompiledRuleSet
 /// points at it).
 fn pair_phase(
     live: &[Rule],
+    checked: &[u8],
     groups: &[GroupClasses],
     group_of: &[u8],
     out: &mut CompiledRuleSet,
@@ -1366,12 +1678,20 @@ fn pair_phase(
                 (true, true) => {}
                 (true, false) => {
                     for &d in &dst.per_rule[i] {
-                        dst_only_acc.entry(d).or_insert_with(PairAcc::new).add(i, r);
+                        dst_only_acc.entry(d).or_insert_with(PairAcc::new).add(
+                            i,
+                            r,
+                            checked[i] != 0,
+                        );
                     }
                 }
                 (false, true) => {
                     for &s in &src.per_rule[i] {
-                        src_only_acc.entry(s).or_insert_with(PairAcc::new).add(i, r);
+                        src_only_acc.entry(s).or_insert_with(PairAcc::new).add(
+                            i,
+                            r,
+                            checked[i] != 0,
+                        );
                     }
                 }
                 (false, false) => {
@@ -1382,7 +1702,11 @@ fn pair_phase(
                                 src_class: s,
                                 dst_class: d,
                             };
-                            pair_acc.entry(key).or_insert_with(PairAcc::new).add(i, r);
+                            pair_acc.entry(key).or_insert_with(PairAcc::new).add(
+                                i,
+                                r,
+                                checked[i] != 0,
+                            );
                         }
                     }
                 }
@@ -1494,10 +1818,12 @@ fn l4_field_classes(live: &[Rule], out: &mut CompiledRuleSet) -> L4Fields {
 /// the L4 classes.
 fn l4_phase(
     live: &[Rule],
+    original: &[Rule],
+    checked: &[u8],
     fields: &L4Fields,
     out: &mut CompiledRuleSet,
     budget: &mut Budget,
-) -> Result<Classes, CompileError> {
+) -> Result<(Classes, Vec<u32>), CompileError> {
     // Counted before building, like the pairs: a rule set over the budget
     // is refused at once, not after half a minute of work.
     let port_count = |list_empty: bool, per_rule: &[Vec<u32>], i: usize| {
@@ -1510,7 +1836,7 @@ fn l4_phase(
     let combinations: u64 = live
         .iter()
         .enumerate()
-        .filter(|(_, r)| !is_l4_wild(r) && !pair_phase_only(r))
+        .filter(|(i, r)| checked[*i] != 0 || !pair_phase_only(r))
         .map(|(i, r)| match r.proto {
             Proto::Tcp => {
                 port_count(r.sport.is_empty(), &fields.tcp_s, i)
@@ -1527,10 +1853,14 @@ fn l4_phase(
     budget.spend(combinations, "the L4 table")?;
     // Per key, its rule list (a node of `lists`) and its first rule
     // wildcard in addresses.
-    let mut l4_acc: HashMap<L4Key, (u32, u32)> = HashMap::default();
+    // (and the list of its checked rules wildcard in addresses, before that
+    // first one).
+    let mut l4_acc: HashMap<L4Key, (u32, u32, u32)> = HashMap::default();
     let mut lists = RuleLists::default();
     for (i, r) in live.iter().enumerate() {
-        if is_l4_wild(r) || pair_phase_only(r) {
+        // A rule left to checks is joined on every L4 field, even when
+        // it names none: its verdicts carry its checks.
+        if checked[i] == 0 && pair_phase_only(r) {
             continue;
         }
         // A dimension the rule does not constrain is keyed as ANY_CLASS,
@@ -1602,11 +1932,17 @@ fn l4_phase(
                             _pad8: 0,
                             _pad16: 0,
                         };
-                        let e = l4_acc.entry(key).or_insert((RuleLists::EMPTY, NO_RULE));
+                        let e = l4_acc.entry(key).or_insert((
+                            RuleLists::EMPTY,
+                            NO_RULE,
+                            RuleLists::EMPTY,
+                        ));
                         if e.1 != NO_RULE {
                             continue;
                         }
-                        if pair_wild {
+                        if pair_wild && checked[i] != 0 {
+                            e.2 = lists.append(e.2, i as u32);
+                        } else if pair_wild {
                             e.1 = i as u32;
                         } else {
                             e.0 = lists.append(e.0, i as u32);
@@ -1618,43 +1954,186 @@ fn l4_phase(
     }
     let mut l4_classes = Classes::new(live.len());
     let mut class_of: HashMap<(u32, u32), u32> = HashMap::default();
-    for (key, (list, wild)) in l4_acc {
+    let mut checks = RuleChecks::new(original, checked);
+    for (key, (list, wild, wild_list)) in l4_acc {
         let class = *class_of
             .entry((list, wild))
             .or_insert_with(|| l4_classes.intern(&lists.rules(list), [wild, 0, 0, 0, 0]));
+        let wildcard_checks = checks.of(wild_list, &lists, out, budget)?;
         out.l4.insert(
             key,
             ClassMatch {
                 class,
                 wildcard_rule: wild,
+                wildcard_checks,
             },
         );
     }
-    Ok(l4_classes)
+    Ok((l4_classes, checks.crowded))
 }
 
-/// Phase 3: (pair class, L4 class) -> first rule matching both. Rules are
-/// visited in order, so the first one stored is the first match.
+/// Phase 3: (pair class, L4 class) -> first rule matching both, and the
+/// rules with checks before it (see [`RuleCheck`]). Rules are visited in
+/// order, so the first one stored is the first match.
 fn verdict_phase(
+    live: &[Rule],
+    checked: &[u8],
     pc_of_rule: &[Vec<u32>],
     lc_of_rule: &[Vec<u32>],
+    out: &mut CompiledRuleSet,
     budget: &mut Budget,
-) -> Result<HashMap<VerdictKey, u32>, CompileError> {
-    let mut verdicts = HashMap::default();
+) -> Result<Vec<u32>, CompileError> {
+    // Per key: the list (a node of `lists`) of checked rules, and the
+    // first rule matching outright.
+    let mut verdicts: HashMap<VerdictKey, (u32, u32)> = HashMap::default();
+    let mut lists = RuleLists::default();
     for (i, (pcs, lcs)) in pc_of_rule.iter().zip(lc_of_rule).enumerate() {
         budget.spend((pcs.len() * lcs.len()) as u64, "the verdict table")?;
         for &pc in pcs {
             for &lc in lcs {
-                verdicts
-                    .entry(VerdictKey {
-                        pair_class: pc,
-                        l4_class: lc,
-                    })
-                    .or_insert(i as u32);
+                let key = VerdictKey {
+                    pair_class: pc,
+                    l4_class: lc,
+                };
+                let e = verdicts.entry(key).or_insert((RuleLists::EMPTY, NO_RULE));
+                if e.1 != NO_RULE {
+                    continue;
+                }
+                if checked[i] != 0 {
+                    e.0 = lists.append(e.0, i as u32);
+                } else {
+                    e.1 = i as u32;
+                }
             }
         }
     }
-    Ok(verdicts)
+    let mut checks = RuleChecks::new(live, checked);
+    out.verdicts = HashMap::default();
+    out.verdicts.reserve(verdicts.len());
+    for (key, (list, rule)) in verdicts {
+        let checks = checks.of(list, &lists, out, budget)?;
+        out.verdicts.insert(key, VerdictMatch { rule, checks });
+    }
+    Ok(checks.crowded)
+}
+
+/// Writes the checks of lists of checked rules into the check array, each
+/// distinct list once, and collects the rules of lists with more than
+/// [`CHECKS_PER_VERDICT`] checks.
+struct RuleChecks<'a> {
+    rules: &'a [Rule],
+    checked: &'a [u8],
+    /// List node -> `checks` value.
+    written: HashMap<u32, u32>,
+    crowded: Vec<u32>,
+}
+
+impl<'a> RuleChecks<'a> {
+    fn new(rules: &'a [Rule], checked: &'a [u8]) -> RuleChecks<'a> {
+        RuleChecks {
+            rules,
+            checked,
+            written: HashMap::default(),
+            crowded: Vec::new(),
+        }
+    }
+
+    /// The `checks` value (see [`VerdictMatch::checks`]) of `list`.
+    fn of(
+        &mut self,
+        list: u32,
+        lists: &RuleLists,
+        out: &mut CompiledRuleSet,
+        budget: &Budget,
+    ) -> Result<u32, CompileError> {
+        if list == RuleLists::EMPTY {
+            return Ok(0);
+        }
+        if let Some(&checks) = self.written.get(&list) {
+            return Ok(checks);
+        }
+        let first = out.rule_checks.len() as u32;
+        let rules = lists.rules(list);
+        for &r in &rules {
+            let (rule, checked) = (&self.rules[r as usize], self.checked[r as usize]);
+            out.rule_checks.extend(rule_checks(rule, r, checked));
+        }
+        let count = out.rule_checks.len() as u32 - first;
+        if count > CHECKS_PER_VERDICT {
+            self.crowded.extend(rules);
+        }
+        if first >= 1 << (32 - RULE_CHECK_COUNT_BITS) {
+            return Err(CompileError::OverBudget {
+                rules: budget.rules,
+                phase: "the rule checks",
+                limit: format!("{} checks", 1u32 << (32 - RULE_CHECK_COUNT_BITS)),
+            });
+        }
+        let checks = first << RULE_CHECK_COUNT_BITS | count.min(RULE_CHECKS_MAX);
+        self.written.insert(list, checks);
+        Ok(checks)
+    }
+}
+
+/// The checks of rule `rule` (`r`), whose fields `checked` (`CHECK_*`
+/// bits) the join left out: one per prefix or port range of those fields
+/// (their product when two are).
+fn rule_checks(r: &Rule, rule: u32, checked: u8) -> Vec<RuleCheck> {
+    let addrs: &[Cidr] = if checked & CHECK_SRC != 0 {
+        &r.src
+    } else if checked & CHECK_DST != 0 {
+        &r.dst
+    } else {
+        &[]
+    };
+    let addr_checks: Vec<(u8, [u64; 2], [u64; 2])> = if addrs.is_empty() {
+        vec![(0, [0; 2], [0; 2])]
+    } else {
+        addrs
+            .iter()
+            .map(|c| {
+                // IPv4 in the top bits, as `CheckedFields` reads it.
+                let mask = prefix_mask(c.len);
+                let bits = prefix_bits(c) & mask;
+                let words = |v: u128| [(v >> 64) as u64, v as u64];
+                let mut flags = RULE_CHECK_ADDR;
+                if checked & CHECK_DST != 0 {
+                    flags |= RULE_CHECK_DST;
+                }
+                if !c.is_v4() {
+                    flags |= RULE_CHECK_V6;
+                }
+                (flags, words(bits), words(mask))
+            })
+            .collect()
+    };
+    let ports = |bit: u8, list: &[PortRange]| -> Vec<(u16, u16)> {
+        if checked & bit != 0 {
+            list.iter().map(|p| (p.lo, p.hi)).collect()
+        } else {
+            vec![(0, u16::MAX)]
+        }
+    };
+    let (sports, dports) = (ports(CHECK_SPORT, &r.sport), ports(CHECK_DPORT, &r.dport));
+    let mut checks = Vec::new();
+    for &(flags, addr, mask) in &addr_checks {
+        for &(sport_lo, sport_hi) in &sports {
+            for &(dport_lo, dport_hi) in &dports {
+                checks.push(RuleCheck {
+                    addr,
+                    mask,
+                    rule,
+                    sport_lo,
+                    sport_hi,
+                    dport_lo,
+                    dport_hi,
+                    flags,
+                    _pad: [0; 3],
+                });
+            }
+        }
+    }
+    checks
 }
 
 /// An LPM table of one family (`N` address bytes) from (prefix, classes).
@@ -1690,6 +2169,7 @@ fn estimate_bytes(s: &TableSizes) -> u64 {
     (s.pairs + s.dst_only + s.src_only) as u64 * PAIR_ENTRY_BYTES
         + hash(s.l4_entries, 24)
         + hash(s.verdicts, 16)
+        + s.rule_checks as u64 * std::mem::size_of::<RuleCheck>() as u64
         + s.v4_range_bytes
         + (s.src_prefixes + s.dst_prefixes - s.ranged_prefixes) as u64
             * if s.prefixes_hashed {
@@ -1794,7 +2274,8 @@ impl CompiledRuleSet {
         sink.hash::<u32, PairMatch>(names::DST_ONLY, &entries(&self.dst_only))?;
         sink.hash::<u32, PairMatch>(names::SRC_ONLY, &entries(&self.src_only))?;
         sink.hash::<L4Key, ClassMatch>(names::L4, &entries(&self.l4))?;
-        sink.hash::<VerdictKey, u32>(names::VERDICTS, &entries(&self.verdicts))?;
+        sink.hash::<VerdictKey, VerdictMatch>(names::VERDICTS, &entries(&self.verdicts))?;
+        sink.hash(names::RULE_CHECKS, &indexed(&self.rule_checks))?;
         sink.hash::<PrefixKey, u32>(names::PREFIXES, &self.prefix_hash)?;
         let ifaces: Vec<(u32, u32)> = self
             .iface_class
@@ -1984,12 +2465,36 @@ impl LookupModel<'_> {
                     .copied()
             })
             .collect();
+        let bytes = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => {
+                let mut bytes = [0u8; 16];
+                bytes[..4].copy_from_slice(&a.octets());
+                bytes
+            }
+            IpAddr::V6(a) => a.octets(),
+        };
+        let checked = CheckedFields::new(
+            &bytes(pkt.src),
+            &bytes(pkt.dst),
+            pkt.src.is_ipv6(),
+            pkt.sport,
+            pkt.dport,
+        );
         let mut best = set.catch_all_rule;
         if let Some(slot) = pair_proto_slot(proto) {
             best = best.min(set.proto_catch_all[slot]);
         }
+        let first_check = |checks: u32| {
+            if checks == 0 {
+                return NO_RULE;
+            }
+            first_passing_check(checks, &checked, |i| {
+                set.rule_checks.get(i as usize).copied()
+            })
+        };
         for l in l4s.iter().flatten() {
             best = best.min(l.wildcard_rule);
+            best = best.min(first_check(l.wildcard_checks));
         }
         // Each rule group in use, with its own classes.
         let mut matches: Vec<&PairMatch> = Vec::new();
@@ -2030,11 +2535,11 @@ impl LookupModel<'_> {
                 .enumerate()
                 .filter(|(p, _)| m.verdict_patterns & (1 << p) != 0);
             for l in reachable.filter_map(|(_, l)| l.as_ref()) {
-                if let Some(r) = set.verdicts.get(&VerdictKey {
+                if let Some(v) = set.verdicts.get(&VerdictKey {
                     pair_class: m.class,
                     l4_class: l.class,
                 }) {
-                    best = best.min(*r);
+                    best = best.min(v.rule).min(first_check(v.checks));
                 }
             }
         }

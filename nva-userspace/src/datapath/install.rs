@@ -8,8 +8,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::Array;
 use nva_common::{
     map_names as names, AddrClass, ClassMatch, ConntrackKey, DataPathConfig, L4Key, ManagementKey,
-    NatBinding, NatMatch, PairKey, PairMatch, PrefixKey, RuleAction, RuleCounters, VerdictKey,
-    MAX_NAT_ATOMS, MAX_RULES,
+    NatBinding, NatMatch, PairKey, PairMatch, PrefixKey, RuleAction, RuleCheck, RuleCounters,
+    VerdictKey, VerdictMatch, MAX_NAT_ATOMS, MAX_RULES,
 };
 
 use super::{
@@ -327,8 +327,9 @@ pub(super) const JOIN_TABLES: [&str; 6] = [
 /// Arrays created for each rule set at the length it needs, and swapped in
 /// with the slot (maps of maps, like the join tables). The rule counters
 /// are apart: a new array starts as a copy of the one it replaces.
-pub(super) const SLOT_ARRAYS: [&str; 5] = [
+pub(super) const SLOT_ARRAYS: [&str; 6] = [
     names::RULE_ACTIONS,
+    names::RULE_CHECKS,
     names::SRC_V4_RANGES,
     names::DST_V4_RANGES,
     names::SRC_V4_RANGE_CLASSES,
@@ -422,9 +423,10 @@ impl DataPath {
         self.set_join_table::<u32, PairMatch>(names::DST_ONLY, slot, &[])?;
         self.set_join_table::<u32, PairMatch>(names::SRC_ONLY, slot, &[])?;
         self.set_join_table::<L4Key, ClassMatch>(names::L4, slot, &[])?;
-        self.set_join_table::<VerdictKey, u32>(names::VERDICTS, slot, &[])?;
+        self.set_join_table::<VerdictKey, VerdictMatch>(names::VERDICTS, slot, &[])?;
         self.set_join_table::<PrefixKey, u32>(names::PREFIXES, slot, &[])?;
         self.set_slot_array::<u32, RuleAction>(names::RULE_ACTIONS, slot, &[])?;
+        self.set_slot_array::<u32, RuleCheck>(names::RULE_CHECKS, slot, &[])?;
         self.set_slot_array::<u32, u64>(names::SRC_V4_RANGES, slot, &[])?;
         self.set_slot_array::<u32, u64>(names::DST_V4_RANGES, slot, &[])?;
         self.set_slot_array::<u32, AddrClass>(names::SRC_V4_RANGE_CLASSES, slot, &[])?;

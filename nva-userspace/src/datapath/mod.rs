@@ -43,10 +43,11 @@ const SLOT_MAPS: [&str; 10] = [
 /// Maps that exist once. The rule actions and counters and the IPv4 range
 /// arrays among them are maps of maps: one array per slot, created at each
 /// rule set's length (see `install`).
-const GLOBAL_MAPS: [&str; 17] = [
+const GLOBAL_MAPS: [&str; 18] = [
     names::ACTIVE,
     names::CONFIG,
     names::RULE_ACTIONS,
+    names::RULE_CHECKS,
     names::RULE_COUNTERS,
     names::SRC_V4_RANGES,
     names::DST_V4_RANGES,

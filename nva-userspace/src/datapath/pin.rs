@@ -49,6 +49,11 @@ pub const LAYOUT_FINGERPRINTS: &[(&str, u64)] = &[
     // maps of maps, looked up instead of the IPv4 tries for large rule
     // sets; the configuration says which sides (`v4_ranges`, 120 bytes).
     ("v12", 0xc97ce8cf3bb89471),
+    // v13: rule checks: a verdict entry (8 bytes) and an L4 entry's
+    // wildcards (12 bytes) point into a new per-slot array of checks
+    // (`RULE_CHECKS`, a map of maps) for rules that left fields out of the
+    // join.
+    ("v13", 0x43962fafa912f231),
 ];
 
 #[derive(Clone, Debug)]

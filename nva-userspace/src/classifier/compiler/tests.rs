@@ -138,18 +138,16 @@ fn ten_thousand_random_rules_compile() {
     }
 }
 
+fn cidr(s: &str) -> Cidr {
+    let (a, l) = s.split_once('/').unwrap();
+    Cidr::new(a.parse().unwrap(), l.parse().unwrap())
+}
+
 /// A rule specific in both addresses, followed by thousands of host pairs
-/// nested inside it, crosses every source class with every destination
-/// class. Rule groups do not help when the prefixes are all narrow (a /20
-/// is not wide), so past the budget the compiler refuses clearly, quickly
-/// (before building the pairs) and with the rule count, instead of
-/// exhausting memory.
-#[test]
-fn over_budget_rule_set_is_refused_with_a_clear_error() {
-    let cidr = |s: &str| {
-        let (a, l) = s.split_once('/').unwrap();
-        Cidr::new(a.parse().unwrap(), l.parse().unwrap())
-    };
+/// nested inside it: joined whole, it would cross every source class with
+/// every destination class (16.8 million pairs; rule groups do not help,
+/// a /20 is not wide).
+fn broad_rule_over_host_pairs() -> Vec<Rule> {
     let mut broad = Rule::any("broad", Action::Drop);
     broad.src = vec![cidr("10.1.0.0/20")];
     broad.dst = vec![cidr("10.2.0.0/20")];
@@ -160,8 +158,47 @@ fn over_budget_rule_set_is_refused_with_a_clear_error() {
         r.dst = vec![cidr(&format!("10.2.{}.{}/32", i / 256, i % 256))];
         rules.push(r);
     }
+    rules
+}
+
+/// The broad rule leaves its source to a check and is joined on its
+/// destination alone: a few thousand entries instead of 16.8 million, and
+/// first match as the linear reference (the broad rule first, for host
+/// pairs too, and for addresses inside it that no host pair names).
+#[test]
+fn a_broad_rule_over_host_pairs_is_checked_not_crossed() {
+    let rules = broad_rule_over_host_pairs();
+    let c = compile(&rules, &policy()).expect("compiles");
+    assert_eq!(c.sizes.checked_rules, 1, "{}", c.sizes);
+    assert!(c.pairs.len() <= 4_096, "{}", c.sizes);
+    let model = c.model();
+    let mut rng = Rng::new(5);
+    for _ in 0..3_000 {
+        let host = |net: u32, rng: &mut Rng| {
+            IpAddr::V4(std::net::Ipv4Addr::from(net | rng.below(1 << 13) as u32))
+        };
+        let pkt = PacketView {
+            src: host(0x0a01_0000, &mut rng),
+            dst: host(0x0a02_0000, &mut rng),
+            proto: [6, 17, 1][rng.below(3) as usize],
+            sport: 1_000,
+            dport: 80,
+            icmp_type: 8,
+            iface: None,
+        };
+        let want = linear_first_match(&rules, &pkt).map_or(NO_RULE, |i| i as u32);
+        assert_eq!(model.lookup(&pkt), want, "{pkt:?}");
+    }
+}
+
+/// Past the budget the compiler refuses clearly, quickly (before building
+/// the pairs) and with the rule count, instead of exhausting memory: the
+/// same rule set with no field left to checks.
+#[test]
+fn over_budget_rule_set_is_refused_with_a_clear_error() {
+    let rules = broad_rule_over_host_pairs();
     let started = std::time::Instant::now();
-    let err = compile(&rules, &policy()).expect_err("over budget");
+    let err = compile_without_checks(&rules, &policy()).expect_err("over budget");
     assert!(matches!(err, CompileError::OverBudget { .. }), "{err}");
     let text = err.to_string();
     assert!(text.contains("rule set of 4097 rules too large"), "{text}");
@@ -170,6 +207,78 @@ fn over_budget_rule_set_is_refused_with_a_clear_error() {
         "{text}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+/// Every rule specific in both addresses leaving its wider side to checks,
+/// and every rule naming ports leaving them to checks when they cross
+/// anything: random rule sets agree with linear first match.
+#[test]
+fn rule_checks_agree_with_linear_first_match() {
+    for seed in 1..=16u64 {
+        let mut rng = Rng::new(seed * 41);
+        let n = 50 + rng.below(700) as usize;
+        let gen = RuleGen::new(&mut rng, n);
+        let rules = gen.rules(&mut rng, n);
+        let compiled = compile_with_checks(&rules, &policy()).expect("compiles");
+        assert!(compiled.sizes.checked_rules > n / 4, "{}", compiled.sizes);
+        assert!(compiled.verdicts.values().any(|v| v.checks != 0));
+        let matched = agree_on_probes(&rules, &compiled, seed, 1_500);
+        assert!(matched * 4 > 1_500, "seed {seed}: {matched} matched");
+    }
+}
+
+/// Branch networks to one data centre: 40 rules over the same destination
+/// /8, each from a branch /16 under which 20 host rules lie. Each branch
+/// rule would leave its source to checks, and all 40 would crowd the
+/// checks of one verdict entry: they are given back to the join (40 x 21
+/// pairs), which agrees with linear first match.
+#[test]
+fn crowded_checks_are_given_back_to_the_join() {
+    let mut rules = Vec::new();
+    for k in 0..40u32 {
+        let mut r = Rule::any(&format!("branch-{k}"), Action::Allow);
+        r.src = vec![cidr(&format!("10.{k}.0.0/16"))];
+        r.dst = vec![cidr("20.0.0.0/8")];
+        r.proto = Proto::Tcp;
+        r.dport = vec![PortRange { lo: 443, hi: 443 }];
+        rules.push(r);
+    }
+    for k in 0..40u32 {
+        for j in 0..20u32 {
+            let mut r = Rule::any(&format!("host-{k}-{j}"), Action::Drop);
+            r.src = vec![cidr(&format!("10.{k}.0.{j}/32"))];
+            r.dst = vec![cidr(&format!("30.0.{k}.{j}/32"))];
+            rules.push(r);
+        }
+    }
+    let c = compile(&rules, &policy()).expect("compiles");
+    let most = c
+        .verdicts
+        .values()
+        .map(|v| v.checks & RULE_CHECKS_MAX)
+        .max()
+        .unwrap_or(0);
+    assert!(most <= CHECKS_PER_VERDICT, "{most} checks in one entry");
+    let model = c.model();
+    let mut rng = Rng::new(9);
+    for _ in 0..2_000 {
+        let k = rng.below(42) as u32;
+        let pkt = PacketView {
+            src: IpAddr::V4(std::net::Ipv4Addr::from(
+                0x0a00_0000 | k << 16 | rng.below(24) as u32,
+            )),
+            dst: IpAddr::V4(std::net::Ipv4Addr::from(
+                [0x1400_0000, 0x1e00_0000][rng.below(2) as usize] | k << 8 | rng.below(24) as u32,
+            )),
+            proto: 6,
+            sport: 1_000,
+            dport: [443, 80][rng.below(2) as usize],
+            icmp_type: 0,
+            iface: None,
+        };
+        let want = linear_first_match(&rules, &pkt).map_or(NO_RULE, |i| i as u32);
+        assert_eq!(model.lookup(&pkt), want, "{pkt:?}");
+    }
 }
 
 /// Rule sets of address prefixes only (block and allow lists, either side,
@@ -383,8 +492,9 @@ fn classbench_shapes_agree_with_linear_first_match() {
 }
 
 /// 100,000 rules of each ClassBench shape compile within the budgets
-/// (acl and ipc in rule groups: in one group their pairs would take 1.9 GiB
-/// and 104 MiB); sampled probes agree with linear first match.
+/// (joined whole, acl's and ipc's pairs would take 1.9 GiB and 104 MiB:
+/// their rules with wide prefixes on both sides leave one to checks);
+/// sampled probes agree with linear first match.
 #[test]
 fn classbench_shapes_of_100k_rules_compile_and_agree() {
     use crate::classifier::rulegen::classbench::{ClassBench, Shape};
@@ -397,7 +507,7 @@ fn classbench_shapes_of_100k_rules_compile_and_agree() {
         assert!(compiled.sizes.bytes <= TABLE_BUDGET_BYTES);
         if shape != Shape::Fw {
             assert!(
-                compiled.sizes.rule_groups > 1,
+                compiled.sizes.checked_rules > 0,
                 "{}: {}",
                 shape.name(),
                 compiled.sizes
@@ -473,22 +583,20 @@ fn ipv4_sides_take_ranges_from_their_threshold() {
         assert_eq!(compiled.src_v4.len(), prefixes - on_ranges);
     }
 }
-
-/// 100,000 random rules (ranges of ports crossing thousands of port
-/// classes) need more L4 combinations than the budget: refused, counted
-/// before the table is built, with the rule count.
+/// 100,000 random rules compile within the memory budget (rules whose
+/// prefixes or ports would cross many classes leave them to checks:
+/// refused before), and sampled probes agree with linear first match.
 #[test]
-fn random_100k_rules_are_refused_with_the_rule_count() {
+fn random_100k_rules_compile_and_agree() {
     let n = 100_000;
     let mut rng = Rng::new(n as u64);
     let gen = RuleGen::new(&mut rng, n);
     let rules = gen.rules(&mut rng, n);
-    let err = compile(&rules, &policy()).expect_err("over budget");
-    let text = err.to_string();
-    assert!(
-        text.contains("rule set of 100000 rules too large"),
-        "{text}"
-    );
+    let compiled = compile(&rules, &policy()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(compiled.sizes.bytes <= TABLE_BUDGET_BYTES);
+    assert!(compiled.sizes.checked_rules > 0, "{}", compiled.sizes);
+    let matched = agree_on_probes(&rules, &compiled, n as u64, 600);
+    assert!(matched > 200, "{matched} of 600 matched");
 }
 
 /// The class arrays pack each slot's class of a port (or ICMP type) into

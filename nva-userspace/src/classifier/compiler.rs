@@ -812,8 +812,10 @@ fn compile_grouping_past(
 const CHECK_ROUNDS: usize = 4;
 
 /// Checks one verdict entry may hold: the program tests them one by one.
-/// Past it, the entry's rules are joined whole.
-const CHECKS_PER_VERDICT: u32 = 16;
+/// Past it, the entry's rules are joined whole. Random 100,000-rule sets
+/// have a few entries of 20 to 30 checks (and most of 0 to 3): at 16 they
+/// took three rounds (1.3 s), at 32 one.
+const CHECKS_PER_VERDICT: u32 = 32;
 const _: () = assert!(CHECKS_PER_VERDICT <= RULE_CHECKS_MAX);
 
 /// What the general path's compile needs besides the rules.
@@ -1208,10 +1210,14 @@ fn joined_rule(r: &Rule, checked: u8) -> Rule {
     joined
 }
 
-/// Past this many pair-table entries, rules are split into rule groups.
-/// Below it, one group costs fewer lookups per packet; 10,000 rules of the
-/// ClassBench shapes need 0.1 to 0.2 million.
-const GROUP_WHEN_PAIRS_OVER: u64 = 500_000;
+/// Past this many pair-table entries (estimated, rules whose addresses are
+/// left to checks apart), rules are split into rule groups. Below it, one
+/// group costs fewer lookups per packet. With rule checks, 100,000
+/// ClassBench acl and ipc rules need about 110,000 (one group); random
+/// 100,000-rule sets about 185,000, which four groups cut to 84,000 and
+/// their single-address entries from 150,000 to 81,000 (52 to 36 MiB
+/// estimated).
+const GROUP_WHEN_PAIRS_OVER: u64 = 150_000;
 
 /// Prefixes shorter than these are wide: a wide prefix holds many others,
 /// and crossing the classes under a wide source with those under a wide

@@ -505,13 +505,14 @@ fn truncated_frames_are_dropped_at_every_offset() {
 /// are random rule sets compiled into rule groups (which large rule sets
 /// take), so that the program's walk over the groups is checked too.
 /// Seeds 17 to 19 leave every field they can to rule checks (verdict
-/// entries' and L4 wildcards' checks, which the program tests in order).
+/// entries' and L4 wildcards' checks, which the program tests in order);
+/// seed 20 is 10,000 random rules, compiled as any (some left to checks).
 #[test]
 fn real_program_agrees_with_linear_first_match() {
     require_root();
     in_private_netns(&["eth0", "eth1"], |ifindex| {
         let local = nva::datapath::local_addrs();
-        for seed in 1..=19u64 {
+        for seed in 1..=20u64 {
             let mut rng = Rng::new(seed * 7919);
             let classbench = match seed {
                 11 => Some(Shape::Acl),
@@ -519,7 +520,7 @@ fn real_program_agrees_with_linear_first_match() {
                 13 | 16 => Some(Shape::Ipc),
                 _ => None,
             };
-            let n = if seed == 16 {
+            let n = if seed == 16 || seed == 20 {
                 10_000
             } else if classbench.is_some() {
                 1_000
@@ -548,11 +549,12 @@ fn real_program_agrees_with_linear_first_match() {
             );
             let in_groups = (14..=16).contains(&seed);
             // Rule checks: forced on every rule they could serve.
-            let checks = seed >= 17;
+            let checks = (17..=19).contains(&seed);
             // IPv4 range arrays instead of tries: forced on small random
             // sets (prefixes from /8 to /32, nested, the search's edges),
-            // and on their own for 10,000 ipc rules (sub-directories).
-            let ranges = (4..=6).contains(&seed) || seed == 16;
+            // and on their own for 10,000 ipc rules (sub-directories) and
+            // 10,000 random rules.
+            let ranges = (4..=6).contains(&seed) || seed == 16 || seed == 20;
             let compiled = if checks {
                 compile_with_checks(&rules, &pol).unwrap()
             } else if in_groups {
@@ -571,6 +573,9 @@ fn real_program_agrees_with_linear_first_match() {
                 assert!(subdirs > 0, "seed {seed}: blocks with sub-directories");
             }
             assert_eq!(compiled.sizes.rule_groups > 1, in_groups, "seed {seed}");
+            if seed == 20 {
+                assert!(compiled.sizes.checked_rules > 0, "{}", compiled.sizes);
+            }
             if checks {
                 assert!(
                     compiled.verdicts.values().any(|v| v.checks != 0)

@@ -100,9 +100,9 @@ shared_type! {
     ///
     /// `class` joins with the other half in the verdict map. `wildcard_rule` is
     /// the first rule that matches on this half alone because it is a wildcard in
-    /// the other half (e.g. `proto = any` with no ports, as seen from the pair
-    /// map); storing it here keeps such rules out of the cross product.
-    /// `wildcard_checks` (L4 map, layout v13): the wildcard rules before
+    /// the other half (a rule of any address, as seen from the L4 map);
+    /// storing it here keeps such rules out of the cross product.
+    /// `wildcard_checks` (layout v13): the wildcard rules before
     /// `wildcard_rule` that left their source ports to checks, as
     /// [`VerdictMatch::checks`].
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -188,12 +188,14 @@ pub const RULE_CHECK_V6: u8 = 4;
 shared_type! {
     /// A rule that the join matches only in part (layout v13). A rule whose
     /// prefixes would cross many classes of the other side (a wide source
-    /// with a wide destination), or whose source ports would cross many
-    /// destination-port classes, leaves that field out of the join (it is
-    /// joined as if it matched any source, say) and is checked on it where
-    /// the join finds it: one check per prefix or port range of the field
-    /// left out (their product when several are). The program tests the checks
-    /// of a verdict entry in order; the first that passes is the rule.
+    /// with a wide destination), whose source ports would cross many
+    /// destination-port classes, or whose destination ports cross many
+    /// classes, leaves that field out of the join (it is joined as if it
+    /// matched any source, say) and is checked on it where the join finds
+    /// it: one check per prefix or port range of each field left out (their
+    /// product when several are). The program tests the checks of a verdict
+    /// entry (or of an L4 entry's wildcards) in order; the first that passes
+    /// is the rule.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
     pub struct RuleCheck {
         /// The address prefix checked: network and mask as two big-endian

@@ -309,7 +309,7 @@ fn proto_only_slot(rule: &Rule) -> Option<usize> {
 }
 
 /// A rule handled entirely in the pair phase or as a protocol catch-all
-/// (no L4 entries needed).
+/// (no L4 entries needed), unless it left fields to checks.
 fn pair_phase_only(rule: &Rule) -> bool {
     is_l4_wild(rule) || proto_only_slot(rule).is_some()
 }
@@ -681,7 +681,8 @@ pub fn compile_without_checks(
 
 /// Like [`compile`], with every rule specific in both addresses leaving
 /// its wider side to checks, and every rule naming port ranges that cross
-/// anything leaving them to checks (tests: the checks of small rule sets).
+/// anything leaving them to checks (destination ports only for rules with
+/// an address; tests: the checks of small rule sets).
 pub fn compile_with_checks(
     rules: &[Rule],
     policy: &PolicySettings,
@@ -763,10 +764,11 @@ fn compile_grouping_past(
     }
     // Fields that would cross too many classes are left to checks. A
     // verdict entry that would hold too many checks (many rules left to
-    // checks over the same classes) gives its rules back to the join
-    // whole, and the rule set is compiled again.
+    // checks over the same classes) gives one checked field of each of its
+    // rules back to the join (all of them in the last round), and the rule
+    // set is compiled again.
     let (mut checked, pairs_of) = checked_fields(live, checks);
-    for _ in 0..CHECK_ROUNDS {
+    for round in 1..=CHECK_ROUNDS {
         let pairs_estimate = live
             .iter()
             .zip(&checked)
@@ -790,6 +792,9 @@ fn compile_grouping_past(
                 // is what explodes the L4 table.
                 for r in crowded {
                     let c = &mut checked[r as usize];
+                    if round + 1 == CHECK_ROUNDS {
+                        *c = 0;
+                    }
                     for field in [CHECK_SRC | CHECK_DST, CHECK_DPORT, CHECK_SPORT] {
                         if *c & field != 0 {
                             *c &= !field;
@@ -812,7 +817,7 @@ fn compile_grouping_past(
 const CHECK_ROUNDS: usize = 4;
 
 /// Checks one verdict entry may hold: the program tests them one by one.
-/// Past it, the entry's rules are joined whole. Random 100,000-rule sets
+/// Past it, the entry's rules give fields back to the join. Random 100,000-rule sets
 /// have a few entries of 20 to 30 checks (and most of 0 to 3): at 16 they
 /// took three rounds (1.3 s), at 32 one.
 const CHECKS_PER_VERDICT: u32 = 32;
@@ -1092,7 +1097,7 @@ fn nested_prefix_counts(live: &[Rule]) -> Vec<(u64, u64)> {
 
 /// Fields a rule leaves out of the join, to be checked where the join finds
 /// it ([`RuleCheck`]): its source or its destination prefixes, its source
-/// ports.
+/// ports, its destination ports.
 const CHECK_SRC: u8 = 1;
 const CHECK_DST: u8 = 2;
 const CHECK_SPORT: u8 = 4;
@@ -1837,7 +1842,8 @@ fn l4_field_classes(live: &[Rule], out: &mut CompiledRuleSet) -> L4Fields {
 }
 
 /// Phase 2: (iface, proto, a, b) -> L4 class. Fills the L4 table; returns
-/// the L4 classes.
+/// the L4 classes, and the rules of L4 entries whose wildcard checks are
+/// too many.
 fn l4_phase(
     live: &[Rule],
     original: &[Rule],
@@ -1873,10 +1879,9 @@ fn l4_phase(
         })
         .sum();
     budget.spend(combinations, "the L4 table")?;
-    // Per key, its rule list (a node of `lists`) and its first rule
-    // wildcard in addresses.
-    // (and the list of its checked rules wildcard in addresses, before that
-    // first one).
+    // Per key: its rule list (a node of `lists`), its first rule wildcard
+    // in addresses, and the list of the rules wildcard in addresses before
+    // that one that left fields to checks.
     let mut l4_acc: HashMap<L4Key, (u32, u32, u32)> = HashMap::default();
     let mut lists = RuleLists::default();
     for (i, r) in live.iter().enumerate() {
@@ -2099,7 +2104,7 @@ impl<'a> RuleChecks<'a> {
 
 /// The checks of rule `rule` (`r`), whose fields `checked` (`CHECK_*`
 /// bits) the join left out: one per prefix or port range of those fields
-/// (their product when two are).
+/// (their product when several are).
 fn rule_checks(r: &Rule, rule: u32, checked: u8) -> Vec<RuleCheck> {
     let addrs: &[Cidr] = if checked & CHECK_SRC != 0 {
         &r.src
@@ -2189,7 +2194,7 @@ fn estimate_bytes(s: &TableSizes) -> u64 {
     let lpm4 = 40 + 4 + 16;
     let lpm6 = 40 + 16 + 16;
     (s.pairs + s.dst_only + s.src_only) as u64 * PAIR_ENTRY_BYTES
-        + hash(s.l4_entries, 24)
+        + hash(s.l4_entries, 28)
         + hash(s.verdicts, 16)
         + s.rule_checks as u64 * std::mem::size_of::<RuleCheck>() as u64
         + s.v4_range_bytes

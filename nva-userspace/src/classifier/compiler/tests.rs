@@ -583,6 +583,7 @@ fn ipv4_sides_take_ranges_from_their_threshold() {
         assert_eq!(compiled.src_v4.len(), prefixes - on_ranges);
     }
 }
+
 /// 100,000 random rules compile within the memory budget (rules whose
 /// prefixes or ports would cross many classes leave them to checks:
 /// refused before), and sampled probes agree with linear first match.

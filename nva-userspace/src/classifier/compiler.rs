@@ -876,11 +876,40 @@ fn compile_joined(
     let groups = group_classes(live, &group_of, count);
     let (next_src, next_dst) = groups.last().map_or((0, 0), |g| g.next_ids);
 
-    let pair_classes = pair_phase(live, checked, &groups, &group_of, &mut out, &mut budget)?;
+    // The L4 half does not depend on the addresses: it is built on a
+    // second thread while the pair phase runs (one thread), into tables of
+    // its own that join `out` after.
+    let mut l4_out = CompiledRuleSet::default();
+    let mut l4_budget = Budget {
+        visits: 0,
+        rules: rule_count,
+    };
+    let (pairs, l4) = std::thread::scope(|scope| {
+        let l4 = scope.spawn(|| {
+            let fields = l4_field_classes(live, &mut l4_out);
+            l4_phase(
+                live,
+                original,
+                checked,
+                &fields,
+                &mut l4_out,
+                &mut l4_budget,
+            )
+            .map(|(classes, crowded)| (fields, classes, crowded))
+        });
+        let pairs = pair_phase(live, checked, &groups, &group_of, &mut out, &mut budget);
+        (pairs, l4.join().expect("the L4 phase"))
+    });
+    let pair_classes = pairs?;
+    let (fields, l4_classes, mut crowded) = l4?;
+    budget.spend(l4_budget.visits, "the L4 table")?;
+    out.port_class = l4_out.port_class;
+    out.icmp_class = l4_out.icmp_class;
+    out.iface_class = l4_out.iface_class;
+    out.l4 = l4_out.l4;
+    // The L4 wildcards' checks come first; the verdicts' follow them.
+    out.rule_checks = l4_out.rule_checks;
     let pc_of_rule = &pair_classes.containing;
-    let fields = l4_field_classes(live, &mut out);
-    let (l4_classes, mut crowded) =
-        l4_phase(live, original, checked, &fields, &mut out, &mut budget)?;
     let lc_of_rule = &l4_classes.containing;
     crowded.extend(verdict_phase(
         original,

@@ -1138,14 +1138,15 @@ const CHECK_DPORT: u8 = 8;
 /// has thousands of rules with a /8 or /16 on both sides, each crossing
 /// hundreds of classes of one side with hundreds of the other.
 const CHECK_PAIRS_OVER: u64 = 16;
-/// A rule whose source-port ranges times destination-port ranges hold more
-/// class boundaries than this leaves its source ports to checks (a random
+/// A rule whose source-port ranges and destination-port ranges cross more
+/// classes than this together (the classes each crosses, multiplied)
+/// leaves its source ports to checks (a random
 /// 100,000-rule set's 1,200 rules naming both port ranges needed 139
 /// million L4 entries).
 const CHECK_PORTS_OVER: u64 = 64;
 
-/// A rule whose destination-port ranges hold more class boundaries than
-/// this leaves them to checks: its verdict entries grow with its L4
+/// A rule with an address whose destination-port ranges cross more
+/// classes than this leaves them to checks: its verdict entries grow with its L4
 /// classes (1,500 rules of a random 100,000-rule set with wide port ranges
 /// in the busy low ports needed 250,000 verdict entries).
 const CHECK_DPORTS_OVER: u64 = 32;
